@@ -1,0 +1,107 @@
+// Package boot holds what the builder, the init and the agent must agree on:
+// the disk layout (partition names and types), the kernel command line keys
+// that tell the init which slot to boot, and the Boot Loader Specification
+// entries that systemd-boot counts down.
+package boot
+
+import "fmt"
+
+// Slot names one of the two read-only root slots.
+type Slot string
+
+const (
+	SlotA Slot = "a"
+	SlotB Slot = "b"
+)
+
+// Slots lists every slot in disk order.
+var Slots = []Slot{SlotA, SlotB}
+
+// ParseSlot accepts "a" or "b" (either case).
+func ParseSlot(s string) (Slot, error) {
+	switch s {
+	case "a", "A":
+		return SlotA, nil
+	case "b", "B":
+		return SlotB, nil
+	}
+	return "", fmt.Errorf("unknown slot %q (want a or b)", s)
+}
+
+// Other is the slot an upgrade writes to while s is running.
+func (s Slot) Other() Slot {
+	if s == SlotA {
+		return SlotB
+	}
+	return SlotA
+}
+
+// PartitionName is the GPT partition name of the slot's root partition.
+func (s Slot) PartitionName() string { return "slate-root-" + string(s) }
+
+// ESPDir is the directory on the ESP, without leading slash, that holds the
+// slot's kernel and initramfs.
+func (s Slot) ESPDir() string { return "slate/" + string(s) }
+
+// GPT partition names and their order on the disk.
+const (
+	PartESP   = "esp"
+	PartState = "slate-state"
+
+	// 1-based partition numbers.
+	NumESP   = 1
+	NumRootA = 2
+	NumRootB = 3
+	NumState = 4
+)
+
+// Partition type GUIDs, from the UEFI spec (ESP) and the Discoverable
+// Partitions Specification (root x86-64, var).
+const (
+	TypeESP       = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+	TypeRootX8664 = "4F68BCE3-E8CD-4C33-A9FB-67E5F3E7B3E8"
+	TypeVar       = "4D21B016-B534-45C2-A9FB-5C16E091FD2D"
+)
+
+// GPT attribute bits from the Discoverable Partitions Specification.
+const (
+	// AttrReadOnly marks a partition to be mounted read-only.
+	AttrReadOnly uint64 = 1 << 60
+	// AttrNoAuto keeps systemd-gpt-auto-generator away: slate's init owns
+	// every mount of its partitions.
+	AttrNoAuto uint64 = 1 << 63
+)
+
+// Kernel command line keys read by the init.
+const (
+	// ArgSlot is the slot being booted: a or b.
+	ArgSlot = "slate.slot"
+	// ArgRoot is the root partition's PARTUUID.
+	ArgRoot = "slate.root"
+	// ArgRootHash is the dm-verity root hash of the slot's image (hex).
+	ArgRootHash = "slate.roothash"
+	// ArgState is the state partition's PARTUUID.
+	ArgState = "slate.state"
+	// ArgVersion is the image's version label, for the record.
+	ArgVersion = "slate.version"
+	// ArgRebootDelay is how long a fatal init error waits before rebooting (a Go duration).
+	ArgRebootDelay = "slate.reboot_delay"
+	// ArgConfig is a node config given inline (issue: node config).
+	ArgConfig = "slate.config"
+)
+
+// ESP paths, without leading slash.
+const (
+	LoaderConf   = "loader/loader.conf"
+	EntriesDir   = "loader/entries"
+	FallbackEFI  = "EFI/BOOT/BOOTX64.EFI"
+	KernelName   = "vmlinuz"
+	InitrdName   = "initramfs"
+	EntrySortKey = "slate"
+)
+
+// KernelPath is the slot's kernel on the ESP, with a leading slash as BLS entries want.
+func (s Slot) KernelPath() string { return "/" + s.ESPDir() + "/" + KernelName }
+
+// InitrdPath is the slot's initramfs on the ESP, with a leading slash.
+func (s Slot) InitrdPath() string { return "/" + s.ESPDir() + "/" + InitrdName }
