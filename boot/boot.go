@@ -105,3 +105,15 @@ func (s Slot) KernelPath() string { return "/" + s.ESPDir() + "/" + KernelName }
 
 // InitrdPath is the slot's initramfs on the ESP, with a leading slash.
 func (s Slot) InitrdPath() string { return "/" + s.ESPDir() + "/" + InitrdName }
+
+// StateUnformatted is written by the builder at offset 0 of the state
+// partition. The init formats the partition only when it finds this marker:
+// a partition that holds neither the marker nor a filesystem is damaged, and
+// its data must never be reformatted away silently.
+const StateUnformatted = "SLATE-STATE-UNFORMATTED v1\n"
+
+// Paths the init leaves for the agent and the tests.
+const (
+	RunDir     = "/run/slate"
+	BootRecord = "/run/slate/boot.json"
+)

@@ -1,0 +1,356 @@
+// Package rootfs turns the flattened tar stream of an OCI image into the
+// slot's squashfs in one pass, and on the way picks out what the boot needs:
+// the kernel, its config, the kernel modules with modules.dep, systemd-boot
+// and os-release.
+//
+// The squashfs is written by tar2sqfs (squashfs-tools-ng) reading the stream
+// on stdin: go-diskfs's squashfs writer was measured to corrupt real root
+// trees (large directories, xattrs, setuid bits), and tar2sqfs is rootless,
+// streaming and reproducible. The image is never unpacked to disk; only the
+// kernel, systemd-boot and the module files are copied out, because the
+// module closure is known only once modules.dep has gone by.
+package rootfs
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Options tune the squashfs.
+type Options struct {
+	// Compression is a tar2sqfs compressor name (zstd, xz, gzip, lz4, lzo, lzma).
+	Compression string
+	// ModTime stamps directories the stream does not list (e.g. the root).
+	ModTime time.Time
+	// WorkDir receives the files copied out of the stream; it must exist.
+	WorkDir string
+	// Progress, if set, is called with the bytes of tar stream consumed so far.
+	Progress func(n int64)
+}
+
+// Boot is what the boot needs from the image, copied out of the stream.
+type Boot struct {
+	KernelRelease string
+	// Kernel and SystemdBoot are files under Options.WorkDir.
+	Kernel      string
+	SystemdBoot string
+	// KernelConfig is /boot/config-<kver> (or the modules dir's config), nil if absent.
+	KernelConfig []byte
+	// ModulesDep and ModulesBuiltin come from the kernel's modules directory.
+	ModulesDep, ModulesBuiltin []byte
+	// ModulesDir holds the kernel's module files at the paths modules.dep uses.
+	ModulesDir string
+	// OSRelease is the image's os-release, nil if absent.
+	OSRelease []byte
+	// StreamSize is the size of the tar stream.
+	StreamSize int64
+}
+
+// Kernel and bootloader locations, as the error for a missing one lists them.
+const (
+	SystemdBootPath = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+	kernelPlaces    = "/usr/lib/modules/<kver>/vmlinuz or /boot/vmlinuz-<kver>"
+)
+
+// Build reads the tar stream r to its end, writes the squashfs to out and
+// returns the boot files it found. out is created (or truncated).
+func Build(ctx context.Context, r io.Reader, out string, opt Options) (*Boot, error) {
+	comp := opt.Compression
+	if comp == "" {
+		comp = "zstd"
+	}
+	args := []string{
+		"--quiet", "--force", "--no-skip",
+		"--compressor", comp,
+		"--num-jobs", strconv.Itoa(runtime.NumCPU()),
+		"--defaults", fmt.Sprintf("mtime=%d", max(opt.ModTime.Unix(), 0)),
+		out,
+	}
+	cmd := exec.CommandContext(ctx, "tar2sqfs", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return nil, errors.New("tar2sqfs not found: install squashfs-tools-ng (make deps)")
+		}
+		return nil, err
+	}
+	bw := bufio.NewWriterSize(stdin, 1<<20)
+	cw := &counter{w: bw, progress: opt.Progress}
+	s := &scanner{opt: opt, kernels: map[string]string{}, configs: map[string][]byte{}, deps: map[string][]byte{}, builtin: map[string][]byte{}}
+	scanErr := s.scan(io.TeeReader(r, cw))
+	if scanErr == nil {
+		// The tar reader stops at the end-of-archive marker; tar2sqfs
+		// wants the padding after it too.
+		_, scanErr = io.Copy(io.Discard, io.TeeReader(r, cw))
+	}
+	if scanErr == nil {
+		scanErr = bw.Flush()
+	}
+	stdin.Close()
+	waitErr := cmd.Wait()
+	if waitErr != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if msg == "" {
+			msg = waitErr.Error()
+		}
+		return nil, fmt.Errorf("tar2sqfs: %s", msg)
+	}
+	if scanErr != nil {
+		return nil, fmt.Errorf("reading image stream: %w", scanErr)
+	}
+	b, err := s.boot()
+	if err != nil {
+		return nil, err
+	}
+	b.StreamSize = cw.n
+	return b, nil
+}
+
+type counter struct {
+	w        io.Writer
+	n        int64
+	progress func(int64)
+	last     int64
+}
+
+func (c *counter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	if c.progress != nil && c.n-c.last >= 8<<20 {
+		c.last = c.n
+		c.progress(c.n)
+	}
+	return n, err
+}
+
+type scanner struct {
+	opt         Options
+	kernels     map[string]string // kver -> spilled file
+	configs     map[string][]byte
+	deps        map[string][]byte
+	builtin     map[string][]byte
+	sdboot      string
+	osRelease   []byte
+	usrRelease  []byte
+	spilled     map[string]string // tar path -> spilled file, for hard links
+	moduleRoots map[string]string // kver -> spill dir
+}
+
+// clean makes a tar entry name relative to the root: "./usr/x" -> "usr/x".
+func clean(name string) string {
+	n := path.Clean("/" + name)
+	return strings.TrimPrefix(n, "/")
+}
+
+// modulesPath splits "usr/lib/modules/<kver>/<rest>" (or lib/modules/...).
+func modulesPath(p string) (kver, rest string, ok bool) {
+	for _, pre := range []string{"usr/lib/modules/", "lib/modules/"} {
+		if strings.HasPrefix(p, pre) {
+			kver, rest, _ = strings.Cut(strings.TrimPrefix(p, pre), "/")
+			return kver, rest, kver != "" && rest != ""
+		}
+	}
+	return "", "", false
+}
+
+func isModule(rest string) bool {
+	for _, ext := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
+		if strings.HasSuffix(rest, ext) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *scanner) scan(r io.Reader) error {
+	s.spilled = map[string]string{}
+	s.moduleRoots = map[string]string{}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		p := clean(h.Name)
+		var src io.Reader = tr
+		if h.Typeflag == tar.TypeLink {
+			// A hard link to a file we copied out: copy it again.
+			f, ok := s.spilled[clean(h.Linkname)]
+			if !ok {
+				continue
+			}
+			rf, err := os.Open(f)
+			if err != nil {
+				return err
+			}
+			defer rf.Close()
+			src = rf
+		} else if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		if err := s.entry(p, src); err != nil {
+			return fmt.Errorf("/%s: %w", p, err)
+		}
+	}
+}
+
+func (s *scanner) entry(p string, r io.Reader) error {
+	switch {
+	case p == SystemdBootPath || p == "lib/systemd/boot/efi/systemd-bootx64.efi":
+		f, err := s.spill(p, filepath.Join(s.opt.WorkDir, "systemd-bootx64.efi"), r)
+		s.sdboot = f
+		return err
+	case strings.HasPrefix(p, "boot/vmlinuz-"):
+		kver := strings.TrimPrefix(p, "boot/vmlinuz-")
+		if _, ok := s.kernels[kver]; ok {
+			return nil // the modules dir's copy wins
+		}
+		f, err := s.spill(p, filepath.Join(s.opt.WorkDir, "vmlinuz-"+kver), r)
+		s.kernels[kver] = f
+		return err
+	case strings.HasPrefix(p, "boot/config-"):
+		kver := strings.TrimPrefix(p, "boot/config-")
+		return readSmall(r, func(b []byte) { s.configs[kver] = b })
+	case p == "usr/lib/os-release":
+		return readSmall(r, func(b []byte) { s.usrRelease = b })
+	case p == "etc/os-release":
+		return readSmall(r, func(b []byte) { s.osRelease = b })
+	}
+	kver, rest, ok := modulesPath(p)
+	if !ok {
+		return nil
+	}
+	switch {
+	case rest == "vmlinuz":
+		f, err := s.spill(p, filepath.Join(s.opt.WorkDir, "vmlinuz-"+kver), r)
+		s.kernels[kver] = f
+		return err
+	case rest == "config":
+		if _, ok := s.configs[kver]; !ok {
+			return readSmall(r, func(b []byte) { s.configs[kver] = b })
+		}
+	case rest == "modules.dep":
+		return readSmall(r, func(b []byte) { s.deps[kver] = b })
+	case rest == "modules.builtin":
+		return readSmall(r, func(b []byte) { s.builtin[kver] = b })
+	case isModule(rest):
+		root := filepath.Join(s.opt.WorkDir, "modules", kver)
+		s.moduleRoots[kver] = root
+		dst := filepath.Join(root, filepath.FromSlash(rest))
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		_, err := s.spill(p, dst, r)
+		return err
+	}
+	return nil
+}
+
+func (s *scanner) spill(p, dst string, r io.Reader) (string, error) {
+	f, err := os.Create(dst)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return "", err
+	}
+	s.spilled[p] = dst
+	return dst, f.Close()
+}
+
+func readSmall(r io.Reader, set func([]byte)) error {
+	b, err := io.ReadAll(io.LimitReader(r, 64<<20))
+	if err != nil {
+		return err
+	}
+	set(b)
+	return nil
+}
+
+func (s *scanner) boot() (*Boot, error) {
+	if len(s.kernels) == 0 {
+		return nil, fmt.Errorf("no kernel in the image: looked for %s", kernelPlaces)
+	}
+	if s.sdboot == "" {
+		return nil, fmt.Errorf("no systemd-boot in the image: looked for /%s (Debian: install systemd-boot-efi)", SystemdBootPath)
+	}
+	kvers := make([]string, 0, len(s.kernels))
+	for k := range s.kernels {
+		kvers = append(kvers, k)
+	}
+	sort.Slice(kvers, func(i, j int) bool { return versionLess(kvers[i], kvers[j]) })
+	kver := kvers[len(kvers)-1] // the newest, as a package manager's default would be
+	if s.deps[kver] == nil {
+		return nil, fmt.Errorf("kernel %s has no /usr/lib/modules/%s/modules.dep (run depmod in the image)", kver, kver)
+	}
+	osr := s.osRelease
+	if osr == nil {
+		osr = s.usrRelease
+	}
+	return &Boot{
+		KernelRelease:  kver,
+		Kernel:         s.kernels[kver],
+		SystemdBoot:    s.sdboot,
+		KernelConfig:   s.configs[kver],
+		ModulesDep:     s.deps[kver],
+		ModulesBuiltin: s.builtin[kver],
+		ModulesDir:     s.moduleRoots[kver],
+		OSRelease:      osr,
+	}, nil
+}
+
+// versionLess compares kernel releases numerically where both have digits.
+func versionLess(a, b string) bool {
+	as, bs := splitNum(a), splitNum(b)
+	for i := 0; i < len(as) && i < len(bs); i++ {
+		if as[i] == bs[i] {
+			continue
+		}
+		ai, aerr := strconv.Atoi(as[i])
+		bi, berr := strconv.Atoi(bs[i])
+		if aerr == nil && berr == nil {
+			return ai < bi
+		}
+		return as[i] < bs[i]
+	}
+	return len(as) < len(bs)
+}
+
+func splitNum(s string) []string {
+	var out []string
+	cur := ""
+	digit := false
+	for i, c := range s {
+		d := c >= '0' && c <= '9'
+		if i > 0 && d != digit {
+			out = append(out, cur)
+			cur = ""
+		}
+		cur += string(c)
+		digit = d
+	}
+	return append(out, cur)
+}
