@@ -116,16 +116,16 @@ func Base(o Options) []Entry {
 			File("boot/vmlinuz-"+KernelRelease, "fake kernel "+KernelRelease+"\n"),
 			File("boot/config-"+KernelRelease, "CONFIG_RD_GZIP=y\nCONFIG_RD_XZ=y\nCONFIG_RD_ZSTD=y\n"),
 			Dir("usr/lib/modules"), Dir(kmod), Dir(kmod+"kernel"), Dir(kmod+"kernel/drivers"),
-			File(kmod+"kernel/drivers/virtio_ring.ko", "ko virtio_ring"),
-			File(kmod+"kernel/drivers/virtio.ko", "ko virtio"),
-			File(kmod+"kernel/drivers/virtio_blk.ko", "ko virtio_blk"),
-			File(kmod+"kernel/drivers/virtio_pci.ko", "ko virtio_pci"),
-			File(kmod+"kernel/drivers/squashfs.ko", "ko squashfs"),
+			File(kmod+"kernel/drivers/virtio_ring.ko", "\x7fELF virtio_ring"),
+			File(kmod+"kernel/drivers/virtio.ko", "\x7fELF virtio"),
+			File(kmod+"kernel/drivers/virtio_blk.ko", "\x7fELF virtio_blk"),
+			File(kmod+"kernel/drivers/virtio_pci.ko", "\x7fELF virtio_pci"),
+			File(kmod+"kernel/drivers/squashfs.ko", "\x7fELF squashfs"),
 			File(kmod+"modules.dep", "kernel/drivers/virtio_ring.ko:\nkernel/drivers/virtio.ko: kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/virtio_blk.ko: kernel/drivers/virtio.ko kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/virtio_pci.ko: kernel/drivers/virtio.ko kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/squashfs.ko:\n"),
-			File(kmod+"modules.builtin", "kernel/fs/ext4/ext4.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/md/dm-verity.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/block/sd_mod.ko\n"),
+			File(kmod+"modules.builtin", "kernel/fs/ext4/ext4.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/md/dm-verity.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/block/sd_mod.ko\nkernel/fs/efivarfs/efivarfs.ko\n"),
 		)
 	}
 	if o.BigFile > 0 {

@@ -1,0 +1,68 @@
+# slate: `make demo` and `make test` do everything on a fresh Debian machine.
+SHELL := /bin/bash
+GO ?= go
+export CGO_ENABLED := 0
+BUILD := build
+SLATE := $(BUILD)/slate
+REFERENCE := $(BUILD)/reference
+DEMO_DISK := $(BUILD)/demo.raw
+GOFLAGS_BUILD := -trimpath
+
+# Debian packages the tests and the demo need.
+DEB_PACKAGES := squashfs-tools-ng squashfs-tools cryptsetup-bin qemu-system-x86 qemu-utils ovmf \
+	debootstrap gdisk fdisk dosfstools mtools cpio zstd xz-utils e2fsprogs
+
+.PHONY: all slate deps unit test qemu-test bench reference-image init-binary demo run clean vet
+
+all: slate
+
+slate:
+	@mkdir -p $(BUILD)
+	$(GO) build $(GOFLAGS_BUILD) -o $(SLATE) ./cmd/slate
+
+# Installs the Debian packages that are missing (needs root, as CI is).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+# Fast tests: no QEMU, no reference image. Under a minute.
+unit:
+	$(GO) test -short -count=1 ./...
+
+vet:
+	$(GO) vet ./...
+
+# Regenerates the embedded init after a change under cmd/slate-init or initramfs/init.
+init-binary:
+	$(GO) generate ./initramfs/initbin
+
+reference-image:
+	@mkdir -p $(BUILD)
+	bash qemu-tests/reference/build.sh $(REFERENCE)
+
+# Every test, the QEMU suite included.
+test: deps reference-image
+	$(GO) vet ./...
+	SLATE_REFERENCE=$(abspath $(REFERENCE)) $(GO) test -count=1 -timeout 80m ./...
+
+bench: deps reference-image
+	SLATE_REFERENCE=$(abspath $(REFERENCE)) $(GO) test -run '^$$' -bench . -benchtime 1x ./builder/
+
+$(DEMO_DISK): slate reference-image
+	$(SLATE) build --source oci:$(REFERENCE) --output $(DEMO_DISK) --version demo
+
+demo: deps $(DEMO_DISK)
+	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK)
+
+run: deps $(DEMO_DISK)
+	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --interactive
+
+clean:
+	rm -rf $(BUILD)

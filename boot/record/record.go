@@ -1,0 +1,128 @@
+// Package record defines the boot record: what the init did on this boot,
+// written as JSON to boot.BootRecord (/run/slate/boot.json) just before it
+// switches root. The agent (slate status, slate health) and the QEMU tests
+// read it. It imports only the standard library, so anything can link it.
+package record
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// FormatVersion is the record's schema version; readers should refuse a
+// newer major version.
+const FormatVersion = 1
+
+// Record is the init's account of one boot.
+type Record struct {
+	FormatVersion int `json:"format_version"`
+
+	// Slot is the slot booted ("a" or "b"), from slate.slot.
+	Slot string `json:"slot"`
+	// Version is the image's version label, from slate.version.
+	Version string `json:"version,omitempty"`
+	// RootHash is the dm-verity root hash from slate.roothash.
+	RootHash string `json:"root_hash,omitempty"`
+	// Verity is true when the root is mounted through dm-verity; false
+	// means the root hash was only recorded, not enforced.
+	Verity bool `json:"verity"`
+
+	// RootPartUUID and StatePartUUID are the PARTUUIDs from the command
+	// line; RootDevice and StateDevice the partitions found for them.
+	RootPartUUID  string `json:"root_partuuid"`
+	RootDevice    string `json:"root_device,omitempty"`
+	StatePartUUID string `json:"state_partuuid"`
+	StateDevice   string `json:"state_device,omitempty"`
+
+	// Cmdline is the kernel command line as the init read it.
+	Cmdline string `json:"cmdline"`
+	// KernelRelease is uname -r.
+	KernelRelease string `json:"kernel_release,omitempty"`
+	// Modules are the modules the init loaded, in order (paths in the initramfs).
+	Modules []string `json:"modules,omitempty"`
+
+	// FirstBoot is true when this boot formatted the state partition.
+	FirstBoot bool `json:"first_boot"`
+	// StateGrown is true when this boot grew the state partition to the end of the disk.
+	StateGrown bool `json:"state_grown"`
+	// StatePopulated is true when this boot copied the image's /var onto state.
+	StatePopulated bool `json:"state_populated,omitempty"`
+	// StateFsck is e2fsck's exit status on this boot (-1: not run).
+	StateFsck int `json:"state_fsck"`
+
+	// Steps are the init's steps in the order they ran.
+	Steps []Step `json:"steps"`
+	// TotalMS is the time from the init's start to the record being written.
+	TotalMS int64 `json:"total_ms"`
+
+	// Warnings are problems that did not stop the boot.
+	Warnings []string `json:"warnings,omitempty"`
+	// Error is the fatal error, if any (the init then reboots).
+	Error string `json:"error,omitempty"`
+}
+
+// Step is one timed step of the init.
+type Step struct {
+	Name       string `json:"name"`
+	DurationMS int64  `json:"duration_ms"`
+	Error      string `json:"error,omitempty"`
+}
+
+// AddStep appends a step that took d.
+func (r *Record) AddStep(name string, d time.Duration, err error) {
+	s := Step{Name: name, DurationMS: d.Milliseconds()}
+	if err != nil {
+		s.Error = err.Error()
+	}
+	r.Steps = append(r.Steps, s)
+}
+
+// Marshal renders the record as indented JSON with a final newline.
+func (r *Record) Marshal() ([]byte, error) {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// Write writes the record to path atomically (temporary file, then rename).
+func (r *Record) Write(path string) error {
+	b, err := r.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// Parse decodes a record. Fields it does not know are ignored (a newer init
+// may add some); a newer format version is refused.
+func Parse(b []byte) (*Record, error) {
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("boot record: %w", err)
+	}
+	if r.FormatVersion > FormatVersion {
+		return nil, fmt.Errorf("boot record: format version %d is newer than this program knows (%d)", r.FormatVersion, FormatVersion)
+	}
+	return &r, nil
+}
+
+// Read reads and parses the record at path (normally boot.BootRecord).
+func Read(path string) (*Record, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(b)
+}

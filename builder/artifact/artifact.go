@@ -1,0 +1,127 @@
+// Package artifact is slate's update artifact: an OCI artifact that carries
+// everything an upgrade writes into a slot, stored as an OCI image layout
+// (see DESIGN.md, "Update artifact and the atomic swap").
+//
+// The artifact is one OCI image manifest:
+//
+//	mediaType     application/vnd.oci.image.manifest.v1+json
+//	artifactType  application/vnd.slate.update.v1
+//	config        application/vnd.slate.update.config.v1+json  (Config, JSON)
+//	layers[0]     application/vnd.slate.rootfs.squashfs-verity.v1  rootfs.img
+//	layers[1]     application/vnd.slate.kernel.v1                  vmlinuz
+//	layers[2]     application/vnd.slate.initramfs.v1               initramfs
+//
+// The root layer is the squashfs padded to 4 KiB, then the dm-verity
+// superblock and hash tree, byte for byte what goes into a root partition.
+// Layers are stored as they are, never gzipped: squashfs is compressed
+// already, and a layer's digest is the digest of the bytes written to disk.
+//
+// Write makes a layout directory (the output of `slate build`), Push copies it
+// to a registry (`slate push`), and Open reads one back from a layout or a
+// registry (the agent's `slate upgrade`). Nothing here holds a layer in
+// memory: layers are files, hashed and copied as streams.
+package artifact
+
+import (
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Media types of the artifact and its parts.
+const (
+	ArtifactType    = "application/vnd.slate.update.v1"
+	ConfigMediaType = types.MediaType("application/vnd.slate.update.config.v1+json")
+
+	RootMediaType      = types.MediaType("application/vnd.slate.rootfs.squashfs-verity.v1")
+	KernelMediaType    = types.MediaType("application/vnd.slate.kernel.v1")
+	InitramfsMediaType = types.MediaType("application/vnd.slate.initramfs.v1")
+)
+
+// Annotation keys and the layer titles Write sets.
+const (
+	// AnnotationTitle names a layer (a file name, as ORAS and others use it).
+	AnnotationTitle = "org.opencontainers.image.title"
+	// AnnotationRefName tags a manifest in an OCI layout's index.json.
+	AnnotationRefName = "org.opencontainers.image.ref.name"
+
+	RootTitle      = "rootfs.img"
+	KernelTitle    = "vmlinuz"
+	InitramfsTitle = "initramfs"
+)
+
+// Config is the artifact's config blob. It is marshalled as JSON in field
+// order, so the same Config always gives the same bytes.
+type Config struct {
+	// Version is the image's version label. It also tags the manifest in
+	// the layout and is the default tag for Push, so it must be a valid
+	// OCI tag: [A-Za-z0-9_][A-Za-z0-9._-]{0,127}.
+	Version string `json:"version"`
+	// Architecture in GOARCH/OCI naming: "amd64".
+	Architecture string `json:"architecture"`
+	// OS is "linux".
+	OS string `json:"os"`
+	// Source is the digest (sha256:...) of the OCI image the artifact was
+	// built from.
+	Source string `json:"source"`
+	// KernelRelease is the kernel's `uname -r`.
+	KernelRelease string `json:"kernelRelease"`
+	// Cmdline is the slot-independent part of the kernel command line. The
+	// per-slot and per-disk arguments (boot.ArgSlot, ArgRoot, ArgRootHash,
+	// ArgState, ArgVersion) are added by whoever writes the boot entry and
+	// must not appear here. It may be empty.
+	Cmdline string `json:"cmdline"`
+	// Root describes the root layer and its dm-verity hash tree.
+	Root RootInfo `json:"root"`
+	// Created is taken from the source image so builds are reproducible.
+	// Write stores it in UTC.
+	Created time.Time `json:"created"`
+}
+
+// RootInfo describes the root layer: Size bytes in total, the squashfs in
+// [0, DataSize), the dm-verity superblock at HashOffset and the hash tree
+// after it, as `veritysetup format --hash-offset=HashOffset` lays them out.
+type RootInfo struct {
+	// Size is the whole root layer in bytes. Write fills it in when zero.
+	Size int64 `json:"size"`
+	// DataSize is the squashfs padded to a multiple of 4 KiB.
+	DataSize int64 `json:"dataSize"`
+	// HashOffset is where the verity superblock starts (>= DataSize).
+	HashOffset int64 `json:"hashOffset"`
+	// RootHash is the verity root hash, lowercase hex.
+	RootHash string `json:"rootHash"`
+	// Salt is the verity salt, hex; empty for none.
+	Salt string `json:"salt"`
+	// Algorithm is the verity hash algorithm: "sha256".
+	Algorithm string `json:"algorithm"`
+	// DataBlockSize and HashBlockSize are the verity block sizes in bytes.
+	DataBlockSize int `json:"dataBlockSize"`
+	HashBlockSize int `json:"hashBlockSize"`
+}
+
+// Artifact is an update artifact read by Open.
+//
+// The layers' Compressed and Uncompressed streams are the same, the bytes
+// as stored (nothing is ever decompressed, even a gzipped initramfs), and
+// DiffID equals Digest. A stream ends with an error instead of io.EOF if
+// the bytes do not match the layer's digest or size, whether the artifact
+// came from a layout or a registry: a reader must not trust what it wrote
+// until it has read to io.EOF.
+type Artifact struct {
+	// Digest is the manifest digest.
+	Digest v1.Hash
+	// Config is the parsed config blob.
+	Config Config
+	// Root, Kernel and Initramfs are layers 0, 1 and 2 of the manifest;
+	// nil if the manifest lacks them (Validate reports that).
+	Root, Kernel, Initramfs v1.Layer
+	// Image is the underlying OCI image (manifest, config, raw layers).
+	Image v1.Image
+
+	where string // "oci:DIR" or the registry reference, for messages
+}
+
+// Where says where the artifact was read from: "oci:DIR[@DIGEST]" or a
+// registry reference with its digest.
+func (a *Artifact) Where() string { return a.where }

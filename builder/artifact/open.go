@@ -1,0 +1,315 @@
+package artifact
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// LayoutPrefix marks an Open reference as an OCI layout directory.
+const LayoutPrefix = "oci:"
+
+// Option tunes Open and Push.
+type Option func(*options)
+
+type options struct {
+	insecure bool
+	keychain authn.Keychain
+	ctx      context.Context
+	os, arch string
+}
+
+func makeOptions(opts []Option) *options {
+	o := &options{keychain: authn.DefaultKeychain, ctx: context.Background()}
+	for _, opt := range opts {
+		opt(o)
+	}
+	return o
+}
+
+// Insecure lets registry references use plain HTTP.
+func Insecure() Option { return func(o *options) { o.insecure = true } }
+
+// WithKeychain sets where registry credentials come from (default
+// authn.DefaultKeychain: the Docker config, as `docker login` writes it).
+func WithKeychain(kc authn.Keychain) Option { return func(o *options) { o.keychain = kc } }
+
+// WithContext bounds registry requests.
+func WithContext(ctx context.Context) Option { return func(o *options) { o.ctx = ctx } }
+
+// WithPlatform makes Open refuse an artifact built for another platform
+// (os "linux", arch in OCI naming: "amd64"). The agent passes
+// runtime.GOOS, runtime.GOARCH.
+func WithPlatform(os, arch string) Option {
+	return func(o *options) { o.os, o.arch = os, arch }
+}
+
+// Open reads an update artifact and validates it (see Validate); it returns
+// an error unless the artifact is valid. ref is either
+//
+//	oci:DIR           the layout's only manifest
+//	oci:DIR:TAG       the manifest tagged TAG (org.opencontainers.image.ref.name)
+//	oci:DIR@DIGEST    the manifest with that digest
+//
+// or a registry reference (registry.example/org/node-update:1.4, or
+// ...@sha256:...). A DIR whose last element holds a colon is read as a
+// plain directory when it exists as one.
+//
+// Open reads the manifest and the config only; the layers are read when
+// their streams are.
+func Open(ref string, opts ...Option) (*Artifact, error) {
+	o := makeOptions(opts)
+	var (
+		a   *Artifact
+		err error
+	)
+	if rest, ok := strings.CutPrefix(ref, LayoutPrefix); ok {
+		dir, tag, digest := splitLayoutRef(rest)
+		a, err = openLayout(dir, tag, digest)
+	} else {
+		a, err = openRemote(ref, o)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
+	if o.arch != "" || o.os != "" {
+		if a.Config.OS != o.os || a.Config.Architecture != o.arch {
+			return nil, fmt.Errorf("%s: the artifact is for %s/%s, not %s/%s",
+				a.where, a.Config.OS, a.Config.Architecture, o.os, o.arch)
+		}
+	}
+	return a, nil
+}
+
+// splitLayoutRef splits "DIR", "DIR:TAG" or "DIR@DIGEST".
+func splitLayoutRef(s string) (dir, tag, digest string) {
+	if fi, err := os.Stat(s); err == nil && fi.IsDir() {
+		return s, "", ""
+	}
+	if i := strings.LastIndex(s, "@"); i >= 0 && strings.Contains(s[i:], ":") {
+		return s[:i], "", s[i+1:]
+	}
+	if i := strings.LastIndex(s, ":"); i > strings.LastIndex(s, "/") {
+		return s[:i], s[i+1:], ""
+	}
+	return s, "", ""
+}
+
+func openLayout(dir, tag, digest string) (*Artifact, error) {
+	where := LayoutPrefix + dir
+	if _, err := os.Stat(filepath.Join(dir, "oci-layout")); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s: not an OCI layout (no oci-layout file)", where)
+		}
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	lp, err := layout.FromPath(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	ii, err := lp.ImageIndex()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	idx, err := ii.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("%s: index.json: %w", where, err)
+	}
+
+	var picked []v1.Descriptor
+	for _, d := range idx.Manifests {
+		switch {
+		case digest != "" && d.Digest.String() == digest,
+			tag != "" && d.Annotations[AnnotationRefName] == tag,
+			digest == "" && tag == "":
+			picked = append(picked, d)
+		}
+	}
+	switch {
+	case len(picked) == 0 && digest != "":
+		return nil, fmt.Errorf("%s: index.json has no manifest %s", where, digest)
+	case len(picked) == 0 && tag != "":
+		return nil, fmt.Errorf("%s: index.json has no manifest tagged %q (tags: %s)", where, tag, layoutTags(idx))
+	case len(picked) == 0:
+		return nil, fmt.Errorf("%s: index.json lists no manifest", where)
+	case len(picked) > 1:
+		return nil, fmt.Errorf("%s: index.json lists %d manifests; name one as oci:DIR:TAG or oci:DIR@DIGEST (tags: %s)",
+			where, len(picked), layoutTags(idx))
+	}
+	d := picked[0]
+	if digest != "" || tag != "" {
+		where += "@" + d.Digest.String()
+	}
+	if d.MediaType != types.OCIManifestSchema1 {
+		return nil, fmt.Errorf("%s: index.json lists %s as %q, not an OCI image manifest; not a slate update artifact", where, d.Digest, d.MediaType)
+	}
+	img, err := ii.Image(d.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	// ggcr's layout reader trusts the blob files: check manifest and
+	// config against their digests here, layers as they are streamed.
+	return newArtifact(img, d.Digest, where, true)
+}
+
+func layoutTags(idx *v1.IndexManifest) string {
+	var tags []string
+	for _, d := range idx.Manifests {
+		if t := d.Annotations[AnnotationRefName]; t != "" {
+			tags = append(tags, t)
+		}
+	}
+	if len(tags) == 0 {
+		return "none"
+	}
+	sort.Strings(tags)
+	return strings.Join(tags, ", ")
+}
+
+func (o *options) nameOptions() []name.Option {
+	if o.insecure {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+func (o *options) remoteOptions() []remote.Option {
+	return []remote.Option{
+		remote.WithAuthFromKeychain(o.keychain),
+		remote.WithContext(o.ctx),
+		remote.WithUserAgent("slate"),
+	}
+}
+
+func openRemote(s string, o *options) (*Artifact, error) {
+	ref, err := name.ParseReference(s, o.nameOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("%q is neither %sDIR nor a registry reference: %w", s, LayoutPrefix, err)
+	}
+	desc, err := remote.Get(ref, o.remoteOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", ref, err)
+	}
+	where := ref.Context().String() + "@" + desc.Digest.String()
+	if desc.MediaType != types.OCIManifestSchema1 {
+		return nil, fmt.Errorf("%s: %s is a %q, not an OCI image manifest; not a slate update artifact", where, ref, desc.MediaType)
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	// ggcr checks what it fetches from a registry against its digest.
+	return newArtifact(img, desc.Digest, where, false)
+}
+
+// newArtifact reads img's manifest and config. It fails on what keeps the
+// fields from being filled; Validate judges the rest.
+func newArtifact(img v1.Image, digest v1.Hash, where string, verify bool) (*Artifact, error) {
+	rawManifest, err := img.RawManifest()
+	if err != nil {
+		return nil, fmt.Errorf("%s: manifest: %w", where, err)
+	}
+	if verify {
+		if err := checkBlob(rawManifest, digest, -1); err != nil {
+			return nil, fmt.Errorf("%s: manifest: %w", where, err)
+		}
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(rawManifest, &m); err != nil {
+		return nil, fmt.Errorf("%s: manifest: %w", where, err)
+	}
+	if p := checkManifest(&m); len(p) > 0 {
+		return nil, &ValidationError{Where: where, Problems: p}
+	}
+	rawConfig, err := img.RawConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("%s: config %s: %w", where, m.Config.Digest, err)
+	}
+	if err := checkBlob(rawConfig, m.Config.Digest, m.Config.Size); err != nil {
+		return nil, fmt.Errorf("%s: config: %w", where, err)
+	}
+	a := &Artifact{Digest: digest, Image: img, where: where}
+	if err := json.Unmarshal(rawConfig, &a.Config); err != nil {
+		return nil, fmt.Errorf("%s: config %s: %w", where, m.Config.Digest, err)
+	}
+	for i, ld := range m.Layers {
+		l, err := img.LayerByDigest(ld.Digest)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s layer %s: %w", where, layerRoles[i].name, ld.Digest, err)
+		}
+		rl := &rawLayer{layer: l, desc: ld, verify: verify, where: where}
+		switch i {
+		case 0:
+			a.Root = rl
+		case 1:
+			a.Kernel = rl
+		case 2:
+			a.Initramfs = rl
+		}
+	}
+	return a, nil
+}
+
+// checkBlob checks b against a descriptor's digest and size (-1: any).
+func checkBlob(b []byte, want v1.Hash, size int64) error {
+	got, n, err := v1.SHA256(bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	if size >= 0 && n != size {
+		return fmt.Errorf("blob %s is %d bytes, want %d", want, n, size)
+	}
+	if got != want {
+		return fmt.Errorf("blob %s has digest %s", want, got)
+	}
+	return nil
+}
+
+// Push copies the update artifact in layout dir to the registry reference
+// ref and returns the manifest digest, which is the same as the layout's.
+// ref may omit the tag (registry.example/org/node-update): the artifact's
+// version is the tag then. A ref by digest must name this artifact. The
+// layout must hold one manifest and be valid (see Validate).
+func Push(dir, ref string, opts ...Option) (v1.Hash, error) {
+	o := makeOptions(opts)
+	a, err := openLayout(dir, "", "")
+	if err == nil {
+		err = a.Validate()
+	}
+	if err != nil {
+		return v1.Hash{}, fmt.Errorf("push: %w", err)
+	}
+
+	var target name.Reference
+	if repo, rerr := name.NewRepository(ref, o.nameOptions()...); rerr == nil {
+		target = repo.Tag(a.Config.Version)
+	} else if target, err = name.ParseReference(ref, o.nameOptions()...); err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s: %q is not a registry reference: %w", dir, ref, err)
+	}
+	if d, ok := target.(name.Digest); ok && d.DigestStr() != a.Digest.String() {
+		return v1.Hash{}, fmt.Errorf("push %s: %s names another manifest than the artifact's %s", dir, ref, a.Digest)
+	}
+	// Push the layout's own image, so the registry gets the very bytes of
+	// the layout's manifest and blobs.
+	if err := remote.Write(target, a.Image, o.remoteOptions()...); err != nil {
+		return v1.Hash{}, fmt.Errorf("push %s to %s: %w", dir, target, err)
+	}
+	return a.Digest, nil
+}

@@ -1,0 +1,260 @@
+package artifact
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/slate-os/slate/boot"
+)
+
+// ValidationError lists everything wrong with an artifact, each problem
+// naming its field ("config.root.rootHash", "manifest.layers[1].mediaType").
+type ValidationError struct {
+	// Where is the artifact: "oci:DIR" or a registry reference; empty for
+	// a Config given to Write.
+	Where    string
+	Problems []string
+}
+
+func (e *ValidationError) Error() string {
+	what := e.Where + ": not a valid slate update artifact"
+	if e.Where == "" {
+		what = "invalid update artifact config"
+	}
+	if len(e.Problems) == 1 {
+		return what + ": " + e.Problems[0]
+	}
+	return what + ":\n  " + strings.Join(e.Problems, "\n  ")
+}
+
+// Validate checks that a is a slate update artifact this code understands:
+// the manifest's media types and its three layers in order, every config
+// field, and that the config agrees with the root layer's size. The error,
+// a *ValidationError, lists every problem found. Open calls it.
+func (a *Artifact) Validate() error {
+	var problems []string
+	if a.Image == nil {
+		problems = append(problems, "no image")
+	} else if m, err := a.Image.Manifest(); err != nil {
+		problems = append(problems, fmt.Sprintf("manifest: %v", err))
+	} else {
+		problems = append(problems, checkManifest(m)...)
+		problems = append(problems, checkLayerSizes(m)...)
+		if len(m.Layers) > 0 && a.Config.Root.Size != m.Layers[0].Size {
+			problems = append(problems, fmt.Sprintf("config.root.size: %d, but the root layer (manifest.layers[0]) is %d bytes",
+				a.Config.Root.Size, m.Layers[0].Size))
+		}
+	}
+	for i, l := range []v1.Layer{a.Root, a.Kernel, a.Initramfs} {
+		if l == nil {
+			problems = append(problems, fmt.Sprintf("%s layer: missing", layerRoles[i].name))
+		}
+	}
+	problems = append(problems, checkConfig(a.Config)...)
+	if len(problems) > 0 {
+		return &ValidationError{Where: a.where, Problems: problems}
+	}
+	return nil
+}
+
+var layerRoles = []struct {
+	name      string
+	mediaType types.MediaType
+	title     string
+}{
+	{"root", RootMediaType, RootTitle},
+	{"kernel", KernelMediaType, KernelTitle},
+	{"initramfs", InitramfsMediaType, InitramfsTitle},
+}
+
+// checkManifest checks what makes a manifest a slate update artifact. An
+// empty result means the config and layers can be read by position.
+func checkManifest(m *v1.Manifest) []string {
+	var p []string
+	if m.SchemaVersion != 2 {
+		p = append(p, fmt.Sprintf("manifest.schemaVersion: %d, want 2", m.SchemaVersion))
+	}
+	if m.MediaType != types.OCIManifestSchema1 {
+		p = append(p, fmt.Sprintf("manifest.mediaType: %q, want %q", m.MediaType, types.OCIManifestSchema1))
+	}
+	if m.ArtifactType != ArtifactType {
+		p = append(p, fmt.Sprintf("manifest.artifactType: %q, want %q", m.ArtifactType, ArtifactType))
+	}
+	if m.Config.MediaType != ConfigMediaType {
+		p = append(p, fmt.Sprintf("manifest.config.mediaType: %q, want %q", m.Config.MediaType, ConfigMediaType))
+	}
+	if len(m.Layers) != len(layerRoles) {
+		p = append(p, fmt.Sprintf("manifest.layers: %d layers, want 3 (root, kernel, initramfs)", len(m.Layers)))
+	}
+	for i, l := range m.Layers {
+		if i >= len(layerRoles) {
+			break
+		}
+		if l.MediaType != layerRoles[i].mediaType {
+			p = append(p, fmt.Sprintf("manifest.layers[%d].mediaType: %q, want %q (%s)", i, l.MediaType, layerRoles[i].mediaType, layerRoles[i].name))
+		}
+		if l.Digest.Algorithm != "sha256" {
+			p = append(p, fmt.Sprintf("manifest.layers[%d].digest: %q, want a sha256 digest", i, l.Digest))
+		}
+	}
+	return p
+}
+
+func checkLayerSizes(m *v1.Manifest) []string {
+	var p []string
+	for i, l := range m.Layers {
+		if i < len(layerRoles) && l.Size <= 0 {
+			p = append(p, fmt.Sprintf("manifest.layers[%d].size: %d, the %s layer is empty", i, l.Size, layerRoles[i].name))
+		}
+	}
+	return p
+}
+
+var (
+	tagRE      = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+	sha256RE   = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+	rootHashRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	saltRE     = regexp.MustCompile(`^([0-9a-f]{2}){0,256}$`)
+)
+
+// architectures are the OCI/GOARCH names of Linux architectures.
+var architectures = map[string]bool{
+	"amd64": true, "arm64": true, "arm": true, "386": true,
+	"riscv64": true, "ppc64le": true, "s390x": true, "loong64": true,
+}
+
+// perSlotArgs are kernel arguments the boot entry writer adds per slot or
+// per disk; an artifact's Cmdline must leave them out.
+var perSlotArgs = []string{boot.ArgSlot, boot.ArgRoot, boot.ArgRootHash, boot.ArgState, boot.ArgVersion}
+
+// checkConfig checks every field of c.
+func checkConfig(c Config) []string {
+	var p []string
+	bad := func(field, format string, args ...any) {
+		p = append(p, "config."+field+": "+fmt.Sprintf(format, args...))
+	}
+
+	if c.Version == "" {
+		bad("version", "missing")
+	} else if !tagRE.MatchString(c.Version) {
+		bad("version", "%q is not a valid OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127}); it tags the artifact", c.Version)
+	}
+	switch {
+	case c.Architecture == "":
+		bad("architecture", "missing")
+	case c.Architecture == "x86_64":
+		bad("architecture", `"x86_64": use the OCI name "amd64"`)
+	case c.Architecture == "aarch64":
+		bad("architecture", `"aarch64": use the OCI name "arm64"`)
+	case !architectures[c.Architecture]:
+		bad("architecture", "%q is not a known Linux architecture", c.Architecture)
+	}
+	if c.OS != "linux" {
+		bad("os", "%q, want \"linux\"", c.OS)
+	}
+	if c.Source == "" {
+		bad("source", "missing")
+	} else if !sha256RE.MatchString(c.Source) {
+		bad("source", "%q is not an image digest (sha256: and 64 lowercase hex digits)", c.Source)
+	}
+	if c.KernelRelease == "" {
+		bad("kernelRelease", "missing")
+	} else if strings.ContainsAny(c.KernelRelease, "/ \t\n") {
+		bad("kernelRelease", "%q has a slash or white space", c.KernelRelease)
+	}
+	if strings.ContainsFunc(c.Cmdline, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		bad("cmdline", "has a control character (newline?)")
+	}
+	for _, f := range strings.Fields(c.Cmdline) {
+		key, _, _ := strings.Cut(f, "=")
+		for _, a := range perSlotArgs {
+			if key == a {
+				bad("cmdline", "has %q: that argument is set per slot when the boot entry is written; leave it out", f)
+			}
+		}
+	}
+	p = append(p, checkRoot(c.Root)...)
+	return p
+}
+
+func checkRoot(r RootInfo) []string {
+	var p []string
+	bad := func(field, format string, args ...any) {
+		p = append(p, "config.root."+field+": "+fmt.Sprintf(format, args...))
+	}
+
+	if r.Algorithm != "sha256" {
+		bad("algorithm", "%q, want \"sha256\"", r.Algorithm)
+	}
+	if r.RootHash == "" {
+		bad("rootHash", "missing")
+	} else if !rootHashRE.MatchString(r.RootHash) {
+		bad("rootHash", "%q is not a sha256 hash (64 lowercase hex digits, got %d characters)", r.RootHash, len(r.RootHash))
+	}
+	if !saltRE.MatchString(r.Salt) {
+		bad("salt", "%q is not lowercase hex of at most 256 bytes", r.Salt)
+	}
+	blockOK := func(field string, n int) bool {
+		if n < 512 || n > 4096 || n&(n-1) != 0 {
+			bad(field, "%d, want a power of two from 512 to 4096", n)
+			return false
+		}
+		return true
+	}
+	dataOK := blockOK("dataBlockSize", r.DataBlockSize)
+	hashOK := blockOK("hashBlockSize", r.HashBlockSize)
+
+	switch {
+	case r.DataSize <= 0:
+		bad("dataSize", "%d, want the squashfs size padded to 4 KiB", r.DataSize)
+		dataOK = false
+	case r.DataSize%4096 != 0:
+		bad("dataSize", "%d is not a multiple of 4096 (the squashfs is padded to 4 KiB)", r.DataSize)
+		dataOK = false
+	case dataOK && r.DataSize%int64(r.DataBlockSize) != 0:
+		bad("dataSize", "%d is not a multiple of dataBlockSize %d", r.DataSize, r.DataBlockSize)
+		dataOK = false
+	}
+	switch {
+	case r.HashOffset < r.DataSize:
+		bad("hashOffset", "%d is inside the data (dataSize %d)", r.HashOffset, r.DataSize)
+		hashOK = false
+	case hashOK && r.HashOffset%int64(r.HashBlockSize) != 0:
+		bad("hashOffset", "%d is not a multiple of hashBlockSize %d", r.HashOffset, r.HashBlockSize)
+		hashOK = false
+	}
+	if dataOK && hashOK {
+		if min := rootMinSize(r); r.Size < min {
+			bad("size", "%d, but the data, verity superblock and hash tree need at least %d bytes (hashOffset %d + superblock %d + tree %d)",
+				r.Size, min, r.HashOffset, r.HashBlockSize, min-r.HashOffset-int64(r.HashBlockSize))
+		}
+	} else if r.Size <= r.HashOffset {
+		bad("size", "%d, want more than hashOffset %d", r.Size, r.HashOffset)
+	}
+	return p
+}
+
+// rootMinSize is the smallest root layer r can describe: everything up to
+// HashOffset, the verity superblock (one hash block), and the hash tree the
+// kernel's dm-verity expects for DataSize/DataBlockSize data blocks. It
+// assumes a sha256 (32-byte) digest; with unusable block sizes it returns
+// just past HashOffset.
+func rootMinSize(r RootInfo) int64 {
+	if r.DataBlockSize <= 0 || r.HashBlockSize < 64 || r.DataSize < 0 {
+		return r.HashOffset + 1
+	}
+	blocks := r.DataSize / int64(r.DataBlockSize)
+	perBlock := int64(r.HashBlockSize / 32)
+	var tree int64
+	// Like drivers/md/dm-verity-target.c: levels until one block holds
+	// the hashes of the level below; each level rounds up.
+	for n := blocks; n > 1; {
+		n = (n + perBlock - 1) / perBlock
+		tree += n
+	}
+	return r.HashOffset + int64(r.HashBlockSize) + tree*int64(r.HashBlockSize)
+}

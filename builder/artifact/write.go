@@ -1,0 +1,379 @@
+package artifact
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/partial"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Blob is the content of one layer: a file (Path) or a stream (Open). Set
+// exactly one. Write reads it once, from start to end.
+type Blob struct {
+	Path string
+	Open func() (io.ReadCloser, error)
+}
+
+func (b Blob) open() (io.ReadCloser, string, error) {
+	switch {
+	case b.Path != "" && b.Open != nil:
+		return nil, "", errors.New("both Path and Open are set")
+	case b.Path != "":
+		f, err := os.Open(b.Path)
+		return f, b.Path, err
+	case b.Open != nil:
+		rc, err := b.Open()
+		return rc, "stream", err
+	}
+	return nil, "", errors.New("neither Path nor Open is set")
+}
+
+// Write writes the update artifact as an OCI image layout at dir and
+// returns its manifest digest. The layout's index.json lists the one
+// manifest, tagged with cfg.Version (org.opencontainers.image.ref.name).
+//
+// cfg.Root.Size may be left zero: Write sets it to the root blob's size;
+// when set, it must match. cfg.Created is stored in UTC. Write refuses a
+// config that Validate would refuse, before it reads any blob.
+//
+// The same inputs give a byte-identical directory (file modes included:
+// 0755 directories, 0644 files).
+//
+// The layout is built in a sibling directory dir+".tmp-*" and renamed into
+// place, so dir never holds a half-written layout. If dir exists it is
+// replaced, as a build's previous output is, provided it is empty or is a
+// slate update artifact layout (oci-layout, index.json and blobs/ only,
+// every manifest of artifactType application/vnd.slate.update.v1);
+// anything else is left alone and Write fails. On replacing, the old
+// layout is moved aside to dir+".old-*" and removed once the new one is in
+// place. A crash may leave those siblings behind, never a partial dir.
+func Write(dir string, cfg Config, root, kernel, initramfs Blob) (v1.Hash, error) {
+	dir = filepath.Clean(dir)
+	fail := func(err error) (v1.Hash, error) {
+		return v1.Hash{}, fmt.Errorf("write update artifact %s: %w", dir, err)
+	}
+	cfg.Created = cfg.Created.UTC()
+
+	// Check the config before reading hundreds of MB. The root's size is
+	// only known once it is copied; until then assume the smallest that
+	// fits (checkRoot reports inconsistent sizes anyway).
+	pre := cfg
+	if pre.Root.Size == 0 {
+		pre.Root.Size = rootMinSize(pre.Root)
+	}
+	if p := checkConfig(pre); len(p) > 0 {
+		return fail(&ValidationError{Problems: p})
+	}
+	replace, err := checkOutputDir(dir)
+	if err != nil {
+		return fail(err)
+	}
+
+	parent, base := filepath.Split(dir)
+	if parent == "" {
+		parent = "."
+	}
+	tmp, err := os.MkdirTemp(parent, base+".tmp-")
+	if err != nil {
+		return fail(err)
+	}
+	done := false
+	defer func() {
+		if !done {
+			os.RemoveAll(tmp)
+		}
+	}()
+
+	digest, err := writeLayout(tmp, &cfg, root, kernel, initramfs)
+	if err != nil {
+		return fail(err)
+	}
+	if err := normalizeAndSync(tmp); err != nil {
+		return fail(err)
+	}
+	if err := moveIntoPlace(tmp, dir, replace); err != nil {
+		return fail(err)
+	}
+	done = true
+	return digest, nil
+}
+
+// writeLayout writes the whole layout into the empty directory tmp.
+func writeLayout(tmp string, cfg *Config, root, kernel, initramfs Blob) (v1.Hash, error) {
+	lp, err := layout.Write(tmp, empty.Index)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	blobs := filepath.Join(tmp, "blobs", "sha256")
+	if err := os.MkdirAll(blobs, 0o755); err != nil {
+		return v1.Hash{}, err
+	}
+
+	// Copy each input into the layout once, hashing it on the way. The
+	// layers are then files already in place; layout.AppendImage finds
+	// them there (right name, right size) and only writes the config,
+	// the manifest and index.json.
+	img := &image{}
+	for i, b := range []Blob{root, kernel, initramfs} {
+		role := layerRoles[i]
+		l, err := stageBlob(blobs, b)
+		if err != nil {
+			return v1.Hash{}, fmt.Errorf("%s layer: %w", role.name, err)
+		}
+		if l.size == 0 {
+			return v1.Hash{}, fmt.Errorf("%s layer: empty", role.name)
+		}
+		l.mediaType = role.mediaType
+		img.layers = append(img.layers, l)
+	}
+
+	rootSize := img.layers[0].size
+	switch {
+	case cfg.Root.Size == 0:
+		cfg.Root.Size = rootSize
+	case cfg.Root.Size != rootSize:
+		return v1.Hash{}, &ValidationError{Problems: []string{
+			fmt.Sprintf("config.root.size: %d, but the root blob is %d bytes", cfg.Root.Size, rootSize)}}
+	}
+	if p := checkConfig(*cfg); len(p) > 0 {
+		return v1.Hash{}, &ValidationError{Problems: p}
+	}
+
+	if img.rawConfig, err = json.Marshal(cfg); err != nil {
+		return v1.Hash{}, err
+	}
+	cfgDigest, cfgSize, err := v1.SHA256(bytes.NewReader(img.rawConfig))
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	img.configDigest = cfgDigest
+	m := v1.Manifest{
+		SchemaVersion: 2,
+		MediaType:     types.OCIManifestSchema1,
+		ArtifactType:  ArtifactType,
+		Config:        v1.Descriptor{MediaType: ConfigMediaType, Size: cfgSize, Digest: cfgDigest},
+	}
+	for i, l := range img.layers {
+		m.Layers = append(m.Layers, v1.Descriptor{
+			MediaType:   l.mediaType,
+			Size:        l.size,
+			Digest:      l.digest,
+			Annotations: map[string]string{AnnotationTitle: layerRoles[i].title},
+		})
+	}
+	if img.rawManifest, err = json.Marshal(m); err != nil {
+		return v1.Hash{}, err
+	}
+
+	vimg, err := partial.CompressedToImage(img)
+	if err != nil {
+		return v1.Hash{}, err
+	}
+	if err := lp.AppendImage(vimg, layout.WithAnnotations(map[string]string{
+		AnnotationRefName: cfg.Version,
+	})); err != nil {
+		return v1.Hash{}, err
+	}
+	return vimg.Digest()
+}
+
+// stageBlob copies b into dir under its sha256 name.
+func stageBlob(dir string, b Blob) (*fileLayer, error) {
+	rc, name, err := b.open()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	f, err := os.CreateTemp(dir, ".stage-")
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		f.Close()
+		os.Remove(f.Name()) // gone after the rename; cleans up after an error
+	}()
+	h := sha256.New()
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), rc, make([]byte, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("copy %s: %w", name, err)
+	}
+	if err := rc.Close(); err != nil {
+		return nil, fmt.Errorf("close %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, err
+	}
+	hexsum := hex.EncodeToString(h.Sum(nil))
+	path := filepath.Join(dir, hexsum)
+	if err := os.Rename(f.Name(), path); err != nil {
+		return nil, err
+	}
+	return &fileLayer{
+		path:   path,
+		digest: v1.Hash{Algorithm: "sha256", Hex: hexsum},
+		size:   n,
+	}, nil
+}
+
+// image is the partial.CompressedImageCore Write hands to ggcr: our own
+// config and manifest bytes (no image config, no diff_ids) and file layers.
+type image struct {
+	rawConfig    []byte
+	configDigest v1.Hash
+	rawManifest  []byte
+	layers       []*fileLayer
+}
+
+var _ partial.CompressedImageCore = (*image)(nil)
+
+func (i *image) RawConfigFile() ([]byte, error)      { return i.rawConfig, nil }
+func (i *image) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
+func (i *image) RawManifest() ([]byte, error)        { return i.rawManifest, nil }
+func (i *image) ArtifactType() (string, error)       { return ArtifactType, nil }
+func (i *image) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
+	for _, l := range i.layers {
+		if l.digest == h {
+			return l, nil
+		}
+	}
+	if h == i.configDigest {
+		return partial.ConfigLayer(i)
+	}
+	return nil, fmt.Errorf("no blob %s in the artifact", h)
+}
+
+// checkOutputDir decides whether Write may put a layout at dir: true if
+// an existing directory is to be replaced.
+func checkOutputDir(dir string) (replace bool, err error) {
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.IsDir() {
+		return false, fmt.Errorf("%s exists and is not a directory; refusing to replace it", dir)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	if len(entries) == 0 {
+		return true, nil
+	}
+	if why := notSlateLayout(dir, entries); why != "" {
+		return false, fmt.Errorf("%s exists and is not a slate update artifact (%s); refusing to replace it: remove it or choose another output", dir, why)
+	}
+	return true, nil
+}
+
+// notSlateLayout says why dir is not a slate artifact layout, or "".
+func notSlateLayout(dir string, entries []fs.DirEntry) string {
+	for _, e := range entries {
+		switch e.Name() {
+		case "oci-layout", "index.json", "blobs":
+		default:
+			return fmt.Sprintf("it holds %q", e.Name())
+		}
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if err != nil {
+		return "no readable index.json"
+	}
+	if _, err := os.Stat(filepath.Join(dir, "oci-layout")); err != nil {
+		return "no oci-layout file"
+	}
+	var idx v1.IndexManifest
+	if err := json.Unmarshal(raw, &idx); err != nil {
+		return "index.json: " + err.Error()
+	}
+	for _, d := range idx.Manifests {
+		if d.ArtifactType != ArtifactType {
+			return fmt.Sprintf("index.json lists %s of artifact type %q", d.Digest, d.ArtifactType)
+		}
+	}
+	return ""
+}
+
+// normalizeAndSync gives every file in the tree mode 0644 and every
+// directory 0755 (ggcr and os.MkdirTemp use others), then syncs them all,
+// files before their directories, so the rename publishes durable data.
+func normalizeAndSync(root string) error {
+	var dirs []string
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			dirs = append(dirs, path)
+			return os.Chmod(path, 0o755)
+		}
+		if err := os.Chmod(path, 0o644); err != nil {
+			return err
+		}
+		return syncPath(path)
+	})
+	if err != nil {
+		return err
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if err := syncPath(dirs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func syncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// moveIntoPlace renames the finished layout tmp to dir, first moving an
+// existing dir aside when replace is set.
+func moveIntoPlace(tmp, dir string, replace bool) error {
+	parent := filepath.Dir(tmp)
+	if !replace {
+		if err := os.Rename(tmp, dir); err != nil {
+			return err
+		}
+		return syncPath(parent)
+	}
+	// tmp's name is unique in parent; so is the name derived from it.
+	base := filepath.Base(dir)
+	old := filepath.Join(parent, base+".old-"+strings.TrimPrefix(filepath.Base(tmp), base+".tmp-"))
+	if err := os.Rename(dir, old); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		if rerr := os.Rename(old, dir); rerr != nil {
+			return fmt.Errorf("%w (and restoring the previous layout from %s failed: %v)", err, old, rerr)
+		}
+		return err
+	}
+	if err := syncPath(parent); err != nil {
+		return err
+	}
+	return os.RemoveAll(old)
+}

@@ -1,0 +1,424 @@
+// Package builder turns an OCI image into slate's outputs: a bootable A/B GPT
+// disk and an update artifact. Data flows one way: image → flattened tar
+// stream → squashfs + boot files → verity tree → initramfs → disk and
+// artifact. Outputs are written under temporary names and renamed only when
+// the whole build succeeded, so a failed build leaves nothing half-written
+// where the user asked for output.
+package builder
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/boot/verity"
+	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/disk"
+	"github.com/slate-os/slate/builder/esp"
+	"github.com/slate-os/slate/builder/rootfs"
+	"github.com/slate-os/slate/builder/source"
+	"github.com/slate-os/slate/builder/spec"
+	"github.com/slate-os/slate/initramfs"
+	"github.com/slate-os/slate/initramfs/initbin"
+	"github.com/slate-os/slate/internal/progress"
+)
+
+// Options is one build.
+type Options struct {
+	Spec spec.Spec
+	// Source overrides the spec's source with an already opened image (tests).
+	Image v1.Image
+	// SourceOptions reach registries.
+	SourceOptions source.Options
+	// InitBinary replaces the embedded init (development).
+	InitBinary string
+	// Progress reports long steps; nil is quiet.
+	Progress *progress.Reporter
+}
+
+// Result says what was built.
+type Result struct {
+	Version       string        `json:"version"`
+	Source        string        `json:"source"`
+	KernelRelease string        `json:"kernelRelease"`
+	RootHash      string        `json:"rootHash"`
+	RootSize      int64         `json:"rootSize"`
+	InitramfsSize int64         `json:"initramfsSize"`
+	Initramfs     []string      `json:"initramfsModules"`
+	Disk          string        `json:"disk,omitempty"`
+	Artifact      string        `json:"artifact,omitempty"`
+	Plan          disk.Plan     `json:"plan"`
+	Steps         []StepTiming  `json:"steps"`
+	Total         time.Duration `json:"total"`
+}
+
+// StepTiming is one step's wall time.
+type StepTiming struct {
+	Name    string        `json:"name"`
+	Elapsed time.Duration `json:"elapsed"`
+}
+
+// Build runs a whole build.
+func Build(ctx context.Context, o Options) (*Result, error) {
+	b := &build{o: o, p: o.Progress, start: time.Now()}
+	res, err := b.run(ctx)
+	b.cleanup()
+	return res, err
+}
+
+type build struct {
+	o     Options
+	p     *progress.Reporter
+	work  string
+	temps []string
+	start time.Time
+	res   Result
+	t0    time.Time
+	name  string
+}
+
+func (b *build) step(name string) {
+	b.t0, b.name = time.Now(), name
+	b.p.Step(name)
+}
+
+func (b *build) done() {
+	b.p.Done()
+	b.res.Steps = append(b.res.Steps, StepTiming{b.name, time.Since(b.t0)})
+}
+
+func (b *build) cleanup() {
+	for _, t := range b.temps {
+		os.RemoveAll(t)
+	}
+	if b.work != "" {
+		os.RemoveAll(b.work)
+	}
+}
+
+// tempBeside makes a temporary path next to final, so the last rename stays
+// on one filesystem.
+func (b *build) tempBeside(final string) string {
+	t := filepath.Join(filepath.Dir(final), "."+filepath.Base(final)+".tmp-"+fmt.Sprint(os.Getpid()))
+	b.temps = append(b.temps, t)
+	return t
+}
+
+func (b *build) run(ctx context.Context) (*Result, error) {
+	s := &b.o.Spec
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if s.Outputs.Disk == "" && s.Outputs.Artifact == "" {
+		return nil, errors.New("nothing to build: give --output (a disk) or --artifact, or outputs in the spec")
+	}
+	for _, out := range []string{s.Outputs.Disk, s.Outputs.Artifact} {
+		if out == "" {
+			continue
+		}
+		if fi, err := os.Stat(filepath.Dir(out)); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("output %s: directory %s does not exist", out, filepath.Dir(out))
+		}
+	}
+	img := b.o.Image
+	if img == nil {
+		if s.Source == "" {
+			return nil, errors.New("no source image: give --source or source in the spec")
+		}
+		var err error
+		if img, err = source.Open(s.Source, b.o.SourceOptions); err != nil {
+			return nil, err
+		}
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return nil, fmt.Errorf("source %s: %w", s.Source, err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, fmt.Errorf("source %s: reading its config: %w", s.Source, err)
+	}
+	if cf.Architecture != "" && cf.Architecture != "amd64" {
+		return nil, fmt.Errorf("source %s is for %s; slate builds amd64 nodes", s.Source, cf.Architecture)
+	}
+	created := cf.Created.Time.UTC()
+	if created.IsZero() || created.Before(time.Unix(0, 0)) {
+		created = time.Unix(0, 0).UTC()
+	}
+	version := s.Version
+	if version == "" {
+		version = cf.Config.Labels["org.opencontainers.image.version"]
+	}
+	if version == "" {
+		version = "sha256-" + digest.Hex[:12]
+	}
+	b.res.Version, b.res.Source = version, digest.String()
+	// Everything random-looking in the outputs (GUIDs, the verity salt, the
+	// FAT serial) is derived from this seed: same image and spec, same bytes.
+	seed := sha256.Sum256([]byte(digest.String() + "\x00" + version))
+
+	if b.work, err = os.MkdirTemp("", "slate-build-"); err != nil {
+		return nil, err
+	}
+
+	// 1. One pass over the flattened image: squashfs and boot files.
+	b.step("rootfs")
+	sqfs := filepath.Join(b.work, "root.img")
+	stream := mutate.Extract(img)
+	bootFiles, err := rootfs.Build(ctx, stream, sqfs, rootfs.Options{
+		Compression: s.CompressionOrDefault(), ModTime: created, WorkDir: b.work, Progress: b.p.Bytes,
+	})
+	stream.Close()
+	if err != nil {
+		return nil, fmt.Errorf("source %s: %w", s.Source, err)
+	}
+	b.res.KernelRelease = bootFiles.KernelRelease
+	b.done()
+
+	// 2. The dm-verity tree, appended to the squashfs in the same file.
+	b.step("verity")
+	rootInfo, tree, err := appendVerity(sqfs, seed[:])
+	if err != nil {
+		return nil, err
+	}
+	b.res.RootHash, b.res.RootSize = tree.RootHashHex(), rootInfo.Size
+	b.done()
+
+	// 3. The initramfs: the init and the module closure it needs.
+	b.step("initramfs")
+	initrd := filepath.Join(b.work, "initramfs")
+	info, err := b.initramfs(initrd, bootFiles)
+	if err != nil {
+		return nil, err
+	}
+	b.res.InitramfsSize, b.res.Initramfs = info.Size, info.Modules
+	b.done()
+
+	// 4. The disk.
+	layout := disk.Layout{ESPSize: int64(s.Disk.ESPSize), SlotSize: int64(s.Disk.SlotSize), StateSize: int64(s.Disk.StateSize)}
+	if layout.ESPSize == 0 {
+		layout.ESPSize = int64(spec.DefaultESPSize)
+	}
+	if layout.StateSize == 0 {
+		layout.StateSize = int64(spec.DefaultStateSize)
+	}
+	if layout.SlotSize == 0 {
+		layout.SlotSize = DefaultSlotSize(rootInfo.Size)
+	}
+	if rootInfo.Size > layout.SlotSize {
+		return nil, fmt.Errorf("disk.slotSize: the root image with its hash tree is %s, larger than the slot (%s); raise disk.slotSize (or --slot-size)",
+			spec.Size(rootInfo.Size), spec.Size(layout.SlotSize))
+	}
+	plan := disk.NewPlan(layout, seed[:])
+	b.res.Plan = plan
+	cmdline := s.Cmdline()
+	if s.Outputs.Disk != "" {
+		b.step("disk")
+		raw := b.tempBeside(s.Outputs.Disk)
+		if err := writeDisk(raw, plan, seed[:], created, version, cmdline, rootInfo, sqfs, bootFiles, initrd); err != nil {
+			return nil, err
+		}
+		b.done()
+		final := raw
+		if s.Outputs.Format == "qcow2" {
+			b.step("qcow2")
+			q := b.tempBeside(s.Outputs.Disk + ".q")
+			if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-O", "qcow2", "-f", "raw", raw, q).CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("qemu-img convert to %s: %v: %s", s.Outputs.Disk, err, strings.TrimSpace(string(out)))
+			}
+			final = q
+			b.done()
+		}
+		if err := os.Rename(final, s.Outputs.Disk); err != nil {
+			return nil, err
+		}
+		b.res.Disk = s.Outputs.Disk
+	}
+
+	// 5. The update artifact.
+	if s.Outputs.Artifact != "" {
+		b.step("artifact")
+		cfg := artifact.Config{
+			Version: version, Architecture: "amd64", OS: "linux", Source: digest.String(),
+			KernelRelease: bootFiles.KernelRelease, Cmdline: cmdline, Root: rootInfo, Created: created,
+		}
+		if _, err := artifact.Write(s.Outputs.Artifact, cfg, artifact.Blob{Path: sqfs}, artifact.Blob{Path: bootFiles.Kernel}, artifact.Blob{Path: initrd}); err != nil {
+			return nil, fmt.Errorf("artifact %s: %w", s.Outputs.Artifact, err)
+		}
+		b.res.Artifact = s.Outputs.Artifact
+		b.done()
+	}
+	b.res.Total = time.Since(b.start)
+	return &b.res, nil
+}
+
+// DefaultSlotSize leaves room for the image to double, at least 1 GiB, in
+// whole 256 MiB steps: an upgrade must fit in the slot the first build sized.
+func DefaultSlotSize(root int64) int64 {
+	const step = 256 << 20
+	s := (2*root + step - 1) / step * step
+	return max(s, int64(spec.MinSlotSize))
+}
+
+// appendVerity pads the squashfs to 4 KiB, hashes it and appends the
+// superblock and hash tree.
+func appendVerity(path string, seed []byte) (artifact.RootInfo, *verity.Tree, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return artifact.RootInfo{}, nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return artifact.RootInfo{}, nil, err
+	}
+	dataSize := (fi.Size() + verity.BlockSize - 1) / verity.BlockSize * verity.BlockSize
+	if err := f.Truncate(dataSize); err != nil {
+		return artifact.RootInfo{}, nil, err
+	}
+	salt := sha256.Sum256(append([]byte("slate verity salt\x00"), seed...))
+	var uuid [16]byte
+	u := sha256.Sum256(append([]byte("slate verity uuid\x00"), seed...))
+	copy(uuid[:], u[:16])
+	tree, err := verity.Build(io.NewSectionReader(f, 0, dataSize), dataSize, salt[:], uuid)
+	if err != nil {
+		return artifact.RootInfo{}, nil, fmt.Errorf("verity: %w", err)
+	}
+	if _, err := f.Seek(dataSize, io.SeekStart); err != nil {
+		return artifact.RootInfo{}, nil, err
+	}
+	if _, err := tree.WriteTo(f); err != nil {
+		return artifact.RootInfo{}, nil, fmt.Errorf("verity: %w", err)
+	}
+	info := artifact.RootInfo{
+		Size: dataSize + int64(tree.Size), DataSize: dataSize, HashOffset: int64(tree.HashOffset),
+		RootHash: tree.RootHashHex(), Salt: hex.EncodeToString(tree.Salt), Algorithm: "sha256",
+		DataBlockSize: verity.BlockSize, HashBlockSize: verity.BlockSize,
+	}
+	return info, tree, f.Sync()
+}
+
+func (b *build) initramfs(out string, bf *rootfs.Boot) (*initramfs.Info, error) {
+	var initBin []byte
+	var err error
+	if b.o.InitBinary != "" {
+		initBin, err = os.ReadFile(b.o.InitBinary)
+	} else {
+		initBin, err = initbin.Binary()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("init binary: %w", err)
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	mods := append(append([]string{}, initramfs.DefaultModules...), b.o.Spec.Initramfs.Modules...)
+	info, err := initramfs.Build(f, initramfs.Input{
+		Init: initBin, KernelRelease: bf.KernelRelease, KernelConfig: bf.KernelConfig,
+		ModulesDep: bf.ModulesDep, ModulesBuiltin: bf.ModulesBuiltin, Modules: mods,
+		OpenModule: func(rel string) (io.ReadCloser, error) {
+			if bf.ModulesDir == "" {
+				return nil, fmt.Errorf("module %s: the image has no module files", rel)
+			}
+			return os.Open(filepath.Join(bf.ModulesDir, filepath.FromSlash(rel)))
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("initramfs: %w", err)
+	}
+	return info, f.Close()
+}
+
+// SlotCmdline is the kernel command line of a slot's boot entry.
+func SlotCmdline(base string, slot boot.Slot, plan disk.Plan, rootHash, version string) string {
+	root, _ := plan.ByName(slot.PartitionName())
+	state, _ := plan.ByName(boot.PartState)
+	return strings.Join([]string{base,
+		boot.ArgSlot + "=" + string(slot),
+		boot.ArgRoot + "=" + root.GUID,
+		boot.ArgRootHash + "=" + rootHash,
+		boot.ArgState + "=" + state.GUID,
+		boot.ArgVersion + "=" + version,
+	}, " ")
+}
+
+// LoaderConf has no default line: a default would override boot counting.
+const LoaderConf = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
+
+func writeDisk(path string, plan disk.Plan, seed []byte, created time.Time, version, cmdline string,
+	root artifact.RootInfo, rootImg string, bf *rootfs.Boot, initrd string) error {
+	if err := disk.Create(path, plan); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+
+	slotA := plan.Part(boot.NumRootA)
+	src, err := os.Open(rootImg)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	if _, err := io.Copy(io.NewOffsetWriter(f, slotA.Start), src); err != nil {
+		return fmt.Errorf("writing %s: %w", slotA.Name, err)
+	}
+	state := plan.Part(boot.NumState)
+	if _, err := f.WriteAt([]byte(boot.StateUnformatted), state.Start); err != nil {
+		return fmt.Errorf("writing %s: %w", state.Name, err)
+	}
+
+	entry := boot.Entry{
+		Slot: boot.SlotA, Generation: 1,
+		Title:   fmt.Sprintf("slate %s (slot A)", version),
+		Linux:   boot.SlotA.KernelPath(),
+		Initrd:  boot.SlotA.InitrdPath(),
+		Options: SlotCmdline(cmdline, boot.SlotA, plan, root.RootHash, version),
+	}
+	files := []esp.File{
+		fileFrom(boot.FallbackEFI, bf.SystemdBoot),
+		bytesFile(boot.LoaderConf, []byte(LoaderConf)),
+		bytesFile(boot.EntriesDir+"/"+entry.FileName(), entry.Marshal()),
+		fileFrom(boot.SlotA.ESPDir()+"/"+boot.KernelName, bf.Kernel),
+		fileFrom(boot.SlotA.ESPDir()+"/"+boot.InitrdName, initrd),
+	}
+	espPart := plan.Part(boot.NumESP)
+	err = esp.Write(f, espPart.Start, files, esp.Options{
+		Size: espPart.Size, Label: "ESP", VolumeID: binary.LittleEndian.Uint32(seed[:4]), ModTime: created,
+	})
+	if err != nil {
+		return fmt.Errorf("ESP: %w", err)
+	}
+	return f.Sync()
+}
+
+func fileFrom(espPath, local string) esp.File {
+	var size int64
+	if fi, err := os.Stat(local); err == nil {
+		size = fi.Size()
+	}
+	return esp.File{Path: espPath, Size: size, Open: func() (io.ReadCloser, error) { return os.Open(local) }}
+}
+
+func bytesFile(espPath string, b []byte) esp.File {
+	return esp.File{Path: espPath, Size: int64(len(b)), Open: func() (io.ReadCloser, error) {
+		return io.NopCloser(strings.NewReader(string(b))), nil
+	}}
+}

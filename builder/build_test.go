@@ -1,0 +1,278 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/inspect"
+	"github.com/slate-os/slate/builder/spec"
+	"github.com/slate-os/slate/internal/testimage"
+)
+
+func need(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (make deps)", tool)
+		}
+	}
+}
+
+func testSpec(dir string) spec.Spec {
+	return spec.Spec{APIVersion: spec.APIVersion, Kind: spec.Kind, Source: "test",
+		Outputs: spec.Outputs{Disk: filepath.Join(dir, "disk.raw"), Artifact: filepath.Join(dir, "node.oci")}}
+}
+
+func buildImage(t *testing.T, img v1.Image, s spec.Spec) (*Result, error) {
+	t.Helper()
+	return Build(context.Background(), Options{Spec: s, Image: img})
+}
+
+// region copies bytes [off, off+n) of a file into a new temp file.
+func region(t *testing.T, path string, off, n int64) string {
+	t.Helper()
+	src, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	out := filepath.Join(t.TempDir(), "region")
+	dst, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(dst, io.NewSectionReader(src, off, n)); err != nil {
+		t.Fatal(err)
+	}
+	dst.Close()
+	return out
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func TestBuildDiskAndArtifact(t *testing.T) {
+	need(t, "tar2sqfs", "sgdisk", "fsck.fat", "veritysetup", "unsquashfs")
+	img, err := testimage.Node(testimage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	res, err := buildImage(t, img, testSpec(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := res.Disk
+	if res.Version != "1.0.0" {
+		t.Errorf("version %q, want the image label 1.0.0", res.Version)
+	}
+
+	// The partition table, as sgdisk reads it.
+	gpt := run(t, "sgdisk", "--verify", raw)
+	if !strings.Contains(gpt, "No problems found") {
+		t.Errorf("sgdisk --verify:\n%s", gpt)
+	}
+	for n, want := range map[int][2]string{
+		1: {boot.TypeESP, boot.PartESP},
+		2: {boot.TypeRootX8664, "slate-root-a"},
+		3: {boot.TypeRootX8664, "slate-root-b"},
+		4: {boot.TypeVar, boot.PartState},
+	} {
+		info := run(t, "sgdisk", "--info="+strconv.Itoa(n), raw)
+		if !strings.Contains(info, want[0]) || !strings.Contains(info, "'"+want[1]+"'") {
+			t.Errorf("partition %d: want type %s name %s:\n%s", n, want[0], want[1], info)
+		}
+	}
+	if info := run(t, "sgdisk", "--info=2", raw); !strings.Contains(info, "Attribute flags: 9000000000000000") {
+		t.Errorf("slot A lacks the read-only and no-auto attributes:\n%s", info)
+	}
+
+	// The ESP is FAT32, fsck-clean, and holds the boot files.
+	espPart := res.Plan.Part(boot.NumESP)
+	espImg := region(t, raw, espPart.Start, espPart.Size)
+	if out, err := exec.Command("fsck.fat", "-n", espImg).CombinedOutput(); err != nil || strings.Contains(string(out), "\n  ") {
+		t.Errorf("fsck.fat -n: %v\n%s", err, out)
+	}
+	rep, err := inspect.Disk(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(rep.Loader, "default") {
+		t.Errorf("loader.conf has a default line, which overrides boot counting:\n%s", rep.Loader)
+	}
+	a, b := rep.Slots[0], rep.Slots[1]
+	if a.State != "good" || a.Entry != "slate-a.conf" || a.Generation != 1 || a.Version != "1.0.0" || a.RootHash != res.RootHash {
+		t.Errorf("slot A: %+v", a)
+	}
+	if b.State != "empty" {
+		t.Errorf("slot B: %+v", b)
+	}
+	for _, arg := range []string{"console=ttyS0,115200", "slate.slot=a", "slate.root=" + a.PartUUID, "slate.roothash=" + res.RootHash,
+		"slate.state=" + res.Plan.Part(boot.NumState).GUID} {
+		if !strings.Contains(a.Cmdline, arg) {
+			t.Errorf("slot A command line lacks %s: %s", arg, a.Cmdline)
+		}
+	}
+
+	// Slot A: squashfs then a verity tree veritysetup accepts.
+	slot := res.Plan.Part(boot.NumRootA)
+	slotImg := region(t, raw, slot.Start, res.RootSize)
+	rootCfg := artifactConfig(t, res.Artifact)
+	run(t, "veritysetup", "verify", slotImg, slotImg, res.RootHash, "--hash-offset="+strconv.FormatInt(rootCfg.Root.HashOffset, 10))
+	if ls := run(t, "unsquashfs", "-lln", slotImg); !strings.Contains(ls, "/usr/bin/su") {
+		t.Errorf("slot A squashfs lacks /usr/bin/su")
+	}
+	// The state partition carries the first-boot marker.
+	st := res.Plan.Part(boot.NumState)
+	if m := region(t, raw, st.Start, int64(len(boot.StateUnformatted))); readFile(t, m) != boot.StateUnformatted {
+		t.Error("state partition lacks the unformatted marker")
+	}
+
+	// The artifact: config and root layer agree with the disk.
+	if rootCfg.Root.RootHash != res.RootHash || rootCfg.Version != "1.0.0" || rootCfg.Architecture != "amd64" {
+		t.Errorf("artifact config: %+v", rootCfg)
+	}
+	art, err := artifact.Open("oci:" + res.Artifact)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := art.Root.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layerSum := sha256.New()
+	io.Copy(layerSum, rc)
+	rc.Close()
+	if !bytes.Equal(layerSum.Sum(nil), sum(t, slotImg)) {
+		t.Error("artifact root layer differs from slot A")
+	}
+}
+
+func artifactConfig(t *testing.T, dir string) artifact.Config {
+	t.Helper()
+	a, err := artifact.Open("oci:" + dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.Config
+}
+
+func readFile(t *testing.T, p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func sum(t *testing.T, p string) []byte {
+	f, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	io.Copy(h, f)
+	return h.Sum(nil)
+}
+
+func treeSums(t *testing.T, root string) map[string]string {
+	out := map[string]string{}
+	filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			rel, _ := filepath.Rel(root, p)
+			out[rel] = string(sum(t, p))
+		}
+		return nil
+	})
+	return out
+}
+
+func TestBuildIsReproducible(t *testing.T) {
+	need(t, "tar2sqfs", "qemu-img")
+	img, err := testimage.Node(testimage.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var disks [2][]byte
+	var arts [2]map[string]string
+	for i := range disks {
+		dir := t.TempDir()
+		s := testSpec(dir)
+		s.Outputs.Format = "qcow2"
+		res, err := buildImage(t, img, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		disks[i] = sum(t, res.Disk)
+		arts[i] = treeSums(t, res.Artifact)
+	}
+	if !bytes.Equal(disks[0], disks[1]) {
+		t.Error("two builds gave different disks")
+	}
+	if len(arts[0]) == 0 || len(arts[0]) != len(arts[1]) {
+		t.Fatalf("artifact files: %d vs %d", len(arts[0]), len(arts[1]))
+	}
+	for k, v := range arts[0] {
+		if arts[1][k] != v {
+			t.Errorf("artifact file %s differs between builds", k)
+		}
+	}
+}
+
+func TestBuildErrorsLeaveNothing(t *testing.T) {
+	need(t, "tar2sqfs")
+	big, err := testimage.Node(testimage.Options{BigFile: 3 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	noKernel, _ := testimage.Node(testimage.Options{NoKernel: true})
+	noBoot, _ := testimage.Node(testimage.Options{NoSystemdBoot: true})
+	small := func(s *spec.Spec) { s.Disk.SlotSize = 1 << 20 }
+	for _, tc := range []struct {
+		name  string
+		img   v1.Image
+		tweak func(*spec.Spec)
+		want  string
+	}{
+		{"slot too small", big, small, "disk.slotSize: the root image with its hash tree is"},
+		{"no kernel", noKernel, nil, "no kernel in the image"},
+		{"no systemd-boot", noBoot, nil, "no systemd-boot in the image"},
+		{"unreadable source", nil, func(s *spec.Spec) { s.Source = "oci:/nonexistent/layout" }, "/nonexistent/layout is not an OCI layout"},
+		{"bad spec", noKernel, func(s *spec.Spec) { s.Root.Compression = "brotli" }, "root.compression"},
+		{"missing output dir", noKernel, func(s *spec.Spec) { s.Outputs.Disk = "/nonexistent/dir/disk.raw" }, "directory /nonexistent/dir does not exist"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := testSpec(dir)
+			if tc.tweak != nil {
+				tc.tweak(&s)
+			}
+			_, err := buildImage(t, tc.img, s)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if left, _ := os.ReadDir(dir); len(left) != 0 {
+				t.Errorf("a failed build left %v in the output directory", left)
+			}
+		})
+	}
+}

@@ -1,0 +1,179 @@
+// Package inspect reads back what the builder wrote: a disk image's
+// partitions, boot entries and slots, or an update artifact's config.
+package inspect
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/disk"
+	"github.com/slate-os/slate/builder/esp"
+)
+
+// Report describes a disk or an artifact.
+type Report struct {
+	Kind     string           `json:"kind"` // "disk" or "artifact"
+	Path     string           `json:"path"`
+	Disk     *disk.Plan       `json:"disk,omitempty"`
+	Loader   string           `json:"loaderConf,omitempty"`
+	Slots    []Slot           `json:"slots,omitempty"`
+	Artifact *ArtifactSummary `json:"artifact,omitempty"`
+}
+
+// Slot is one root slot as the ESP's entries describe it.
+type Slot struct {
+	Name       string `json:"name"`
+	Partition  string `json:"partition"`
+	PartUUID   string `json:"partUUID"`
+	Size       int64  `json:"size"`
+	State      string `json:"state"` // good, trying, bad, empty
+	Entry      string `json:"entry,omitempty"`
+	Version    string `json:"version,omitempty"`
+	Generation int    `json:"generation,omitempty"`
+	TriesLeft  *int   `json:"triesLeft,omitempty"`
+	RootHash   string `json:"rootHash,omitempty"`
+	Cmdline    string `json:"cmdline,omitempty"`
+}
+
+// ArtifactSummary is an update artifact's manifest digest and config.
+type ArtifactSummary struct {
+	Digest string          `json:"digest"`
+	Config artifact.Config `json:"config"`
+}
+
+// Path inspects a disk image file or an artifact (an OCI layout directory,
+// oci:DIR, or a registry reference).
+func Path(p string) (*Report, error) {
+	fi, err := os.Stat(p)
+	if err == nil && !fi.IsDir() {
+		if isQcow2(p) {
+			return nil, fmt.Errorf("%s is a qcow2 image: inspect the raw disk, or convert it with qemu-img convert -O raw", p)
+		}
+		return Disk(p)
+	}
+	ref := p
+	if err == nil && fi.IsDir() {
+		ref = "oci:" + p
+	}
+	a, err := artifact.Open(ref)
+	if err != nil {
+		return nil, err
+	}
+	return &Report{Kind: "artifact", Path: p, Artifact: &ArtifactSummary{Digest: a.Digest.String(), Config: a.Config}}, nil
+}
+
+func isQcow2(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	magic := make([]byte, 4)
+	_, err = io.ReadFull(f, magic)
+	return err == nil && string(magic) == "QFI\xfb"
+}
+
+// Disk inspects a raw disk image.
+func Disk(path string) (*Report, error) {
+	plan, err := disk.Read(path)
+	if err != nil {
+		return nil, err
+	}
+	r := &Report{Kind: "disk", Path: path, Disk: &plan}
+	espPart, ok := plan.ByName(boot.PartESP)
+	if !ok {
+		return nil, fmt.Errorf("%s: no partition named %q: not a slate disk", path, boot.PartESP)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fs, err := esp.Open(f, espPart.Start, espPart.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: partition %s: %w", path, boot.PartESP, err)
+	}
+	if b, err := fs.ReadFile(boot.LoaderConf); err == nil {
+		r.Loader = string(b)
+	}
+	names, err := fs.ReadDir(boot.EntriesDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: partition %s: %s: %w", path, boot.PartESP, boot.EntriesDir, err)
+	}
+	sort.Strings(names)
+	entries := map[boot.Slot]*boot.Entry{}
+	entryNames := map[boot.Slot]string{}
+	for _, n := range names {
+		if _, ok := boot.ParseEntryName(n); !ok {
+			continue
+		}
+		data, err := fs.ReadFile(boot.EntriesDir + "/" + n)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s/%s: %w", path, boot.EntriesDir, n, err)
+		}
+		e, err := boot.ParseEntry(n, data)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		if prev, dup := entryNames[e.Slot]; dup {
+			return nil, fmt.Errorf("%s: slot %s has two entries (%s and %s): systemd-bless-boot cannot work with that", path, e.Slot, prev, n)
+		}
+		entries[e.Slot], entryNames[e.Slot] = e, n
+	}
+	for _, s := range boot.Slots {
+		pt, _ := plan.ByName(s.PartitionName())
+		slot := Slot{Name: string(s), Partition: pt.Name, PartUUID: pt.GUID, Size: pt.Size, State: "empty"}
+		if e := entries[s]; e != nil {
+			slot.Entry = entryNames[s]
+			slot.Version, slot.Generation = e.Version, e.Generation
+			slot.RootHash = boot.CmdlineValue(e.Options, boot.ArgRootHash)
+			slot.Cmdline = e.Options
+			slot.State = "good"
+			if e.Counting {
+				left := e.Left
+				slot.TriesLeft = &left
+				slot.State = "trying"
+				if left == 0 {
+					slot.State = "bad"
+				}
+			}
+		}
+		r.Slots = append(r.Slots, slot)
+	}
+	return r, nil
+}
+
+// Text renders a report for people.
+func (r *Report) Text(w io.Writer) {
+	if r.Artifact != nil {
+		c := r.Artifact.Config
+		fmt.Fprintf(w, "artifact %s\n  digest   %s\n  version  %s\n  arch     %s/%s\n  kernel   %s\n  root     %d bytes (squashfs %d, verity tree at %d)\n  roothash %s\n  source   %s\n  cmdline  %s\n",
+			r.Path, r.Artifact.Digest, c.Version, c.OS, c.Architecture, c.KernelRelease,
+			c.Root.Size, c.Root.DataSize, c.Root.HashOffset, c.Root.RootHash, c.Source, c.Cmdline)
+		return
+	}
+	fmt.Fprintf(w, "disk %s (%d MiB, GPT %s)\n", r.Path, r.Disk.Size>>20, r.Disk.GUID)
+	fmt.Fprintf(w, "  %-2s %-14s %-10s %-10s %s\n", "#", "name", "start", "size", "partuuid")
+	for _, p := range r.Disk.Partitions {
+		fmt.Fprintf(w, "  %-2d %-14s %-10s %-10s %s\n", p.Number, p.Name, mib(p.Start), mib(p.Size), p.GUID)
+	}
+	for _, s := range r.Slots {
+		fmt.Fprintf(w, "slot %s: %s", strings.ToUpper(s.Name), s.State)
+		if s.Entry != "" {
+			fmt.Fprintf(w, ", version %s, generation %d, entry %s", s.Version, s.Generation, s.Entry)
+			if s.TriesLeft != nil {
+				fmt.Fprintf(w, ", %d tries left", *s.TriesLeft)
+			}
+			fmt.Fprintf(w, "\n  roothash %s", s.RootHash)
+		}
+		fmt.Fprintln(w)
+	}
+}
+
+func mib(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }

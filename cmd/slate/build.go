@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/slate-os/slate/builder"
+	"github.com/slate-os/slate/builder/spec"
+	"github.com/slate-os/slate/internal/progress"
+)
+
+func buildCmd() *cobra.Command {
+	var (
+		specFile, source, output, format, artifactDir, version, compression, initBin string
+		slotSize, espSize, stateSize                                                 spec.Size
+		cmdline, modules                                                             []string
+		insecure, asJSON                                                             bool
+	)
+	c := &cobra.Command{
+		Use:   "build [-f spec.yaml] [--source REF] [--output disk.raw] [--artifact DIR]",
+		Short: "Build a bootable A/B disk image and an update artifact from an OCI image",
+		Long: `Build reads an OCI image, streams its flattened filesystem into a squashfs
+root with a dm-verity hash tree, packs an initramfs with slate's init, and
+writes a GPT disk (ESP with systemd-boot, slot A, an empty slot B, a state
+partition) and, if asked, an update artifact as an OCI layout.
+
+REF is a registry reference (registry.example/org/node:1.4), an OCI layout
+(oci:DIR[:TAG|@sha256:DIGEST]) or a docker-save tarball (docker-archive:FILE).
+Flags override the spec file. The same inputs give byte-identical outputs.`,
+		Example: `  slate build --source oci:build/reference --output node.raw
+  slate build -f configs/examples/image.yaml --version 1.4.1 --artifact node-1.4.1.oci`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s := &spec.Spec{APIVersion: spec.APIVersion, Kind: spec.Kind}
+			if specFile != "" {
+				var err error
+				if s, err = spec.Load(specFile); err != nil {
+					return err
+				}
+			}
+			f := cmd.Flags()
+			set := func(name string, apply func()) {
+				if f.Changed(name) {
+					apply()
+				}
+			}
+			set("source", func() { s.Source = source })
+			set("output", func() { s.Outputs.Disk = output })
+			set("format", func() { s.Outputs.Format = format })
+			set("artifact", func() { s.Outputs.Artifact = artifactDir })
+			set("version", func() { s.Version = version })
+			set("compression", func() { s.Root.Compression = compression })
+			set("slot-size", func() { s.Disk.SlotSize = slotSize })
+			set("esp-size", func() { s.Disk.ESPSize = espSize })
+			set("state-size", func() { s.Disk.StateSize = stateSize })
+			set("cmdline", func() { s.Kernel.ExtraCmdline = append(s.Kernel.ExtraCmdline, cmdline...) })
+			set("module", func() { s.Initramfs.Modules = append(s.Initramfs.Modules, modules...) })
+			o := builder.Options{Spec: *s, InitBinary: initBin, Progress: progress.New(os.Stderr)}
+			o.SourceOptions.Insecure = insecure
+			res, err := builder.Build(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(res)
+			}
+			fmt.Printf("built %s from %s in %.1fs\n", res.Version, res.Source, res.Total.Seconds())
+			fmt.Printf("  kernel    %s\n  roothash  %s\n  root      %d MiB, initramfs %d KiB (%d modules)\n",
+				res.KernelRelease, res.RootHash, res.RootSize>>20, res.InitramfsSize>>10, len(res.Initramfs))
+			if res.Disk != "" {
+				fmt.Printf("  disk      %s (%d MiB)\n", res.Disk, res.Plan.Size>>20)
+			}
+			if res.Artifact != "" {
+				fmt.Printf("  artifact  %s\n", res.Artifact)
+			}
+			for _, st := range res.Steps {
+				fmt.Printf("  %-10s%s\n", st.Name, st.Elapsed.Round(10*time.Millisecond))
+			}
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVarP(&specFile, "file", "f", "", "image spec (YAML); see configs/")
+	f.StringVar(&source, "source", "", "source image: registry ref, oci:DIR[:TAG|@DIGEST] or docker-archive:FILE")
+	f.StringVarP(&output, "output", "o", "", "write the disk image here")
+	f.StringVar(&format, "format", "", "disk format: raw (default) or qcow2")
+	f.StringVar(&artifactDir, "artifact", "", "write the update artifact here (an OCI layout directory)")
+	f.StringVar(&version, "version", "", "version label (default: the image's org.opencontainers.image.version label, else its digest)")
+	f.StringVar(&compression, "compression", "", "squashfs compressor: zstd (default), xz, gzip, lz4, lzo, lzma")
+	f.Var(&slotSize, "slot-size", "size of each root slot, e.g. 2GiB (default: twice the root, at least 1GiB)")
+	f.Var(&espSize, "esp-size", "size of the EFI system partition (default 256MiB)")
+	f.Var(&stateSize, "state-size", "initial size of the state partition; it grows to the disk's end at first boot (default 64MiB)")
+	f.StringSliceVar(&cmdline, "cmdline", nil, "extra kernel command line argument (repeatable)")
+	f.StringSliceVar(&modules, "module", nil, "extra kernel module for the initramfs (repeatable)")
+	f.StringVar(&initBin, "init", "", "use this init binary instead of the embedded one (development)")
+	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the source registry")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return c
+}

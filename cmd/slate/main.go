@@ -1,0 +1,40 @@
+// Command slate builds immutable node images (build, push, inspect) and,
+// on a node, will manage its slots.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{
+		Use:   "slate",
+		Short: "Build immutable A/B node images from OCI images",
+		Long: `slate turns an ordinary OCI image (userland + kernel + systemd) into a bootable
+GPT disk with two read-only root slots, an EFI system partition with
+systemd-boot and a state partition, plus an update artifact any OCI registry
+can carry.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(buildCmd(), pushCmd(), inspectCmd())
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "slate:", err)
+		os.Exit(1)
+	}
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

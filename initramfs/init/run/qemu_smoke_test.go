@@ -1,0 +1,383 @@
+package run_test
+
+// A smoke test of the whole init under QEMU, without the builder: a real
+// kernel, the packer's initramfs with a fresh build of cmd/slate-init, and a
+// hand-made GPT disk whose root slot holds a tiny squashfs (the host's
+// e2fsprogs and a static test program as /sbin/init). It boots twice (first
+// boot: grow, mkfs, /var copy; second boot: fsck, same machine ID) and then
+// checks that a damaged state partition and a missing partition end in a
+// plain message and a reboot.
+//
+// It runs only when SLATE_SMOKE_KERNEL names an unpacked kernel package
+// (a directory with boot/vmlinuz-<kver>, boot/config-<kver> and
+// lib/modules/<kver>/ with modules.dep), e.g.:
+//
+//	apt-get download linux-image-6.1.0-54-cloud-amd64
+//	dpkg-deb -x linux-image-*.deb /tmp/k && depmod -b /tmp/k 6.1.0-54-cloud-amd64
+//	SLATE_SMOKE_KERNEL=/tmp/k go test -run QEMU -v ./initramfs/init/run/
+//
+// The full boot of a real image with systemd is the QEMU suite's job
+// (qemu-tests/).
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/boot/record"
+	"github.com/slate-os/slate/initramfs"
+	"github.com/slate-os/slate/initramfs/internal/initbuild"
+)
+
+const (
+	smokeRoot  = "2B1E6D3A-0C4F-4E8A-9B7D-5A6C3E2F1D0B"
+	smokeState = "7C9A1B2D-3E4F-4A5B-8C6D-9E0F1A2B3C4D"
+	smokeHash  = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+)
+
+// guestInit is the image's /sbin/init: it reports what it sees and powers off.
+const guestInit = `package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+)
+
+func check(name string, err error) {
+	if err != nil {
+		fmt.Printf("SMOKE %s: %v\n", name, err)
+	} else {
+		fmt.Printf("SMOKE %s: ok\n", name)
+	}
+}
+
+func main() {
+	fmt.Printf("SMOKE pid=%d args=%q\n", os.Getpid(), os.Args)
+	rec, err := os.ReadFile("/run/slate/boot.json")
+	check("record", err)
+	fmt.Printf("SMOKE-RECORD %s\n", strings.ReplaceAll(string(rec), "\n", " "))
+	mid, _ := os.ReadFile("/etc/machine-id")
+	vmid, _ := os.ReadFile("/var/lib/slate/machine-id")
+	fmt.Printf("SMOKE machine-id=%s var=%s\n", strings.TrimSpace(string(mid)), strings.TrimSpace(string(vmid)))
+	m, _ := os.ReadFile("/proc/mounts")
+	for _, l := range strings.Split(string(m), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 3 && (f[1] == "/" || f[1] == "/etc" || f[1] == "/var" || f[1] == "/tmp" || f[1] == "/run" || f[1] == "/dev" || f[1] == "/proc" || f[1] == "/sys") {
+			fmt.Printf("SMOKE mount %s %s %s\n", f[1], f[2], f[3])
+		}
+	}
+	check("write-etc", os.WriteFile("/etc/smoke", []byte("x"), 0o644))
+	check("write-tmp", os.WriteFile("/tmp/smoke", []byte("x"), 0o644))
+	check("write-usr", os.WriteFile("/usr/smoke", []byte("x"), 0o644))
+	check("write-root", os.WriteFile("/smoke", []byte("x"), 0o644))
+	old, _ := os.ReadFile("/var/boots")
+	check("write-var", os.WriteFile("/var/boots", append(old, 'x'), 0o644))
+	fmt.Printf("SMOKE boots=%d\n", len(old)+1)
+	_, err = os.Stat("/var/lib/image/hello")
+	check("image-var", err)
+	var st syscall.Stat_t
+	if err := syscall.Lstat("/var/lib/image/suid", &st); err == nil {
+		fmt.Printf("SMOKE suid-mode=%o\n", st.Mode&0o7777)
+	}
+	_, err = os.Stat("/etc/.updated")
+	check("etc-updated", err)
+	_, err = os.Stat("/run/initramfs/fsck-root")
+	check("fsck-root", err)
+	_, err = os.Stat("/init")
+	fmt.Printf("SMOKE initramfs-visible=%v\n", err == nil)
+	fmt.Println("SMOKE end")
+	syscall.Sync()
+	syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
+}
+`
+
+func need(t *testing.T, tools ...string) {
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed", tool)
+		}
+	}
+}
+
+func sh(t *testing.T, dir, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+func TestQEMUSmoke(t *testing.T) {
+	kdir := os.Getenv("SLATE_SMOKE_KERNEL")
+	if kdir == "" {
+		t.Skip("SLATE_SMOKE_KERNEL is not set (see the file's comment)")
+	}
+	need(t, "qemu-system-x86_64", "mksquashfs", "sgdisk", "mke2fs", "ldd")
+	work := t.TempDir()
+
+	// Kernel.
+	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
+	if len(vmlinuz) != 1 {
+		t.Fatalf("no single vmlinuz in %s/boot", kdir)
+	}
+	kver := strings.TrimPrefix(filepath.Base(vmlinuz[0]), "vmlinuz-")
+	modDir := filepath.Join(kdir, "lib", "modules", kver)
+	dep, err := os.ReadFile(filepath.Join(modDir, "modules.dep"))
+	if err != nil {
+		t.Fatalf("%v (run depmod -b %s %s)", err, kdir, kver)
+	}
+	builtin, _ := os.ReadFile(filepath.Join(modDir, "modules.builtin"))
+	config, _ := os.ReadFile(filepath.Join(kdir, "boot", "config-"+kver))
+
+	// Initramfs with a fresh init.
+	root, err := initbuild.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	initBin, err := initbuild.Build(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var initrd bytes.Buffer
+	info, err := initramfs.Build(&initrd, initramfs.Input{
+		Init: initBin, KernelRelease: kver, KernelConfig: config,
+		ModulesDep: dep, ModulesBuiltin: builtin, Modules: initramfs.DefaultModules,
+		OpenModule: func(rel string) (io.ReadCloser, error) { return os.Open(filepath.Join(modDir, rel)) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("initramfs: %d bytes %s (cpio %d), init %d bytes, modules %v, built in %v", info.Size, info.Compression, info.CPIOSize, len(initBin), info.Modules, info.Builtin)
+	initrdPath := filepath.Join(work, "initramfs")
+	os.WriteFile(initrdPath, initrd.Bytes(), 0o644)
+
+	// Root filesystem.
+	rootfs := filepath.Join(work, "rootfs")
+	for _, d := range []string{"dev", "proc", "sys", "run", "tmp", "etc", "usr/sbin", "usr/lib", "var/lib/image", "var/log", "sbin"} {
+		os.MkdirAll(filepath.Join(rootfs, d), 0o755)
+	}
+	syscall.Chmod(filepath.Join(rootfs, "tmp"), 0o1777)
+	os.WriteFile(filepath.Join(rootfs, "var/lib/image/hello"), []byte("from the image\n"), 0o644)
+	os.WriteFile(filepath.Join(rootfs, "var/lib/image/suid"), []byte("x"), 0o4755)
+	syscall.Chmod(filepath.Join(rootfs, "var/lib/image/suid"), 0o4755)
+	os.Symlink("/run", filepath.Join(rootfs, "var/run"))
+	os.WriteFile(filepath.Join(rootfs, "etc/machine-id"), []byte("uninitialized\n"), 0o444)
+	os.WriteFile(filepath.Join(rootfs, "etc/hostname"), []byte("smoke\n"), 0o644)
+	if b, err := os.ReadFile("/etc/mke2fs.conf"); err == nil {
+		os.WriteFile(filepath.Join(rootfs, "etc/mke2fs.conf"), b, 0o644)
+	}
+	// The host's e2fsprogs and their libraries.
+	for _, tool := range []string{"mke2fs", "e2fsck"} {
+		p, _ := exec.LookPath(tool)
+		copyFileTo(t, p, filepath.Join(rootfs, "usr/sbin", tool))
+		out, _ := exec.Command("ldd", p).Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			for _, f := range strings.Fields(line) {
+				if strings.HasPrefix(f, "/") {
+					real, _ := filepath.EvalSymlinks(f)
+					copyFileTo(t, real, filepath.Join(rootfs, f))
+				}
+			}
+		}
+	}
+	os.Symlink("mke2fs", filepath.Join(rootfs, "usr/sbin/mkfs.ext4"))
+	// /sbin/init.
+	gdir := filepath.Join(work, "guest")
+	os.MkdirAll(gdir, 0o755)
+	os.WriteFile(filepath.Join(gdir, "go.mod"), []byte("module guest\n\ngo 1.21\n"), 0o644)
+	os.WriteFile(filepath.Join(gdir, "main.go"), []byte(guestInit), 0o644)
+	cmd := exec.Command("go", "build", "-o", filepath.Join(rootfs, "usr/sbin/guest-init"), ".")
+	cmd.Dir = gdir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the guest init: %v\n%s", err, out)
+	}
+	os.Symlink("/usr/sbin/guest-init", filepath.Join(rootfs, "sbin/init"))
+	sqfs := filepath.Join(work, "root.sqfs")
+	sh(t, work, "mksquashfs", rootfs, sqfs, "-comp", "zstd", "-noappend", "-quiet", "-all-root")
+	sq, _ := os.Stat(sqfs)
+
+	// Disk: esp, root a (the squashfs), root b, state (marker); then the
+	// disk is made larger than the table, as when an image is written to a bigger disk.
+	disk := filepath.Join(work, "disk.img")
+	os.WriteFile(disk, nil, 0o644)
+	os.Truncate(disk, 128<<20)
+	rootMiB := sq.Size()>>20 + 2
+	sh(t, work, "sgdisk", "-o",
+		"-n", "1:2048:+4M", "-t", "1:"+boot.TypeESP, "-c", "1:"+boot.PartESP,
+		"-n", fmt.Sprintf("2:0:+%dM", rootMiB), "-t", "2:"+boot.TypeRootX8664, "-c", "2:"+boot.SlotA.PartitionName(), "-u", "2:"+smokeRoot,
+		"-n", fmt.Sprintf("3:0:+%dM", rootMiB), "-t", "3:"+boot.TypeRootX8664, "-c", "3:"+boot.SlotB.PartitionName(),
+		"-n", "4:0:+16M", "-t", "4:"+boot.TypeVar, "-c", "4:"+boot.PartState, "-u", "4:"+smokeState,
+		disk)
+	writeAtLBA(t, disk, sqfs, 2048+4*2048)
+	stateLBA := int64(2048 + 4*2048 + 2*rootMiB*2048)
+	writeBytesAt(t, disk, []byte(boot.StateUnformatted), stateLBA*512)
+	os.Truncate(disk, 512<<20)
+
+	cmdline := "console=ttyS0 panic=-1 slate.slot=a slate.root=" + smokeRoot + " slate.state=" + smokeState +
+		" slate.roothash=" + smokeHash + " slate.version=smoke-1 slate.reboot_delay=1s -- extra-arg"
+
+	// First boot.
+	out1 := qemu(t, work, vmlinuz[0], initrdPath, disk, cmdline, "boot1")
+	rec1 := checkBoot(t, out1, true)
+	if !rec1.StateGrown || !rec1.StatePopulated || rec1.StateFsck != -1 {
+		t.Errorf("first boot record: %+v", rec1)
+	}
+	// Second boot.
+	out2 := qemu(t, work, vmlinuz[0], initrdPath, disk, cmdline, "boot2")
+	rec2 := checkBoot(t, out2, false)
+	if rec2.StateGrown || rec2.StatePopulated || rec2.StateFsck != 0 {
+		t.Errorf("second boot record: %+v", rec2)
+	}
+	mid := func(out string) string {
+		for _, l := range strings.Split(out, "\n") {
+			if i := strings.Index(l, "SMOKE machine-id="); i >= 0 {
+				return strings.Fields(l[i+len("SMOKE machine-id="):])[0]
+			}
+		}
+		return ""
+	}
+	if m1, m2 := mid(out1), mid(out2); m1 == "" || m1 != m2 {
+		t.Errorf("machine ID changed across boots: %q -> %q", m1, m2)
+	}
+	if !strings.Contains(out2, "SMOKE boots=2") {
+		t.Error("/var did not persist across boots")
+	}
+
+	// Damaged state: garbage where the filesystem was. Plain message, reboot.
+	writeBytesAt(t, disk, bytes.Repeat([]byte("garbage!"), 1024), stateLBA*512)
+	out3 := qemu(t, work, vmlinuz[0], initrdPath, disk, cmdline, "damaged")
+	if !strings.Contains(out3, "slate-init: FATAL: state: state partition /dev/vda4 (PARTUUID "+smokeState+") is damaged: will not format it") ||
+		!strings.Contains(out3, "rebooting in 1s") || strings.Contains(out3, "SMOKE") {
+		t.Errorf("damaged state: console:\n%s", tail(out3, 30))
+	}
+	// A missing partition: the wait times out.
+	out4 := qemu(t, work, vmlinuz[0], initrdPath, disk, strings.Replace(cmdline, smokeRoot, "2B1E6D3A-0C4F-4E8A-9B7D-000000000000", 1), "missing")
+	if !strings.Contains(out4, "FATAL: find-partitions: slot a: no partition with PARTUUID 2B1E6D3A-0C4F-4E8A-9B7D-000000000000 after 10s; rebooting in 1s") {
+		t.Errorf("missing root: console:\n%s", tail(out4, 30))
+	}
+}
+
+func checkBoot(t *testing.T, out string, first bool) *record.Record {
+	t.Helper()
+	for _, want := range []string{
+		"SMOKE pid=1 args=[\"/sbin/init\" \"extra-arg\"]",
+		"SMOKE record: ok", "SMOKE write-etc: ok", "SMOKE write-tmp: ok", "SMOKE write-var: ok",
+		"SMOKE write-usr: open /usr/smoke: read-only file system",
+		"SMOKE write-root: open /smoke: read-only file system",
+		"SMOKE image-var: ok", "SMOKE suid-mode=4755", "SMOKE etc-updated: ok", "SMOKE fsck-root: ok",
+		"SMOKE mount / squashfs ro", "SMOKE mount /etc overlay rw", "SMOKE mount /var ext4 rw", "SMOKE mount /tmp tmpfs rw",
+		"SMOKE mount /run tmpfs rw", "SMOKE mount /dev devtmpfs rw",
+		"SMOKE initramfs-visible=false", "SMOKE end",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+	var rec *record.Record
+	for _, l := range strings.Split(out, "\n") {
+		if i := strings.Index(l, "SMOKE-RECORD "); i >= 0 {
+			r, err := record.Parse([]byte(l[i+len("SMOKE-RECORD "):]))
+			if err != nil {
+				t.Fatalf("record: %v", err)
+			}
+			rec = r
+		}
+	}
+	if rec == nil {
+		t.Fatalf("no record; console:\n%s", tail(out, 60))
+	}
+	b, _ := json.Marshal(rec)
+	t.Logf("record: %s", b)
+	if rec.Slot != "a" || rec.Version != "smoke-1" || rec.RootHash != smokeHash || rec.RootDevice != "/dev/vda2" ||
+		rec.StateDevice != "/dev/vda4" || rec.FirstBoot != first || rec.Error != "" || len(rec.Modules) == 0 {
+		t.Errorf("record: %+v", rec)
+	}
+	if t.Failed() {
+		t.Logf("console:\n%s", tail(out, 80))
+	}
+	return rec
+}
+
+func qemu(t *testing.T, work, kernel, initrd, disk, cmdline, name string) string {
+	t.Helper()
+	log := filepath.Join(work, name+".log")
+	args := []string{"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024",
+		"-display", "none", "-serial", "file:" + log, "-monitor", "none", "-nic", "none", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
+		"-drive", "file=" + disk + ",if=virtio,format=raw"}
+	cmd := exec.Command("qemu-system-x86_64", args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("qemu %s: %v %s", name, err, stderr.String())
+		}
+	case <-time.After(3 * time.Minute):
+		cmd.Process.Kill()
+		<-done
+		t.Errorf("qemu %s: timed out", name)
+	}
+	b, _ := os.ReadFile(log)
+	t.Logf("%s: %s", name, time.Since(start).Round(time.Millisecond))
+	return string(b)
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func copyFileTo(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(src)
+	os.MkdirAll(filepath.Dir(dst), 0o755)
+	if err := os.WriteFile(dst, b, st.Mode().Perm()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeAtLBA(t *testing.T, disk, src string, lba int64) {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeBytesAt(t, disk, b, lba*512)
+}
+
+func writeBytesAt(t *testing.T, disk string, b []byte, off int64) {
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}

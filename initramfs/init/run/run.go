@@ -1,0 +1,273 @@
+// Package run is slate's init: PID 1 in the initramfs. It mounts the API
+// filesystems, loads the modules the packer put in the initramfs, finds the
+// slot's root and the state partition by PARTUUID, mounts the root
+// read-only, sets up the state partition on /var (formatting and growing it
+// on first boot), makes /etc a tmpfs-backed overlay and /tmp a tmpfs,
+// writes the boot record and switches root to the image's /sbin/init.
+//
+// Every step is timed and logged. Any failure (or panic) prints one line
+// naming the step and the cause, and reboots after slate.reboot_delay: a
+// reboot spends one of systemd-boot's tries, a hang spends nothing.
+package run
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/u-root/u-root/pkg/mount"
+	"golang.org/x/sys/unix"
+
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/boot/record"
+	"github.com/slate-os/slate/initramfs/init/blockdev"
+	"github.com/slate-os/slate/initramfs/init/cmdline"
+	"github.com/slate-os/slate/initramfs/init/klog"
+	"github.com/slate-os/slate/initramfs/layout"
+)
+
+// Timeouts.
+const (
+	// PartitionTimeout bounds the wait for the root and state partitions.
+	PartitionTimeout = 10 * time.Second
+	partitionPoll    = 50 * time.Millisecond
+)
+
+// Paths in the initramfs.
+const (
+	sysroot = layout.SysRoot
+	// stateMount is where the state filesystem is mounted first (to copy
+	// the image's /var into it, which it would hide on /sysroot/var), then
+	// moved to /sysroot/var.
+	stateMount = "/state"
+	// etcOverlay holds the /etc overlay's upper and work directories, on
+	// the /run tmpfs: every change to /etc dies at reboot.
+	etcOverlay = boot.RunDir + "/etc-overlay"
+	// ImageInit is the program the init hands over to.
+	ImageInit = "/sbin/init"
+)
+
+type initProc struct {
+	start       time.Time
+	log         *klog.Logger
+	rec         record.Record
+	rebootDelay time.Duration
+	current     string // the step running
+	dying       bool
+
+	cmdline   string
+	params    *cmdline.Params
+	root      blockdev.Partition
+	state     blockdev.Partition
+	finder    blockdev.Finder
+	machineID string
+}
+
+// Main runs the init. It does not return: it execs the image's init or
+// reboots.
+func Main() {
+	in := &initProc{
+		start:       time.Now(),
+		log:         &klog.Logger{},
+		rebootDelay: cmdline.DefaultRebootDelay,
+	}
+	in.rec.FormatVersion = record.FormatVersion
+	in.rec.StateFsck = -1
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "slate-init: this is slate's initramfs init; it runs only as PID 1")
+		os.Exit(2)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			in.log.Debugf("panic stack:\n%s", debug.Stack())
+			in.fatal(fmt.Errorf("panic: %v", r))
+		}
+	}()
+	in.run()
+}
+
+func (in *initProc) run() {
+	in.step("mount-api", in.mountAPI)
+	in.step("cmdline", in.readCmdline)
+	in.step("modules", in.loadModules)
+	in.step("find-partitions", in.findPartitions)
+	in.step("mount-root", in.mountRoot)
+	in.step("state", in.setupState)
+	in.step("etc", in.setupEtc)
+	in.step("record", in.writeRecord)
+	in.step("switch-root", in.switchRoot) // returns only on failure
+}
+
+// step runs one step, times it and logs it; a failure is fatal.
+func (in *initProc) step(name string, fn func() error) {
+	in.current = name
+	t := time.Now()
+	err := fn()
+	d := time.Since(t)
+	in.rec.AddStep(name, d, err)
+	if err != nil {
+		in.fatal(err)
+	}
+	in.log.Infof("%s: done in %d ms", name, d.Milliseconds())
+}
+
+func (in *initProc) warn(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	in.rec.Warnings = append(in.rec.Warnings, msg)
+	in.log.Warnf("%s", msg)
+}
+
+// fatal reports err as the current step's failure and reboots after the
+// delay. It never returns.
+func (in *initProc) fatal(err error) {
+	if in.dying { // a failure while failing: reboot now
+		unix.Sync()
+		unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+		os.Exit(1)
+	}
+	in.dying = true
+	step := in.current
+	if step == "" {
+		step = "start"
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
+	in.rec.Error = step + ": " + msg
+	in.log.Critf("FATAL: %s: %s; rebooting in %s", step, msg, in.rebootDelay)
+	in.rec.TotalMS = time.Since(in.start).Milliseconds()
+	in.rec.Write(boot.BootRecord) // best effort: /run may not be mounted yet
+	unix.Sync()
+	time.Sleep(in.rebootDelay)
+	if e := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); e != nil {
+		in.log.Critf("reboot: %v", e)
+	}
+	// Exiting PID 1 panics the kernel, which reboots when panic= is set.
+	os.Exit(1)
+}
+
+// --- steps ---
+
+type apiMount struct {
+	src, dst, fstype, data string
+	flags                  uintptr
+}
+
+func (in *initProc) mountAPI() error {
+	for _, m := range []apiMount{
+		{"proc", "/proc", "proc", "", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+		{"sysfs", "/sys", "sysfs", "", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC},
+		// The Debian kernels do not mount devtmpfs on an initramfs by themselves.
+		{"devtmpfs", "/dev", "devtmpfs", "mode=0755", unix.MS_NOSUID},
+		// As systemd mounts /run; it carries over to the real root.
+		{"tmpfs", "/run", "tmpfs", "mode=0755,size=20%,nr_inodes=800k", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_STRICTATIME},
+	} {
+		if err := os.MkdirAll(m.dst, 0o755); err != nil {
+			return err
+		}
+		if mounted, _ := isMountPoint(m.dst); mounted {
+			continue
+		}
+		if _, err := mount.Mount(m.src, m.dst, m.fstype, m.data, m.flags); err != nil {
+			return err
+		}
+	}
+	in.log.Setup()
+	var u unix.Utsname
+	if err := unix.Uname(&u); err == nil {
+		in.rec.KernelRelease = unix.ByteSliceToString(u.Release[:])
+	}
+	in.log.Infof("slate init starting on kernel %s", in.rec.KernelRelease)
+	return os.MkdirAll(boot.RunDir, 0o755)
+}
+
+// isMountPoint is true when p is on another filesystem than its parent.
+func isMountPoint(p string) (bool, error) {
+	same, err := mount.SameFilesystem(p, filepath.Dir(p))
+	return !same, err
+}
+
+func (in *initProc) readCmdline() error {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return err
+	}
+	in.cmdline = strings.TrimSpace(string(b))
+	in.rec.Cmdline = in.cmdline
+	// The delay first, so that a bad command line reboots after it too.
+	in.rebootDelay, _ = cmdline.RebootDelay(in.cmdline)
+	p, warns, err := cmdline.Parse(in.cmdline)
+	for _, w := range warns {
+		in.warn("%s", w)
+	}
+	if err != nil {
+		return fmt.Errorf("kernel command line: %w", err)
+	}
+	in.params = p
+	in.rebootDelay = p.RebootDelay
+	in.rec.Slot = string(p.Slot)
+	in.rec.Version = p.Version
+	in.rec.RootHash = p.RootHash
+	in.rec.RootPartUUID = p.RootPartUUID
+	in.rec.StatePartUUID = p.StatePartUUID
+	in.log.Infof("slot %s, image version %q, root PARTUUID %s, state PARTUUID %s", p.Slot, p.Version, p.RootPartUUID, p.StatePartUUID)
+	return nil
+}
+
+func (in *initProc) findPartitions() error {
+	slot := "slot " + string(in.params.Slot)
+	got, err := in.finder.Wait([]blockdev.Want{
+		{PartUUID: in.params.RootPartUUID, What: slot},
+		{PartUUID: in.params.StatePartUUID, What: "state"},
+	}, PartitionTimeout, partitionPoll)
+	if err != nil {
+		return err
+	}
+	in.root, in.state = got[in.params.RootPartUUID], got[in.params.StatePartUUID]
+	in.rec.RootDevice, in.rec.StateDevice = in.root.Dev, in.state.Dev
+	in.log.Infof("%s root: %s (%q); state: %s (%q)", slot, in.root.Dev, in.root.Label, in.state.Dev, in.state.Label)
+	if want := in.params.Slot.PartitionName(); in.root.Label != want {
+		in.warn("%s root partition %s is named %q, not %q", slot, in.root.Dev, in.root.Label, want)
+	}
+	if in.state.Label != boot.PartState {
+		in.warn("state partition %s is named %q, not %q", in.state.Dev, in.state.Label, boot.PartState)
+	}
+	return nil
+}
+
+func (in *initProc) mountRoot() error {
+	dev := in.root.Dev
+	f, err := os.Open(dev)
+	if err != nil {
+		return err
+	}
+	magic := make([]byte, 4)
+	_, err = f.ReadAt(magic, 0)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("slot %s: reading %s: %w", in.params.Slot, dev, err)
+	}
+	if string(magic) != "hsqs" {
+		return fmt.Errorf("slot %s: %s (PARTUUID %s) holds no squashfs (it starts with %q): was the slot written?", in.params.Slot, dev, in.root.PartUUID, magic)
+	}
+	if err := os.MkdirAll(sysroot, 0o755); err != nil {
+		return err
+	}
+	// The squashfs is followed by its dm-verity hash tree in the same
+	// partition; squashfs reads only its own bytes_used.
+	if _, err := mount.Mount(dev, sysroot, "squashfs", "", unix.MS_RDONLY); err != nil {
+		return fmt.Errorf("slot %s: %w", in.params.Slot, err)
+	}
+	if in.params.RootHash != "" {
+		in.log.Infof("root %s mounted read-only on %s; dm-verity is not set up yet (root hash %s recorded)", dev, sysroot, in.params.RootHash)
+	} else {
+		in.log.Infof("root %s mounted read-only on %s", dev, sysroot)
+	}
+	return nil
+}
+
+func (in *initProc) writeRecord() error {
+	in.rec.TotalMS = time.Since(in.start).Milliseconds()
+	return in.rec.Write(boot.BootRecord)
+}

@@ -1,0 +1,606 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// These tests boot OVMF with no bootable disk, which needs nothing from the
+// rest of slate. Under TCG OVMF prints, about 4 s after power-on:
+//
+//	BdsDxe: failed to load Boot0001 "UEFI QEMU DVD-ROM QM00005 " from ...: Not Found
+//	BdsDxe: loading Boot0002 "EFI Internal Shell" from Fv(...)/FvFile(...)
+//	BdsDxe: starting Boot0002 "EFI Internal Shell" from Fv(...)/FvFile(...)
+//	UEFI Interactive Shell v2.2
+//	...
+//	Press ESC in 5 seconds to skip startup.nsh or any other key to continue.
+//	Shell>
+//
+// (the DVD-ROM is q35's default CD drive) and the shell's `reset` makes
+// the guest reboot, which is enough to exercise every part of the harness.
+
+// bootTimeout bounds how long OVMF may take to reach its boot manager.
+const bootTimeout = 60 * time.Second
+
+// toShell waits for the UEFI shell's countdown, skips it, and waits for the
+// prompt, which has no newline after it.
+func toShell(t *testing.T, m *Machine) {
+	t.Helper()
+	if _, err := m.Expect("Press ESC in", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Send("\x1b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Expect(regexp.MustCompile(`^Shell> $`), 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func sha(t *testing.T, path string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+// TestBootToShellGuestReset boots to the UEFI shell, measures how long OVMF
+// takes, and checks that a reboot by the guest ends QEMU under -no-reboot.
+// It also runs on a vars file it provides, which must be written in place.
+func TestBootToShellGuestReset(t *testing.T) {
+	t.Parallel() // each boots OVMF: ~4 s, mostly on one host core
+	SkipIfUnavailable(t)
+	vars := filepath.Join(t.TempDir(), "my-vars.fd")
+	if err := copyFile(DefaultVarsTemplate, vars); err != nil {
+		t.Fatal(err)
+	}
+	before := sha(t, vars)
+
+	start := time.Now()
+	m := Start(t, Config{Vars: vars})
+	mt, err := m.Expect(regexp.MustCompile(`BdsDxe: (?:loading|starting) (Boot[0-9A-F]{4}) "([^"]+)"`), bootTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("OVMF reached its boot manager %.1f s after Start: %q", time.Since(start).Seconds(), mt.Line)
+	if mt.Groups[2] != "EFI Internal Shell" {
+		t.Errorf("OVMF boots %q (%s), want the EFI Internal Shell", mt.Groups[2], mt.Groups[1])
+	}
+	toShell(t, m)
+	t.Logf("UEFI shell prompt %.1f s after Start", time.Since(start).Seconds())
+
+	if err := m.Send("reset\r"); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := m.WaitExit(20 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit.Reason != "guest-reset" || exit.Code != 0 {
+		t.Errorf("after the guest's reset under -no-reboot: %s, want status 0, guest-reset", exit)
+	}
+	if m.Vars() != vars {
+		t.Errorf("Vars() = %s, want the given %s", m.Vars(), vars)
+	}
+	if sha(t, vars) == before {
+		t.Errorf("OVMF wrote nothing to the given vars file (it records its boot options at first boot)")
+	}
+	if err := m.Send("x"); err == nil {
+		t.Errorf("Send after exit: no error")
+	}
+}
+
+// TestAllowReboot checks that with AllowReboot a reset reboots in the same
+// QEMU process, and that Quit then ends it.
+func TestAllowReboot(t *testing.T) {
+	t.Parallel() // each boots OVMF: ~4 s, mostly on one host core
+	m := Start(t, Config{AllowReboot: true})
+	// The shell's countdown comes after all of the first boot's BdsDxe lines.
+	if _, err := m.Expect("Press ESC in", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SystemReset(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Expect("BdsDxe:", bootTimeout); err != nil {
+		t.Fatalf("no second boot after SystemReset: %v", err)
+	}
+	if _, err := m.Execute("query-status", nil); err != nil {
+		t.Fatalf("QEMU is gone after a reset with AllowReboot: %v", err)
+	}
+	if err := m.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := m.WaitExit(time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit.Reason != "host-qmp-quit" {
+		t.Errorf("after Quit: %s, want host-qmp-quit", exit)
+	}
+}
+
+// TestMachineRebootKeepsState powers the same machine on twice: an EFI
+// variable the guest sets in the first run must be there in the second,
+// and the overlay and vars files must be the same ones.
+func TestMachineRebootKeepsState(t *testing.T) {
+	t.Parallel() // each boots OVMF: ~4 s, mostly on one host core
+	base := filepath.Join(t.TempDir(), "base.raw")
+	if err := os.WriteFile(base, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := Start(t, Config{Disk: base, DiskFormat: "raw"})
+	overlay, vars := m.Disk(), m.Vars()
+	if filepath.Dir(vars) != m.Dir() {
+		t.Errorf("fresh vars %s not in the work dir %s", vars, m.Dir())
+	}
+	toShell(t, m)
+	const guid = "5a7e5a7e-0000-4000-8000-000000000001"
+	if err := m.Send("setvar SlateTest -guid " + guid + " -nv -bs -rt =736C617465\r"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Expect(regexp.MustCompile(`^Shell> $`), 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Quit(); err != nil { // a power cut, not a clean shutdown
+		t.Fatal(err)
+	}
+	if sha(t, vars) == sha(t, DefaultVarsTemplate) {
+		t.Errorf("the first run left the vars file as the template")
+	}
+
+	if err := m.Boot(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if m.Disk() != overlay || m.Vars() != vars {
+		t.Errorf("second boot on %s, %s; want the first's %s, %s", m.Disk(), m.Vars(), overlay, vars)
+	}
+	toShell(t, m)
+	if err := m.Send("dmpstore SlateTest -guid " + guid + "\r"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Expect(regexp.MustCompile(`73 6C 61 74 65 +\*slate\*`), 20*time.Second); err != nil {
+		t.Fatalf("the variable set in the first run is gone: %v", err)
+	}
+	if err := m.Quit(); err != nil {
+		t.Fatal(err)
+	}
+
+	log, err := os.ReadFile(m.ConsoleLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(log), "--- slate/vm: boot "); n != 2 {
+		t.Errorf("console log has %d boot markers, want 2 (one log across boots)", n)
+	}
+}
+
+// TestOverlayKeepsBase writes through the guest's disk and checks that
+// the base image, raw or qcow2, is unchanged while the overlay has the data.
+func TestOverlayKeepsBase(t *testing.T) {
+	SkipIfUnavailable(t)
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "base.raw")
+	content := make([]byte, 4<<20)
+	if _, err := rand.Read(content); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(raw, content, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	qcow := filepath.Join(dir, "base.qcow2")
+	if out, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert: %v: %s", err, out)
+	}
+
+	for _, tc := range []struct {
+		name, base, format string
+		size               int64
+	}{
+		{"raw", raw, "raw", 0},
+		{"qcow2-detected-and-grown", qcow, "", 8 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := sha(t, tc.base)
+			m := Start(t, Config{Disk: tc.base, DiskFormat: tc.format, DiskSize: tc.size})
+			// Write 64 KiB of 0xab at offset 0 through QEMU's block layer,
+			// as the guest would.
+			if _, err := m.Execute("human-monitor-command", map[string]string{
+				"command-line": `qemu-io disk0 "write -P 0xab 0 64k"`,
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Quit(); err != nil {
+				t.Fatal(err)
+			}
+			if sha(t, tc.base) != before {
+				t.Fatalf("the base image %s changed", tc.base)
+			}
+			out := filepath.Join(t.TempDir(), "flat.raw")
+			if b, err := exec.Command("qemu-img", "convert", "-O", "raw", m.Disk(), out).CombinedOutput(); err != nil {
+				t.Fatalf("qemu-img convert: %v: %s", err, b)
+			}
+			got, err := os.ReadFile(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := append(bytes.Repeat([]byte{0xab}, 64<<10), content[64<<10:]...)
+			if tc.size > int64(len(content)) {
+				want = append(want, make([]byte, tc.size-int64(len(content)))...)
+			}
+			if len(got) != len(want) {
+				t.Fatalf("overlay is %d bytes, want %d", len(got), len(want))
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("overlay content is not the guest's write over the base")
+			}
+		})
+	}
+}
+
+// TestQMP checks commands, errors, a reply larger than 64 KiB, and that a
+// reset under -no-reboot ends QEMU.
+func TestQMP(t *testing.T) {
+	m := Start(t, Config{})
+	ret, err := m.Execute("query-status", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(ret, &st); err != nil || st.Status != "running" {
+		t.Errorf("query-status = %s (%v), want running", ret, err)
+	}
+
+	_, err = m.Execute("no-such-command", nil)
+	var qe *QMPError
+	if !errors.As(err, &qe) || qe.Class != "CommandNotFound" {
+		t.Errorf("unknown command: %v, want a CommandNotFound QMPError", err)
+	}
+
+	schema, err := m.Execute("query-qmp-schema", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(schema) < 64<<10 {
+		t.Logf("query-qmp-schema is only %d bytes", len(schema))
+	}
+
+	if err := m.SystemPowerdown(); err != nil { // OVMF ignores it; QEMU must accept it
+		t.Fatal(err)
+	}
+	if err := m.SystemReset(); err != nil {
+		t.Fatal(err)
+	}
+	exit, err := m.WaitExit(20 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit.Reason != "host-qmp-system-reset" {
+		t.Errorf("SystemReset under -no-reboot: %s, want host-qmp-system-reset", exit)
+	}
+	if _, err := m.Execute("query-status", nil); err == nil {
+		t.Errorf("Execute after exit: no error")
+	}
+}
+
+// TestOptions checks fw_cfg, networking and sizing reach QEMU, and that
+// QEMU's refusal of an argument comes back as an error with its message.
+func TestOptions(t *testing.T) {
+	SkipIfUnavailable(t)
+	cfgFile := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(cfgFile, []byte("version: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := Start(t, Config{
+		FwCfg:        map[string]string{"opt/slate/config": cfgFile},
+		FwCfgStrings: map[string]string{"opt/slate/note": "a, b\nc"},
+		Forwards:     []Forward{{GuestPort: 22}},
+		MemoryMiB:    512,
+		CPUs:         1,
+	})
+	ret, err := m.Execute("query-memory-size-summary", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mem struct {
+		Base int64 `json:"base-memory"`
+	}
+	if err := json.Unmarshal(ret, &mem); err != nil || mem.Base != 512<<20 {
+		t.Errorf("memory = %s, want 512 MiB", ret)
+	}
+	ret, err = m.Execute("query-cpus-fast", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cpus []json.RawMessage
+	if err := json.Unmarshal(ret, &cpus); err != nil || len(cpus) != 1 {
+		t.Errorf("cpus = %s, want 1", ret)
+	}
+
+	addr := m.HostAddr(22)
+	if addr == "" {
+		t.Fatal("HostAddr(22) is empty")
+	}
+	ret, err = m.Execute("human-monitor-command", map[string]string{"command-line": "info usernet"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := strings.Cut(addr, ":")
+	if s := string(ret); !strings.Contains(s, "HOST_FORWARD") || !strings.Contains(s, port) {
+		t.Errorf("info usernet has no forward of %s:\n%s", addr, s)
+	}
+
+	// There is no QMP query for fw_cfg files; the guest reads them. Here:
+	// QEMU accepted both entries, and the string entry's file is exact.
+	args, err := os.ReadFile(filepath.Join(m.Dir(), "qemu.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"name=opt/slate/config,file=" + cfgFile, "name=opt/slate/note,file="} {
+		if !strings.Contains(string(args), want) {
+			t.Errorf("QEMU's command line lacks -fw_cfg %s", want)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(m.Dir(), "fw_cfg0")); err != nil || string(b) != "a, b\nc" {
+		t.Errorf("fw_cfg string entry file = %q, %v", b, err)
+	}
+
+	// QEMU refuses a fw_cfg entry whose file is missing; its words must
+	// reach the caller.
+	_, err = StartContext(t.Context(), Config{
+		Dir:       t.TempDir(),
+		ExtraArgs: []string{"-fw_cfg", "name=opt/slate/missing,file=/nonexistent/slate-config"},
+	})
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/slate-config") {
+		t.Errorf("StartContext with a bad -fw_cfg: %v, want QEMU's complaint", err)
+	}
+}
+
+// fakeTB lets a test watch what Start's Cleanup does for a failed test
+// without failing itself.
+type fakeTB struct {
+	testing.TB
+	mu       sync.Mutex
+	failed   bool
+	cleanups []func()
+	logs     []string
+}
+
+func (f *fakeTB) Helper()           {}
+func (f *fakeTB) Cleanup(fn func()) { f.mu.Lock(); f.cleanups = append(f.cleanups, fn); f.mu.Unlock() }
+func (f *fakeTB) Failed() bool      { f.mu.Lock(); defer f.mu.Unlock(); return f.failed }
+func (f *fakeTB) Logf(format string, args ...any) {
+	f.mu.Lock()
+	f.logs = append(f.logs, fmt.Sprintf(format, args...))
+	f.mu.Unlock()
+}
+func (f *fakeTB) Fatalf(format string, args ...any) {
+	f.TB.Helper()
+	f.TB.Fatalf(format, args...)
+}
+func (f *fakeTB) runCleanups() {
+	for i := len(f.cleanups) - 1; i >= 0; i-- {
+		f.cleanups[i]()
+	}
+}
+
+// TestExpectTimeoutSavesLog checks Expect's timeout error and what Cleanup
+// keeps of a failed test.
+func TestExpectTimeoutSavesLog(t *testing.T) {
+	SkipIfUnavailable(t)
+	logs := t.TempDir()
+	t.Setenv("SLATE_TEST_LOGS", logs)
+	ft := &fakeTB{TB: t}
+	m := Start(ft, Config{Name: "failing"})
+
+	if _, err := m.Expect("BdsDxe:", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err := m.Expect("this never appears", time.Second)
+	if err == nil {
+		t.Fatal("Expect of a missing line succeeded")
+	}
+	if d := time.Since(start); d > Scale(5*time.Second) {
+		t.Errorf("a 1 s Expect took %s", d)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, "not on the console within") || !strings.Contains(msg, "BdsDxe:") {
+		t.Errorf("timeout error lacks the reason or the console's tail:\n%s", msg)
+	}
+	if strings.Contains(msg, "\x1b") {
+		t.Errorf("timeout error has terminal escapes")
+	}
+	if _, err := m.Expect(42, time.Second); err == nil {
+		t.Errorf("Expect(42): no error")
+	}
+
+	ft.failed = true
+	ft.runCleanups()
+	if r := m.current(); !r.hasExited() {
+		t.Errorf("Cleanup left QEMU running")
+	}
+	saved := filepath.Join(logs, t.Name()+".failing.console.log")
+	b, err := os.ReadFile(saved)
+	if err != nil {
+		t.Fatalf("console log not saved: %v", err)
+	}
+	if !strings.Contains(string(b), "BdsDxe:") {
+		t.Errorf("saved log lacks the console output")
+	}
+	if len(ft.logs) != 1 || !strings.Contains(ft.logs[0], saved) || !strings.Contains(ft.logs[0], "BdsDxe:") {
+		t.Errorf("Cleanup logged %q; want the saved path and the console's tail", ft.logs)
+	}
+
+	// A passing test keeps nothing.
+	ft2 := &fakeTB{TB: t}
+	m2 := Start(ft2, Config{Name: "passing"})
+	ft2.runCleanups()
+	if r := m2.current(); !r.hasExited() {
+		t.Errorf("Cleanup left QEMU running")
+	}
+	if _, err := os.Stat(filepath.Join(logs, t.Name()+".passing.console.log")); err == nil {
+		t.Errorf("a passing test's log was saved")
+	}
+}
+
+// TestExpectExitEndsWait checks that Expect gives up as soon as QEMU exits.
+func TestExpectExitEndsWait(t *testing.T) {
+	m := Start(t, Config{})
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		_ = m.Quit()
+	}()
+	start := time.Now()
+	_, err := m.Expect("this never appears", time.Minute)
+	if err == nil || !strings.Contains(err.Error(), "qemu exited") {
+		t.Errorf("Expect after exit: %v", err)
+	}
+	if d := time.Since(start); d > Scale(10*time.Second) {
+		t.Errorf("Expect waited %s after QEMU exited", d)
+	}
+}
+
+func TestScale(t *testing.T) {
+	t.Setenv("SLATE_TIMEOUT_SCALE", "2.5")
+	if got := Scale(2 * time.Second); got != 5*time.Second {
+		t.Errorf("Scale(2s) = %s with 2.5, want 5s", got)
+	}
+	t.Setenv("SLATE_TIMEOUT_SCALE", "fast")
+	if got := Scale(time.Second); got != time.Second {
+		t.Errorf("Scale with an invalid value = %s, want 1s", got)
+	}
+	SkipIfUnavailable(t)
+	if _, err := StartContext(t.Context(), Config{Dir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "SLATE_TIMEOUT_SCALE") {
+		t.Errorf("StartContext with an invalid scale: %v", err)
+	}
+}
+
+func TestCleanLine(t *testing.T) {
+	in := "\x1b[08;01H\x1b[1m\x1b[33m\x1b[40mShell> \x1b[0m\x1b[37m\x1b[40m\r\n"
+	if got := cleanLine([]byte(in)); got != "Shell> " {
+		t.Errorf("cleanLine = %q", got)
+	}
+}
+
+// A Machine made for a program (StartContext) stops with its context and
+// cleans up after itself.
+func TestStartContext(t *testing.T) {
+	t.Parallel() // each boots OVMF: ~4 s, mostly on one host core
+	SkipIfUnavailable(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	var console bytes.Buffer
+	var mu sync.Mutex
+	m, err := StartContext(ctx, Config{Console: writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return console.Write(p)
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := m.Dir()
+	if _, err := m.Expect("BdsDxe:", bootTimeout); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	exit, err := m.WaitExit(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exit.Reason != "host-signal" {
+		t.Errorf("after the context ended: %s, want host-signal", exit)
+	}
+	mu.Lock()
+	if !strings.Contains(console.String(), "BdsDxe:") {
+		t.Errorf("Console writer did not get the output")
+	}
+	mu.Unlock()
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("Close left %s", dir)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestExpectLines checks Expect's reading rules on a console log written by
+// hand: submatches, the read position, lines arriving in pieces, a prompt
+// with no newline, and giving up once QEMU has exited.
+func TestExpectLines(t *testing.T) {
+	m := &Machine{label: "fake", consoleLog: filepath.Join(t.TempDir(), "console.log")}
+	r := &run{wake: make(chan struct{}, 1), done: make(chan struct{})}
+	m.run = r
+	f, err := os.Create(m.consoleLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	write := func(s string) {
+		if _, err := f.WriteString(s); err != nil {
+			t.Error(err)
+		}
+	}
+
+	write("one\r\ntwo 42\r\nthree\r\n")
+	mt, err := m.Expect(regexp.MustCompile(`two (\d+)`), time.Second)
+	if err != nil || mt.Line != "two 42" || len(mt.Groups) != 2 || mt.Groups[1] != "42" {
+		t.Fatalf("Expect = %+v, %v", mt, err)
+	}
+	if _, err := m.Expect("one", 300*time.Millisecond); err == nil {
+		t.Errorf("Expect matched a line before the read position")
+	} else if !strings.Contains(err.Error(), "three") {
+		t.Errorf("timeout error lacks the console's tail: %v", err)
+	}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		write(`BdsDxe: loading Boot0002 "EFI`)
+		time.Sleep(100 * time.Millisecond)
+		write(" Internal Shell\" from Fv\r\n")
+	}()
+	mt, err = m.Expect("BdsDxe: loading", 5*time.Second)
+	<-done
+	if err != nil || mt.Line != `BdsDxe: loading Boot0002 "EFI Internal Shell" from Fv` {
+		t.Errorf("a line written in pieces: %q, %v; want it whole", mt.Line, err)
+	}
+
+	write("\x1b[08;01H\x1b[1m\x1b[33mShell> \x1b[0m")
+	if mt, err := m.Expect(regexp.MustCompile(`^Shell> $`), 5*time.Second); err != nil {
+		t.Errorf("a prompt with no newline: %v", err)
+	} else if mt.Line != "Shell> " {
+		t.Errorf("prompt line = %q", mt.Line)
+	}
+
+	r.exit = Exit{Code: 0, Reason: "guest-shutdown"}
+	close(r.done)
+	start := time.Now()
+	if _, err := m.Expect("never", time.Minute); err == nil || !strings.Contains(err.Error(), "guest-shutdown") {
+		t.Errorf("Expect after exit: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Expect after exit took %s", d)
+	}
+}
