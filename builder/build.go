@@ -179,7 +179,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	sqfs := filepath.Join(b.work, "root.img")
 	stream := mutate.Extract(img)
 	bootFiles, err := rootfs.Build(ctx, stream, sqfs, rootfs.Options{
-		Compression: s.CompressionOrDefault(), ModTime: created, WorkDir: b.work, Progress: b.p.Bytes,
+		Compression: s.CompressionOrDefault(), Level: s.CompressionLevelOrDefault(), ModTime: created, WorkDir: b.work, Progress: b.p.Bytes,
 	})
 	stream.Close()
 	if err != nil {

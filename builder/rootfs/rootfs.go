@@ -34,6 +34,8 @@ import (
 type Options struct {
 	// Compression is a tar2sqfs compressor name (zstd, xz, gzip, lz4, lzo, lzma).
 	Compression string
+	// Level is the compressor's level; 0 leaves tar2sqfs's default.
+	Level int
 	// ModTime stamps directories the stream does not list (e.g. the root).
 	ModTime time.Time
 	// WorkDir receives the files copied out of the stream; it must exist.
@@ -58,6 +60,9 @@ type Boot struct {
 	OSRelease []byte
 	// StreamSize is the size of the tar stream.
 	StreamSize int64
+	// DroppedXattrs counts extended attributes squashfs cannot hold
+	// (system.*, e.g. POSIX ACLs), dropped from the root.
+	DroppedXattrs int
 }
 
 // Kernel and bootloader locations, as the error for a missing one lists them.
@@ -78,8 +83,11 @@ func Build(ctx context.Context, r io.Reader, out string, opt Options) (*Boot, er
 		"--compressor", comp,
 		"--num-jobs", strconv.Itoa(runtime.NumCPU()),
 		"--defaults", fmt.Sprintf("mtime=%d", max(opt.ModTime.Unix(), 0)),
-		out,
 	}
+	if opt.Level != 0 {
+		args = append(args, "--comp-extra", fmt.Sprintf("level=%d", opt.Level))
+	}
+	args = append(args, out)
 	cmd := exec.CommandContext(ctx, "tar2sqfs", args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -96,11 +104,10 @@ func Build(ctx context.Context, r io.Reader, out string, opt Options) (*Boot, er
 	bw := bufio.NewWriterSize(stdin, 1<<20)
 	cw := &counter{w: bw, progress: opt.Progress}
 	s := &scanner{opt: opt, kernels: map[string]string{}, configs: map[string][]byte{}, deps: map[string][]byte{}, builtin: map[string][]byte{}}
-	scanErr := s.scan(io.TeeReader(r, cw))
+	tw := tar.NewWriter(cw)
+	scanErr := s.scan(r, tw)
 	if scanErr == nil {
-		// The tar reader stops at the end-of-archive marker; tar2sqfs
-		// wants the padding after it too.
-		_, scanErr = io.Copy(io.Discard, io.TeeReader(r, cw))
+		scanErr = tw.Close()
 	}
 	if scanErr == nil {
 		scanErr = bw.Flush()
@@ -143,16 +150,17 @@ func (c *counter) Write(p []byte) (int, error) {
 }
 
 type scanner struct {
-	opt         Options
-	kernels     map[string]string // kver -> spilled file
-	configs     map[string][]byte
-	deps        map[string][]byte
-	builtin     map[string][]byte
-	sdboot      string
-	osRelease   []byte
-	usrRelease  []byte
-	spilled     map[string]string // tar path -> spilled file, for hard links
-	moduleRoots map[string]string // kver -> spill dir
+	opt           Options
+	kernels       map[string]string // kver -> spilled file
+	configs       map[string][]byte
+	deps          map[string][]byte
+	builtin       map[string][]byte
+	sdboot        string
+	droppedXattrs int
+	osRelease     []byte
+	usrRelease    []byte
+	spilled       map[string]string // tar path -> spilled file, for hard links
+	moduleRoots   map[string]string // kver -> spill dir
 }
 
 // clean makes a tar entry name relative to the root: "./usr/x" -> "usr/x".
@@ -181,7 +189,22 @@ func isModule(rest string) bool {
 	return false
 }
 
-func (s *scanner) scan(r io.Reader) error {
+// keepXattr says whether squashfs can store an attribute: the kernel's
+// squashfs knows only the user, trusted and security namespaces, and
+// tar2sqfs refuses the rest (POSIX ACLs are system.*).
+func keepXattr(name string) bool {
+	for _, ns := range []string{"user.", "trusted.", "security."} {
+		if strings.HasPrefix(name, ns) {
+			return true
+		}
+	}
+	return false
+}
+
+// scan copies the stream entry by entry into tw (re-encoding headers, so
+// attributes squashfs cannot hold are dropped rather than failing tar2sqfs)
+// and copies out the boot files on the way.
+func (s *scanner) scan(r io.Reader, tw *tar.Writer) error {
 	s.spilled = map[string]string{}
 	s.moduleRoots = map[string]string{}
 	tr := tar.NewReader(r)
@@ -193,8 +216,32 @@ func (s *scanner) scan(r io.Reader) error {
 		if err != nil {
 			return err
 		}
+		for k := range h.PAXRecords {
+			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && !keepXattr(name) {
+				delete(h.PAXRecords, k)
+				s.droppedXattrs++
+			}
+		}
+		for k := range h.Xattrs { //nolint:staticcheck // the reader fills both
+			if !keepXattr(k) {
+				delete(h.Xattrs, k) //nolint:staticcheck
+			}
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return fmt.Errorf("/%s: %w", clean(h.Name), err)
+		}
 		p := clean(h.Name)
-		var src io.Reader = tr
+		if h.Typeflag == tar.TypeReg {
+			// The entry's data goes to tar2sqfs and, for boot files, to disk.
+			if err := s.entry(p, io.TeeReader(tr, tw)); err != nil {
+				return fmt.Errorf("/%s: %w", p, err)
+			}
+			if _, err := io.Copy(tw, tr); err != nil { // what entry did not read
+				return fmt.Errorf("/%s: %w", p, err)
+			}
+			continue
+		}
+		var src io.Reader
 		if h.Typeflag == tar.TypeLink {
 			// A hard link to a file we copied out: copy it again.
 			f, ok := s.spilled[clean(h.Linkname)]
@@ -207,7 +254,7 @@ func (s *scanner) scan(r io.Reader) error {
 			}
 			defer rf.Close()
 			src = rf
-		} else if h.Typeflag != tar.TypeReg {
+		} else {
 			continue
 		}
 		if err := s.entry(p, src); err != nil {
@@ -319,6 +366,7 @@ func (s *scanner) boot() (*Boot, error) {
 		ModulesBuiltin: s.builtin[kver],
 		ModulesDir:     s.moduleRoots[kver],
 		OSRelease:      osr,
+		DroppedXattrs:  s.droppedXattrs,
 	}, nil
 }
 

@@ -42,6 +42,11 @@ type Disk struct {
 type Root struct {
 	// Compression is the squashfs compressor: zstd (default), xz, gzip, lz4, lzo, lzma.
 	Compression string `yaml:"compression" json:"compression,omitempty"`
+	// CompressionLevel is the compressor's level (zstd 1-22, xz/lzma 0-9,
+	// gzip/lzo 1-9); 0 means slate's default: 3 for zstd (tar2sqfs's own
+	// default of 15 took 15x longer here for a 12% smaller root), the
+	// tool's default otherwise.
+	CompressionLevel int `yaml:"compressionLevel" json:"compressionLevel,omitempty"`
 }
 
 // Kernel is the boot entry's kernel command line, beyond what slate sets.
@@ -72,6 +77,9 @@ const (
 	// DefaultCompression is zstd: measured fastest to build and to read of
 	// tar2sqfs's compressors at a ratio close to xz.
 	DefaultCompression = "zstd"
+	// DefaultZstdLevel measured on the reference image (290 MB of tar):
+	// level 3 took 1.7 s for 106 MB, level 15 (tar2sqfs's default) 25 s for 93 MB.
+	DefaultZstdLevel = 3
 )
 
 // DefaultCmdline makes the serial console primary, so cloud consoles and QEMU
@@ -127,6 +135,15 @@ func (s *Spec) Validate() error {
 	if c := s.Root.Compression; c != "" && !compressors[c] {
 		return fe("root.compression", "unknown compressor %q (want zstd, xz, gzip, lz4, lzo or lzma)", c)
 	}
+	if l := s.Root.CompressionLevel; l != 0 {
+		lo, hi := levelRange(s.CompressionOrDefault())
+		if hi == 0 {
+			return fe("root.compressionLevel", "%s has no levels", s.CompressionOrDefault())
+		}
+		if l < lo || l > hi {
+			return fe("root.compressionLevel", "%d is out of range for %s (%d-%d)", l, s.CompressionOrDefault(), lo, hi)
+		}
+	}
 	if s.Disk.ESPSize != 0 && s.Disk.ESPSize < 64<<20 {
 		return fe("disk.espSize", "%s is too small: FAT32 and two kernels need at least 64MiB", s.Disk.ESPSize)
 	}
@@ -160,6 +177,26 @@ func (s *Spec) Validate() error {
 		return fe("outputs.format", "unknown format %q (want raw or qcow2)", s.Outputs.Format)
 	}
 	return nil
+}
+
+func levelRange(comp string) (lo, hi int) {
+	switch comp {
+	case "zstd":
+		return 1, 22
+	case "xz", "lzma":
+		return 0, 9
+	case "gzip", "lzo":
+		return 1, 9
+	}
+	return 0, 0
+}
+
+// CompressionLevelOrDefault is the level to ask for; 0 leaves tar2sqfs's default.
+func (s *Spec) CompressionLevelOrDefault() int {
+	if s.Root.CompressionLevel == 0 && s.CompressionOrDefault() == "zstd" {
+		return DefaultZstdLevel
+	}
+	return s.Root.CompressionLevel
 }
 
 // Cmdline is the slot-independent kernel command line.

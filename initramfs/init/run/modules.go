@@ -38,8 +38,9 @@ func (in *initProc) loadModules() error {
 		existed, err := loadModule(m)
 		switch {
 		case errors.Is(err, unix.ENODEV):
-			// A driver for hardware that is not there refuses to load.
-			in.warn("module %s: no such device", m)
+			// A driver for something this machine lacks refuses to load
+			// (efivarfs without UEFI): not a problem for the boot.
+			in.log.Infof("module %s: no such device here, skipped", path.Base(m))
 			continue
 		case err != nil:
 			return fmt.Errorf("loading %s: %w", m, err)

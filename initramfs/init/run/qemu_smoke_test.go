@@ -339,6 +339,11 @@ func qemu(t *testing.T, work, kernel, initrd, disk, cmdline, name string) string
 	}
 	b, _ := os.ReadFile(log)
 	t.Logf("%s: %s", name, time.Since(start).Round(time.Millisecond))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "slate-init:") || strings.Contains(l, "reboot:") {
+			t.Logf("  %s", strings.TrimSpace(l))
+		}
+	}
 	return string(b)
 }
 

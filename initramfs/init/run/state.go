@@ -154,7 +154,35 @@ func (in *initProc) setupState() error {
 		return fmt.Errorf("moving the state filesystem to /var: %w", err)
 	}
 	moved = true
+	if err := markInitrdMount(p.Dev, "/var"); err != nil {
+		in.warn("%s: %v", utab, err)
+	}
 	return nil
+}
+
+// utab is libmount's table of userspace mount options; it lives on /run,
+// which carries over to the real root.
+const utab = "/run/mount/utab"
+
+// markInitrdMount tags a mount made here with x-initrd.mount, as an fstab
+// entry would: systemd then leaves it alone during the shutdown transaction
+// (it is "extrinsic", like / and /etc) and systemd-shutdown remounts it
+// read-only and unmounts it at the very end, after journald, which writes
+// to /var/log/journal until then, has been stopped. Without it var.mount
+// fails to unmount while journald still holds /var.
+func markInitrdMount(src, target string) error {
+	if err := os.MkdirAll(filepath.Dir(utab), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(utab, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "SRC=%s TARGET=%s ROOT=/ OPTS=x-initrd.mount\n", src, target)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func mib(n int64) string { return fmt.Sprintf("%d MiB", n>>20) }

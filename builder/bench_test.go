@@ -1,0 +1,87 @@
+package builder
+
+import (
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+
+	"github.com/slate-os/slate/builder/source"
+)
+
+// reference is the reference image layout: $SLATE_REFERENCE or build/reference.
+func reference(b *testing.B) string {
+	p := os.Getenv("SLATE_REFERENCE")
+	if p == "" {
+		p, _ = filepath.Abs("../build/reference")
+	}
+	if _, err := os.Stat(filepath.Join(p, "index.json")); err != nil {
+		b.Skip("no reference image: run make reference-image")
+	}
+	return p
+}
+
+// BenchmarkReferenceBuild runs `slate build` on the reference image (OCI
+// layout → raw disk and artifact) as its own process, so its peak RSS is
+// the build's alone, and prints both figures.
+func BenchmarkReferenceBuild(b *testing.B) {
+	ref := reference(b)
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "slate")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/slate").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cmd := exec.Command(bin, "build", "--source", "oci:"+ref, "--output", filepath.Join(dir, "disk.raw"), "--artifact", filepath.Join(dir, "node.oci"))
+		cmd.Stderr = os.Stderr
+		start := time.Now()
+		if out, err := cmd.Output(); err != nil {
+			b.Fatalf("slate build: %v\n%s", err, out)
+		}
+		elapsed := time.Since(start)
+		ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+		b.ReportMetric(elapsed.Seconds(), "s/build")
+		b.ReportMetric(float64(ru.Maxrss)/1024, "MB-peak-rss")
+	}
+}
+
+// BenchmarkReferenceFloor is the floor a build cannot beat: flattening the
+// image and tar2sqfs on the same stream, nothing else.
+func BenchmarkReferenceFloor(b *testing.B) {
+	ref := reference(b)
+	img, err := source.Open("oci:"+ref, source.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(b.TempDir(), "root.sqfs")
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		cmd := exec.CommandContext(context.Background(), "tar2sqfs", "--quiet", "--force", "--no-skip", "--no-xattr",
+			"--compressor", "zstd", "--comp-extra", "level=3", out)
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		rc := mutate.Extract(img)
+		if _, err := io.Copy(stdin, rc); err != nil {
+			b.Fatal(err)
+		}
+		rc.Close()
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(time.Since(start).Seconds(), "s/floor")
+	}
+}
