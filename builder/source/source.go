@@ -42,7 +42,11 @@ func Open(ref string, opt Options) (v1.Image, error) {
 func open(ref string, opt Options) (v1.Image, error) {
 	switch {
 	case strings.HasPrefix(ref, "oci:"):
-		dir, sel := SplitLayoutRef(strings.TrimPrefix(ref, "oci:"))
+		rest := strings.TrimPrefix(ref, "oci:")
+		if _, err := os.Stat(filepath.Join(rest, "index.json")); err == nil {
+			return fromLayout(rest, "") // a directory whose name has a colon
+		}
+		dir, sel := SplitLayoutRef(rest)
 		return fromLayout(dir, sel)
 	case strings.HasPrefix(ref, "docker-archive:"):
 		return fromTarball(strings.TrimPrefix(ref, "docker-archive:"))
