@@ -30,11 +30,9 @@ func TestBinary(t *testing.T) {
 }
 
 // TestEmbeddedInitIsFresh rebuilds cmd/slate-init the way the generator
-// does and compares it with the embedded copy.
+// does and compares it with the embedded copy. It runs in -short mode too:
+// the build takes a few seconds and a stale init is a silent bug.
 func TestEmbeddedInitIsFresh(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the init")
-	}
 	emb, err := Binary()
 	if err != nil {
 		t.Fatal(err)

@@ -8,7 +8,7 @@ package run_test
 // checks that a damaged state partition and a missing partition end in a
 // plain message and a reboot.
 //
-// It runs only when SLATE_SMOKE_KERNEL names an unpacked kernel package
+// It takes the kernel from SLATE_SMOKE_KERNEL, an unpacked kernel package
 // (a directory with boot/vmlinuz-<kver>, boot/config-<kver> and
 // lib/modules/<kver>/ with modules.dep), e.g.:
 //
@@ -16,16 +16,22 @@ package run_test
 //	dpkg-deb -x linux-image-*.deb /tmp/k && depmod -b /tmp/k 6.1.0-54-cloud-amd64
 //	SLATE_SMOKE_KERNEL=/tmp/k go test -run QEMU -v ./initramfs/init/run/
 //
+// or else from the reference image's OCI layout named by SLATE_REFERENCE
+// (as make test sets it). With neither it is skipped.
+//
 // The full boot of a real image with systemd is the QEMU suite's job
 // (qemu-tests/).
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -94,6 +100,10 @@ func main() {
 	check("etc-updated", err)
 	_, err = os.Stat("/run/initramfs/fsck-root")
 	check("fsck-root", err)
+	panicSetting, _ := os.ReadFile("/proc/sys/kernel/panic")
+	fmt.Printf("SMOKE kernel.panic=%s\n", strings.TrimSpace(string(panicSetting)))
+	utab, _ := os.ReadFile("/run/mount/utab")
+	fmt.Printf("SMOKE utab %s\n", strings.TrimSpace(string(utab)))
 	_, err = os.Stat("/init")
 	fmt.Printf("SMOKE initramfs-visible=%v\n", err == nil)
 	fmt.Println("SMOKE end")
@@ -121,11 +131,21 @@ func sh(t *testing.T, dir, name string, args ...string) {
 
 func TestQEMUSmoke(t *testing.T) {
 	kdir := os.Getenv("SLATE_SMOKE_KERNEL")
-	if kdir == "" {
-		t.Skip("SLATE_SMOKE_KERNEL is not set (see the file's comment)")
+	ref := os.Getenv("SLATE_REFERENCE")
+	if kdir == "" && ref == "" {
+		t.Skip("neither SLATE_SMOKE_KERNEL nor SLATE_REFERENCE is set (see the file's comment)")
+	}
+	if testing.Short() {
+		t.Skip("boots QEMU")
 	}
 	need(t, "qemu-system-x86_64", "mksquashfs", "sgdisk", "mke2fs", "ldd")
 	work := t.TempDir()
+	if kdir == "" {
+		kdir = filepath.Join(work, "kernel")
+		if err := extractKernel(ref, kdir); err != nil {
+			t.Fatalf("kernel from %s: %v", ref, err)
+		}
+	}
 
 	// Kernel.
 	vmlinuz, _ := filepath.Glob(filepath.Join(kdir, "boot", "vmlinuz-*"))
@@ -226,7 +246,7 @@ func TestQEMUSmoke(t *testing.T) {
 	writeBytesAt(t, disk, []byte(boot.StateUnformatted), stateLBA*512)
 	os.Truncate(disk, 512<<20)
 
-	cmdline := "console=ttyS0 panic=-1 slate.slot=a slate.root=" + smokeRoot + " slate.state=" + smokeState +
+	cmdline := "console=ttyS0 slate.slot=a slate.root=" + smokeRoot + " slate.state=" + smokeState +
 		" slate.roothash=" + smokeHash + " slate.version=smoke-1 slate.reboot_delay=1s -- extra-arg"
 
 	// First boot.
@@ -251,6 +271,9 @@ func TestQEMUSmoke(t *testing.T) {
 	}
 	if m1, m2 := mid(out1), mid(out2); m1 == "" || m1 != m2 {
 		t.Errorf("machine ID changed across boots: %q -> %q", m1, m2)
+	}
+	if !strings.Contains(out2, "SMOKE utab SRC=/dev/vda4 TARGET=/var ROOT=/ OPTS=x-initrd.mount") {
+		t.Error("/var is not marked x-initrd.mount in /run/mount/utab")
 	}
 	if !strings.Contains(out2, "SMOKE boots=2") {
 		t.Error("/var did not persist across boots")
@@ -281,6 +304,7 @@ func checkBoot(t *testing.T, out string, first bool) *record.Record {
 		"SMOKE mount / squashfs ro", "SMOKE mount /etc overlay rw", "SMOKE mount /var ext4 rw", "SMOKE mount /tmp tmpfs rw",
 		"SMOKE mount /run tmpfs rw", "SMOKE mount /dev devtmpfs rw",
 		"SMOKE initramfs-visible=false", "SMOKE end",
+		"SMOKE kernel.panic=0", // the init's panic reboot is disarmed before the handover
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("console lacks %q", want)
@@ -384,5 +408,105 @@ func writeBytesAt(t *testing.T, disk string, b []byte, off int64) {
 	defer f.Close()
 	if _, err := f.WriteAt(b, off); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// extractKernel copies the kernel, its config and its modules out of the
+// first image of an OCI layout (gzip or plain tar layers, in order).
+func extractKernel(layout, dst string) error {
+	readJSON := func(p string, v any) error {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return json.Unmarshal(b, v)
+	}
+	blob := func(digest string) string {
+		algo, hex, _ := strings.Cut(digest, ":")
+		return filepath.Join(layout, "blobs", algo, hex)
+	}
+	var index struct {
+		Manifests []struct{ Digest string } `json:"manifests"`
+	}
+	if err := readJSON(filepath.Join(layout, "index.json"), &index); err != nil {
+		return err
+	}
+	if len(index.Manifests) == 0 {
+		return fmt.Errorf("no manifest in index.json")
+	}
+	var manifest struct {
+		Layers []struct{ Digest string } `json:"layers"`
+	}
+	if err := readJSON(blob(index.Manifests[0].Digest), &manifest); err != nil {
+		return err
+	}
+	for _, l := range manifest.Layers {
+		if err := extractLayer(blob(l.Digest), dst); err != nil {
+			return fmt.Errorf("layer %s: %w", l.Digest, err)
+		}
+	}
+	// bootc-style images keep the kernel beside the modules.
+	if m, _ := filepath.Glob(filepath.Join(dst, "boot", "vmlinuz-*")); len(m) == 0 {
+		ks, _ := filepath.Glob(filepath.Join(dst, "lib", "modules", "*", "vmlinuz"))
+		for _, k := range ks {
+			kver := filepath.Base(filepath.Dir(k))
+			os.MkdirAll(filepath.Join(dst, "boot"), 0o755)
+			os.Rename(k, filepath.Join(dst, "boot", "vmlinuz-"+kver))
+		}
+	}
+	return nil
+}
+
+func extractLayer(file, dst string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var r io.Reader = f
+	magic := make([]byte, 2)
+	if _, err := f.ReadAt(magic, 0); err == nil && magic[0] == 0x1f && magic[1] == 0x8b {
+		gz, err := gzip.NewReader(f)
+		if err != nil {
+			return err
+		}
+		defer gz.Close()
+		r = gz
+	}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		name := strings.TrimPrefix(path.Clean("/"+h.Name), "/")
+		// usr/lib/modules and lib/modules land in lib/modules (merged /usr).
+		switch {
+		case strings.HasPrefix(name, "boot/vmlinuz-"), strings.HasPrefix(name, "boot/config-"):
+		case strings.HasPrefix(name, "usr/lib/modules/"):
+			name = strings.TrimPrefix(name, "usr/")
+		case strings.HasPrefix(name, "lib/modules/"):
+		default:
+			continue
+		}
+		if h.Typeflag != tar.TypeReg {
+			continue
+		}
+		out := filepath.Join(dst, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return err
+		}
+		w, err := os.Create(out)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(w, tr)
+		w.Close()
+		if err != nil {
+			return err
+		}
 	}
 }

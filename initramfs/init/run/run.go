@@ -64,6 +64,9 @@ type initProc struct {
 	state     blockdev.Partition
 	finder    blockdev.Finder
 	machineID string
+	// panicSet is true when the init set kernel.panic (it was 0) and must
+	// put it back before handing over.
+	panicSet bool
 }
 
 // Main runs the init. It does not return: it execs the image's init or
@@ -174,12 +177,43 @@ func (in *initProc) mountAPI() error {
 		}
 	}
 	in.log.Setup()
+	in.armPanicReboot()
 	var u unix.Utsname
 	if err := unix.Uname(&u); err == nil {
 		in.rec.KernelRelease = unix.ByteSliceToString(u.Release[:])
 	}
 	in.log.Infof("slate init starting on kernel %s", in.rec.KernelRelease)
 	return os.MkdirAll(boot.RunDir, 0o755)
+}
+
+const panicSysctl = "/proc/sys/kernel/panic"
+
+// armPanicReboot makes a kernel panic reboot after the reboot delay while
+// the init runs, when the kernel would otherwise hang on it (kernel.panic
+// = 0, Debian's default). It covers what fatal cannot: the init's own death
+// (a Go runtime crash) panics the kernel. switchRoot restores the setting.
+func (in *initProc) armPanicReboot() {
+	if !in.panicSet {
+		b, err := os.ReadFile(panicSysctl)
+		if err != nil || strings.TrimSpace(string(b)) != "0" {
+			return // unreadable, or the command line set panic=
+		}
+	}
+	secs := int((in.rebootDelay + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	if os.WriteFile(panicSysctl, []byte(fmt.Sprintf("%d\n", secs)), 0) == nil {
+		in.panicSet = true
+	}
+}
+
+// disarmPanicReboot gives the image's init the kernel's own setting.
+func (in *initProc) disarmPanicReboot() {
+	if in.panicSet {
+		os.WriteFile(panicSysctl, []byte("0\n"), 0)
+		in.panicSet = false
+	}
 }
 
 // isMountPoint is true when p is on another filesystem than its parent.
@@ -206,6 +240,7 @@ func (in *initProc) readCmdline() error {
 	}
 	in.params = p
 	in.rebootDelay = p.RebootDelay
+	in.armPanicReboot()
 	in.rec.Slot = string(p.Slot)
 	in.rec.Version = p.Version
 	in.rec.RootHash = p.RootHash

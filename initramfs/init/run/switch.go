@@ -53,7 +53,9 @@ func (in *initProc) switchRoot() error {
 
 	argv := append([]string{ImageInit}, os.Args[1:]...)
 	in.log.Infof("switching root to %s after %d ms", ImageInit, time.Since(in.start).Milliseconds())
+	in.disarmPanicReboot()
 	err = unix.Exec(ImageInit, argv, os.Environ())
+	in.armPanicReboot()
 	return fmt.Errorf("exec %s: %w", ImageInit, err)
 }
 

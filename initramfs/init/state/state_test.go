@@ -259,7 +259,7 @@ func TestCopyTree(t *testing.T) {
 	check("fifo", 0, -1, -1)
 	check("run", 0, -1, -1)
 	check("log/journal", 0, -1, -1) // setgid
-	check("lib/helper", 0, -1, -1)   // setuid
+	check("lib/helper", 0, -1, -1)  // setuid
 	if root {
 		check("log/journal", 0, 0, 4)
 		check("lock", 0, 1234, 5678)
