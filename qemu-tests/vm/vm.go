@@ -156,6 +156,7 @@ type Machine struct {
 	consoleLog string
 	qemuLog    string
 	fwcfg      []string
+	fwcfgN     int // fw_cfg content files written so far
 	forwards   map[int]int // guest port → host port (tcp and udp alike)
 	nicArg     string
 
@@ -384,6 +385,7 @@ func newMachine(cfg Config, dir string, ownDir bool) (*Machine, error) {
 		}
 		m.fwcfg = append(m.fwcfg, fmt.Sprintf("name=%s,file=%s", optEscape(name), optEscape(path)))
 	}
+	m.fwcfgN = len(cfg.FwCfgStrings)
 
 	// Network. Host ports are chosen once, so they stay put across boots.
 	if cfg.Network || len(cfg.Forwards) > 0 {
@@ -788,6 +790,32 @@ func (m *Machine) Close() error {
 	if m.ownDir {
 		return os.RemoveAll(m.dir)
 	}
+	return nil
+}
+
+// SetFwCfgString sets (or, with remove, drops) a fw_cfg entry with the
+// given contents for the next Boot: a node that reboots can find another
+// config, as after an operator's change.
+func (m *Machine) SetFwCfgString(name, contents string, remove bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	prefix := "name=" + optEscape(name) + ","
+	kept := m.fwcfg[:0]
+	for _, a := range m.fwcfg {
+		if !strings.HasPrefix(a, prefix) {
+			kept = append(kept, a)
+		}
+	}
+	m.fwcfg = kept
+	if remove {
+		return nil
+	}
+	path := filepath.Join(m.dir, fmt.Sprintf("fw_cfg%d", m.fwcfgN))
+	m.fwcfgN++
+	if err := os.WriteFile(path, []byte(contents), 0o644); err != nil {
+		return err
+	}
+	m.fwcfg = append(m.fwcfg, prefix+"file="+optEscape(path))
 	return nil
 }
 
