@@ -35,6 +35,7 @@ deps:
 # Fast tests: no QEMU, no reference image. Under a minute.
 unit:
 	$(GO) test -short -count=1 ./...
+	$(GO) test -run '^$$' -fuzz=FuzzParse -fuzztime=10s ./boot/nodeconfig
 
 vet:
 	$(GO) vet ./...

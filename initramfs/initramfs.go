@@ -39,6 +39,18 @@ import (
 //     dm_bufio and reed_solomon come along); overlay: /etc over a tmpfs;
 //     ext4: the state partition (built in on Debian's kernels).
 //   - efivarfs: the init reads systemd-boot's variables for boot counting.
+//   - qemu_fw_cfg: the node config from QEMU's fw_cfg (opt/slate/config);
+//     it loads anywhere and stays idle without QEMU's device.
+//   - vfat, nls_cp437, nls_ascii, isofs: the node config from a config
+//     drive. The init mounts vfat with codepage=437,iocharset=ascii (the
+//     NLS modules it then needs, whatever the kernel's FAT_DEFAULT_*
+//     settings); isofs falls back to the built-in NLS table. sr_mod: a
+//     config drive on a SCSI CD-ROM (virtio-scsi; Debian's cloud kernel
+//     has no AHCI or IDE CD-ROM driver at all).
+//
+// Every one of them is required: a kernel that has one neither built in
+// nor as a module fails the build, naming it. Debian bookworm's cloud
+// kernel has them all, as modules.
 //
 // Soft dependencies are not followed: ext4 needs a crc32c implementation
 // and dm-verity a sha256 one through the crypto API, which the kernel loads
@@ -49,6 +61,8 @@ var DefaultModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "nvme",
 	"squashfs", "overlay", "dm_verity", "ext4",
 	"efivarfs",
+	"qemu_fw_cfg",
+	"vfat", "nls_cp437", "nls_ascii", "isofs", "sr_mod",
 }
 
 // Input is what Build packs.

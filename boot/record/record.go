@@ -58,10 +58,60 @@ type Record struct {
 	// TotalMS is the time from the init's start to the record being written.
 	TotalMS int64 `json:"total_ms"`
 
+	// Config is what the init did with the node config on this boot; nil
+	// when it did not get that far.
+	Config *Config `json:"config,omitempty"`
+
 	// Warnings are problems that did not stop the boot.
 	Warnings []string `json:"warnings,omitempty"`
 	// Error is the fatal error, if any (the init then reboots).
 	Error string `json:"error,omitempty"`
+}
+
+// ConfigNone is Config.Source when no source had a config: the node runs
+// on the image's defaults.
+const ConfigNone = "none"
+
+// Stages at which a config failed (Config.Failed).
+const (
+	// ConfigFailedRead: the source had a config but it could not be read
+	// (an I/O error, a malformed data: URL, a drive without the file).
+	ConfigFailedRead = "read"
+	// ConfigFailedParse: the config is invalid (Error names the field).
+	ConfigFailedParse = "parse"
+	// ConfigFailedApply: the config is valid but applying it failed
+	// (a path through a symlink out of /etc, an I/O error).
+	ConfigFailedApply = "apply"
+)
+
+// Config is the node config's outcome. A config is applied whole or not
+// at all: Applied false with a Source other than ConfigNone means nothing
+// of it was applied and Error says why.
+type Config struct {
+	// Source is the name of the source the config came from (cmdline,
+	// fw_cfg, config-drive, ...) or ConfigNone.
+	Source string `json:"source"`
+	// Location is where in the source: the kernel argument, the fw_cfg
+	// entry, the config drive's device.
+	Location string `json:"location,omitempty"`
+	// SHA256 is the hex SHA-256 of the config's bytes as read; "" when
+	// none were read. Size is their length.
+	SHA256 string `json:"sha256,omitempty"`
+	Size   int    `json:"size,omitempty"`
+	// Applied is true when the whole config was applied.
+	Applied bool `json:"applied"`
+	// Failed is the stage that failed (ConfigFailedRead, ...Parse,
+	// ...Apply); Error the reason, naming the field's path when the
+	// config is at fault.
+	Failed string `json:"failed,omitempty"`
+	Error  string `json:"error,omitempty"`
+	// Tainted is true when the applied config set breakGlass: access
+	// credentials were accepted and the node is no longer pristine.
+	Tainted bool `json:"tainted"`
+	// Hostname is the hostname the config set, "" if none.
+	Hostname string `json:"hostname,omitempty"`
+	// Files are the files the config wrote, absolute paths on the node.
+	Files []string `json:"files,omitempty"`
 }
 
 // Step is one timed step of the init.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -65,5 +66,47 @@ func TestParse(t *testing.T) {
 	}
 	if _, err := Parse([]byte(`{`)); err == nil {
 		t.Error("bad JSON accepted")
+	}
+}
+
+func TestConfig(t *testing.T) {
+	// Before the config step ran (a fatal error earlier): no config key.
+	raw, _ := (&Record{FormatVersion: FormatVersion}).Marshal()
+	if strings.Contains(string(raw), `"config"`) {
+		t.Errorf("record without a config step has a config:\n%s", raw)
+	}
+	for _, tc := range []struct {
+		c    Config
+		keys []string
+	}{
+		{Config{Source: ConfigNone},
+			[]string{`"config": {`, `"source": "none"`, `"applied": false`, `"tainted": false`}},
+		{Config{Source: "fw_cfg", Location: "opt/slate/config", SHA256: strings.Repeat("ab", 32), Size: 120,
+			Applied: true, Tainted: true, Hostname: "node-1", Files: []string{"/etc/hostname", "/etc/motd"}},
+			[]string{`"source": "fw_cfg"`, `"location": "opt/slate/config"`, `"sha256": "abab`, `"size": 120`, `"applied": true`,
+				`"tainted": true`, `"hostname": "node-1"`, `"files": [`, `"/etc/motd"`}},
+		{Config{Source: "config-drive", Location: "/dev/vdb", SHA256: strings.Repeat("cd", 32), Size: 64,
+			Failed: ConfigFailedParse, Error: "files[0].path (line 5): /usr/x is outside /etc and /run"},
+			[]string{`"source": "config-drive"`, `"applied": false`, `"failed": "parse"`, `"error": "files[0].path (line 5): /usr/x is outside /etc and /run"`}},
+	} {
+		r := &Record{FormatVersion: FormatVersion, Slot: "a", Config: &tc.c}
+		raw, err := r.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range tc.keys {
+			if !strings.Contains(string(raw), k) {
+				t.Errorf("record JSON lacks %s:\n%s", k, raw)
+			}
+		}
+		back, err := Parse(raw)
+		if err != nil || back.Config == nil || !reflect.DeepEqual(*back.Config, tc.c) {
+			t.Errorf("round trip: %+v %v", back, err)
+		}
+	}
+	// A record from before the config fields still parses.
+	r, err := Parse([]byte(`{"format_version": 1, "slot": "a"}`))
+	if err != nil || r.Config != nil {
+		t.Errorf("old record: %+v %v", r, err)
 	}
 }

@@ -125,7 +125,7 @@ func Base(o Options) []Entry {
 				"kernel/drivers/virtio_blk.ko: kernel/drivers/virtio.ko kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/virtio_pci.ko: kernel/drivers/virtio.ko kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/squashfs.ko:\n"),
-			File(kmod+"modules.builtin", "kernel/fs/ext4/ext4.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/md/dm-verity.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/block/sd_mod.ko\nkernel/fs/efivarfs/efivarfs.ko\n"),
+			File(kmod+"modules.builtin", "kernel/fs/ext4/ext4.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/md/dm-verity.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/block/sd_mod.ko\nkernel/fs/efivarfs/efivarfs.ko\nkernel/drivers/firmware/qemu_fw_cfg.ko\nkernel/fs/fat/vfat.ko\nkernel/fs/nls/nls_cp437.ko\nkernel/fs/nls/nls_ascii.ko\nkernel/fs/isofs/isofs.ko\nkernel/drivers/scsi/sr_mod.ko\n"),
 		)
 	}
 	if o.BigFile > 0 {

@@ -106,6 +106,24 @@ func main() {
 	fmt.Printf("SMOKE utab %s\n", strings.TrimSpace(string(utab)))
 	_, err = os.Stat("/init")
 	fmt.Printf("SMOKE initramfs-visible=%v\n", err == nil)
+	// The node config's effects.
+	hn, _ := os.ReadFile("/etc/hostname")
+	fmt.Printf("SMOKE hostname-file=%s\n", strings.TrimSpace(string(hn)))
+	motd, err := os.ReadFile("/etc/motd")
+	fmt.Printf("SMOKE motd=%q %v\n", motd, err)
+	_, err = os.Stat("/run/slate/config.json")
+	check("config-json", err)
+	runMounts, driveMounts := 0, 0
+	for _, l := range strings.Split(string(m), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 3 && f[1] == "/run" {
+			runMounts++
+		}
+		if len(f) > 3 && (f[2] == "vfat" || f[2] == "iso9660") {
+			driveMounts++
+		}
+	}
+	fmt.Printf("SMOKE run-mounts=%d drive-mounts=%d\n", runMounts, driveMounts)
 	fmt.Println("SMOKE end")
 	syscall.Sync()
 	syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
@@ -278,6 +296,17 @@ func TestQEMUSmoke(t *testing.T) {
 	if !strings.Contains(out2, "SMOKE boots=2") {
 		t.Error("/var did not persist across boots")
 	}
+	for i, rec := range []*record.Record{rec1, rec2} {
+		if rec.Config == nil || rec.Config.Source != record.ConfigNone || rec.Config.Applied {
+			t.Errorf("boot %d: config record %+v", i+1, rec.Config)
+		}
+	}
+	if !strings.Contains(out2, "slate-init: no node config found (looked in cmdline, fw_cfg, config-drive): booting with the image's defaults") ||
+		!strings.Contains(out2, "SMOKE hostname-file=smoke") {
+		t.Error("boot without a config: no console line, or the hostname changed")
+	}
+
+	testConfigSources(t, work, vmlinuz[0], initrdPath, disk, cmdline)
 
 	// Damaged state: garbage where the filesystem was. Plain message, reboot.
 	writeBytesAt(t, disk, bytes.Repeat([]byte("garbage!"), 1024), stateLBA*512)
@@ -335,13 +364,14 @@ func checkBoot(t *testing.T, out string, first bool) *record.Record {
 	return rec
 }
 
-func qemu(t *testing.T, work, kernel, initrd, disk, cmdline, name string) string {
+func qemu(t *testing.T, work, kernel, initrd, disk, cmdline, name string, extra ...string) string {
 	t.Helper()
 	log := filepath.Join(work, name+".log")
 	args := []string{"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024",
 		"-display", "none", "-serial", "file:" + log, "-monitor", "none", "-nic", "none", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
 		"-drive", "file=" + disk + ",if=virtio,format=raw"}
+	args = append(args, extra...)
 	cmd := exec.Command("qemu-system-x86_64", args...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

@@ -3,7 +3,8 @@
 // slot's root and the state partition by PARTUUID, mounts the root
 // read-only, sets up the state partition on /var (formatting and growing it
 // on first boot), makes /etc a tmpfs-backed overlay and /tmp a tmpfs,
-// writes the boot record and switches root to the image's /sbin/init.
+// applies the node config (see config.go and package configsrc), writes
+// the boot record and switches root to the image's /sbin/init.
 //
 // Every step is timed and logged. Any failure (or panic) prints one line
 // naming the step and the cause, and reboots after slate.reboot_delay: a
@@ -64,6 +65,9 @@ type initProc struct {
 	state     blockdev.Partition
 	finder    blockdev.Finder
 	machineID string
+	// devicesSince is when the block drivers were loaded: the config
+	// drive's wait for late disks counts from there.
+	devicesSince time.Time
 	// panicSet is true when the init set kernel.panic (it was 0) and must
 	// put it back before handing over.
 	panicSet bool
@@ -96,10 +100,12 @@ func (in *initProc) run() {
 	in.step("mount-api", in.mountAPI)
 	in.step("cmdline", in.readCmdline)
 	in.step("modules", in.loadModules)
+	in.devicesSince = time.Now()
 	in.step("find-partitions", in.findPartitions)
 	in.step("mount-root", in.mountRoot)
 	in.step("state", in.setupState)
 	in.step("etc", in.setupEtc)
+	in.step("config", in.applyConfig) // never fails: a bad config applies nothing
 	in.step("record", in.writeRecord)
 	in.step("switch-root", in.switchRoot) // returns only on failure
 }

@@ -1,0 +1,698 @@
+package nodeconfig
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/pem"
+	"fmt"
+	"path"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/slate-os/slate/internal/strictyaml"
+)
+
+// Where Apply writes what the config's fields generate (node paths).
+const (
+	pathHostname       = "/etc/hostname"
+	pathLocaltime      = "/etc/localtime"
+	pathTimezone       = "/etc/timezone"
+	unitDir            = "/etc/systemd/system"
+	networkDir         = "/etc/systemd/network"
+	pathSysctl         = "/etc/sysctl.d/90-slate.conf"
+	pathModules        = "/etc/modules-load.d/slate.conf"
+	pathShadow         = "/etc/shadow"
+	pathPasswd         = "/etc/passwd"
+	pathGroup          = "/etc/group"
+	pathAuthorizedKeys = "/etc/ssh/authorized_keys.d/root"
+	pathSSHDConfig     = "/etc/ssh/sshd_config.d/60-slate-breakglass.conf"
+	zoneinfoDir        = "/usr/share/zoneinfo"
+)
+
+// Defaults.
+const (
+	DefaultFileMode Mode = 0o644
+	DefaultDirMode  Mode = 0o755
+)
+
+func fe(path, format string, a ...any) error {
+	return &strictyaml.FieldError{Path: path, Msg: fmt.Sprintf(format, a...)}
+}
+
+func idx(prefix string, i int) string { return prefix + "[" + strconv.Itoa(i) + "]" }
+
+// Validate checks every field that can be checked without the target tree.
+// Parse runs it; Apply runs it again, for a Config built in Go.
+func (c *Config) Validate() error {
+	switch c.APIVersion {
+	case APIVersion:
+	case "":
+		return fe("apiVersion", "missing: want %q", APIVersion)
+	default:
+		return fe("apiVersion", "got %q, want %q", c.APIVersion, APIVersion)
+	}
+	switch c.Kind {
+	case Kind:
+	case "":
+		return fe("kind", "missing: want %q", Kind)
+	default:
+		return fe("kind", "got %q, want %q", c.Kind, Kind)
+	}
+	if c.Hostname != "" {
+		if err := checkHostname(c.Hostname); err != nil {
+			return fe("hostname", "%v", err)
+		}
+	}
+	if c.Timezone != "" {
+		if err := checkTimezone(c.Timezone); err != nil {
+			return fe("timezone", "%v", err)
+		}
+	}
+	for i, f := range c.Files {
+		p := idx("files", i)
+		if err := checkNodePath(f.Path); err != nil {
+			return fe(p+".path", "%v", err)
+		}
+		if f.Mode != nil && *f.Mode > 0o7777 {
+			return fe(p+".mode", "%o is more than 07777", uint32(*f.Mode))
+		}
+		if f.Owner != "" {
+			if _, err := parseOwner(f.Owner); err != nil {
+				return fe(p+".owner", "%v", err)
+			}
+		}
+		if f.Contents != nil {
+			if err := f.Contents.check(p + ".contents"); err != nil {
+				return err
+			}
+		}
+	}
+	for i, d := range c.Directories {
+		p := idx("directories", i)
+		if err := checkNodePath(d.Path); err != nil {
+			return fe(p+".path", "%v", err)
+		}
+		if d.Mode != nil && *d.Mode > 0o7777 {
+			return fe(p+".mode", "%o is more than 07777", uint32(*d.Mode))
+		}
+		if d.Owner != "" {
+			if _, err := parseOwner(d.Owner); err != nil {
+				return fe(p+".owner", "%v", err)
+			}
+		}
+	}
+	for i, l := range c.Links {
+		p := idx("links", i)
+		if err := checkNodePath(l.Path); err != nil {
+			return fe(p+".path", "%v", err)
+		}
+		switch {
+		case l.Target == "":
+			return fe(p+".target", "missing")
+		case len(l.Target) > 4095:
+			return fe(p+".target", "longer than 4095 bytes")
+		case !utf8.ValidString(l.Target) || hasControl(l.Target):
+			return fe(p+".target", "%q contains a control character or is not UTF-8", l.Target)
+		}
+	}
+	if err := c.validateUnits(); err != nil {
+		return err
+	}
+	if err := c.validateSysctl(); err != nil {
+		return err
+	}
+	seenMod := map[string]int{}
+	for i, m := range c.KernelModules {
+		p := idx("kernelModules", i)
+		if !moduleRe.MatchString(m) {
+			return fe(p, "%q is not a module name (letters, digits, - and _, at most 55)", m)
+		}
+		k := strings.ReplaceAll(m, "-", "_")
+		if j, ok := seenMod[k]; ok {
+			return fe(p, "%s is also kernelModules[%d]", m, j)
+		}
+		seenMod[k] = i
+	}
+	seenNet := map[string]int{}
+	for i, n := range c.Network {
+		p := idx("network", i)
+		if err := checkFileName(n.Name, ".network", ".netdev", ".link"); err != nil {
+			return fe(p+".name", "%v", err)
+		}
+		if j, ok := seenNet[n.Name]; ok {
+			return fe(p+".name", "%s is also network[%d]", n.Name, j)
+		}
+		seenNet[n.Name] = i
+		entries, err := parseINI(n.Contents)
+		if err != nil {
+			return fe(p+".contents", "%v", err)
+		}
+		if len(entries) == 0 {
+			return fe(p+".contents", "has no settings (to hide an image's file, add a link to /dev/null in links)")
+		}
+	}
+	seenExt := map[string]int{}
+	for i, e := range c.Extensions {
+		p := idx("extensions", i)
+		if !extensionRe.MatchString(e) || strings.Contains(e, "..") {
+			return fe(p, "%q is not an extension name (letters, digits and _ . + -, starting with a letter or digit)", e)
+		}
+		if j, ok := seenExt[e]; ok {
+			return fe(p, "%s is also extensions[%d]", e, j)
+		}
+		seenExt[e] = i
+	}
+	if err := c.Update.check(); err != nil {
+		return err
+	}
+	if err := c.Health.check(); err != nil {
+		return err
+	}
+	if err := c.Access.check(); err != nil {
+		return err
+	}
+	return checkConflicts(c.entries())
+}
+
+var (
+	moduleRe    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,55}$`)
+	extensionRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$`)
+	labelRe     = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	tzPartRe    = regexp.MustCompile(`^[A-Za-z0-9_+-][A-Za-z0-9_+.-]*$`)
+	userRe      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,30}\$?$`)
+	cryptRe     = regexp.MustCompile(`^\$(y|gy|7|2a|2b|2y|5|6)\$[./0-9A-Za-z$,=]*[./0-9A-Za-z]$`)
+	sysctlRe    = regexp.MustCompile(`^-?[A-Za-z0-9_*][A-Za-z0-9_*:@+-]*([./][A-Za-z0-9_*:@+-]+)+$`)
+
+	// OCI references, after the distribution/reference grammar.
+	ociRef = func() *regexp.Regexp {
+		const (
+			alnum   = `[a-z0-9]+`
+			sep     = `(?:[._]|__|[-]+)`
+			comp    = alnum + `(?:` + sep + alnum + `)*`
+			dcomp   = `(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])`
+			host    = `(?:` + dcomp + `(?:\.` + dcomp + `)*|\[[a-fA-F0-9:]+\])`
+			domain  = host + `(?::[0-9]+)?`
+			name    = `(?:` + domain + `/)?` + comp + `(?:/` + comp + `)*`
+			tag     = `[\w][\w.-]{0,127}`
+			digest_ = `[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}`
+		)
+		return regexp.MustCompile(`^(` + name + `)(?::` + tag + `)?(?:@` + digest_ + `)?$`)
+	}()
+)
+
+func hasControl(s string) bool {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// checkHostname accepts RFC 1123 labels joined by dots, at most 64 in all.
+func checkHostname(h string) error {
+	if len(h) > 64 {
+		return fmt.Errorf("%q is longer than 64 characters", h)
+	}
+	for _, l := range strings.Split(h, ".") {
+		if !labelRe.MatchString(l) {
+			return fmt.Errorf("%q is not a hostname: each dot-separated label is 1-63 letters, digits or -, not starting or ending with -", h)
+		}
+	}
+	return nil
+}
+
+func checkTimezone(tz string) error {
+	if len(tz) > 255 {
+		return fmt.Errorf("%q is too long", tz)
+	}
+	for _, p := range strings.Split(tz, "/") {
+		if p == "" || p == "." || p == ".." || !tzPartRe.MatchString(p) {
+			return fmt.Errorf("%q is not a time zone name like Europe/Paris or UTC", tz)
+		}
+	}
+	return nil
+}
+
+// checkNodePath enforces the rules for a path the config writes: absolute,
+// clean, no "..", strictly below /etc or /run, not in /run/slate.
+func checkNodePath(p string) error {
+	switch {
+	case p == "":
+		return fmt.Errorf("missing")
+	case !utf8.ValidString(p):
+		return fmt.Errorf("%q is not valid UTF-8", p)
+	case hasControl(p):
+		return fmt.Errorf("%q contains a control character", p)
+	case !strings.HasPrefix(p, "/"):
+		return fmt.Errorf("%s is relative: give an absolute path under /etc or /run", p)
+	case len(p) > 4095:
+		return fmt.Errorf("longer than 4095 bytes")
+	}
+	for _, c := range strings.Split(p, "/") {
+		if c == ".." {
+			return fmt.Errorf("%s contains \"..\"", p)
+		}
+		if len(c) > 255 {
+			return fmt.Errorf("%s has a name longer than 255 bytes", p)
+		}
+	}
+	if clean := path.Clean(p); clean != p {
+		return fmt.Errorf("%s is not clean: write %s", p, clean)
+	}
+	if p == "/etc" || p == "/run" {
+		return fmt.Errorf("%s itself cannot be written: give a path below it", p)
+	}
+	if !inBounds(p) {
+		return fmt.Errorf("%s is outside /etc and /run", p)
+	}
+	if p == "/run/slate" || strings.HasPrefix(p, "/run/slate/") {
+		return fmt.Errorf("%s is inside /run/slate, which is reserved for slate's own records", p)
+	}
+	return nil
+}
+
+// inBounds reports whether a node path is /etc, /run or below them.
+func inBounds(p string) bool {
+	return p == "/etc" || p == "/run" || strings.HasPrefix(p, "/etc/") || strings.HasPrefix(p, "/run/")
+}
+
+// owner is a parsed USER[:GROUP]; an id is -1 where a name was given.
+type owner struct {
+	user, group string
+	uid, gid    int64
+	hasGroup    bool
+}
+
+const maxID = 4294967294 // (uid_t)-1 is "no change"
+
+func parseOwner(s string) (owner, error) {
+	u, g, hasGroup := strings.Cut(s, ":")
+	o := owner{user: u, group: g, uid: -1, gid: -1, hasGroup: hasGroup}
+	parse := func(what, v string, id *int64) error {
+		if isDigits(v) {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil || n > maxID {
+				return fmt.Errorf("%q: %s id %s is out of range (0-%d)", s, what, v, maxID)
+			}
+			*id = int64(n)
+			return nil
+		}
+		if !userRe.MatchString(v) {
+			return fmt.Errorf("%q is not USER[:GROUP]: %s %q is neither a name nor a numeric id", s, what, v)
+		}
+		return nil
+	}
+	if err := parse("user", u, &o.uid); err != nil {
+		return o, err
+	}
+	if hasGroup {
+		if err := parse("group", g, &o.gid); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+func (c *Contents) check(p string) error {
+	switch {
+	case c.Text == nil && c.Base64 == nil:
+		return fe(p, "give text or base64")
+	case c.Text != nil && c.Base64 != nil:
+		return fe(p, "give text or base64, not both")
+	case c.Text != nil && !utf8.ValidString(*c.Text):
+		return fe(p+".text", "is not valid UTF-8: use base64")
+	case c.Base64 != nil:
+		if _, err := decodeBase64(*c.Base64); err != nil {
+			return fe(p+".base64", "%v", err)
+		}
+	}
+	return nil
+}
+
+// Data is the decoded contents; nil Contents is an empty file.
+func (c *Contents) Data() ([]byte, error) {
+	switch {
+	case c == nil:
+		return []byte{}, nil
+	case c.Text != nil:
+		return []byte(*c.Text), nil
+	case c.Base64 != nil:
+		return decodeBase64(*c.Base64)
+	}
+	return []byte{}, nil
+}
+
+func decodeBase64(s string) ([]byte, error) {
+	clean := strings.Map(func(r rune) rune {
+		if r == ' ' || r == '\t' || r == '\n' || r == '\r' {
+			return -1
+		}
+		return r
+	}, s)
+	b, err := base64.StdEncoding.DecodeString(clean)
+	if err != nil {
+		return nil, fmt.Errorf("not standard base64 (with padding): %v", err)
+	}
+	return b, nil
+}
+
+func (c *Config) validateUnits() error {
+	seen := map[string]int{}
+	for i, u := range c.Systemd.Units {
+		p := idx("systemd.units", i)
+		name, err := parseUnitName(u.Name)
+		if err != nil {
+			return fe(p+".name", "%v", err)
+		}
+		if j, ok := seen[u.Name]; ok {
+			return fe(p+".name", "%s is also systemd.units[%d]", u.Name, j)
+		}
+		seen[u.Name] = i
+		enable := u.Enabled != nil && *u.Enabled
+		if u.Masked {
+			switch {
+			case u.Contents != "":
+				return fe(p+".masked", "a masked unit cannot have contents")
+			case len(u.Dropins) > 0:
+				return fe(p+".masked", "a masked unit cannot have drop-ins")
+			case enable:
+				return fe(p+".masked", "a masked unit cannot be enabled")
+			}
+		}
+		if u.Contents == "" && len(u.Dropins) == 0 && u.Enabled == nil && !u.Masked {
+			return fe(p, "%s: nothing to do: give contents, dropins, enabled or masked", u.Name)
+		}
+		if u.Contents != "" {
+			if _, err := parseINI(u.Contents); err != nil {
+				return fe(p+".contents", "%v", err)
+			}
+			if enable {
+				in, err := parseInstall(u.Contents, name)
+				if err != nil {
+					return fe(p+".contents", "[Install]: %v", err)
+				}
+				if err := enableable(u.Name, name, in); err != nil {
+					return fe(p+".enabled", "%v", err)
+				}
+			}
+		}
+		seenDrop := map[string]int{}
+		for j, d := range u.Dropins {
+			dp := idx(p+".dropins", j)
+			if err := checkFileName(d.Name, ".conf"); err != nil {
+				return fe(dp+".name", "%v", err)
+			}
+			if k, ok := seenDrop[d.Name]; ok {
+				return fe(dp+".name", "%s is also %s", d.Name, idx(p+".dropins", k))
+			}
+			seenDrop[d.Name] = j
+			if _, err := parseINI(d.Contents); err != nil {
+				return fe(dp+".contents", "%v", err)
+			}
+		}
+	}
+	return nil
+}
+
+// enableable says why a unit with this [Install] section cannot be enabled.
+func enableable(s string, name unitName, in install) error {
+	if name.template() && in.defaultInstance == "" {
+		return fmt.Errorf("%s is a template: enable an instance (%s) or give DefaultInstance= in its [Install] section",
+			s, name.prefix+"@NAME."+name.typ)
+	}
+	if in.empty() {
+		return fmt.Errorf("%s has no WantedBy=, RequiredBy=, UpheldBy=, Alias= or Also= in an [Install] section, so there is nothing to enable", s)
+	}
+	return nil
+}
+
+// sysctlKey is the key as systemd-sysctl normalizes it: "/" separators.
+func sysctlKey(k string) string {
+	k = strings.TrimPrefix(k, "-")
+	i := strings.IndexAny(k, "./")
+	if i >= 0 && k[i] == '.' {
+		k = strings.Map(func(r rune) rune {
+			switch r {
+			case '.':
+				return '/'
+			case '/':
+				return '.'
+			}
+			return r
+		}, k)
+	}
+	return k
+}
+
+func (c *Config) validateSysctl() error {
+	seen := map[string]string{}
+	keys := make([]string, 0, len(c.Sysctl))
+	for k := range c.Sysctl {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		p := "sysctl." + k
+		if !sysctlRe.MatchString(k) || strings.Contains(k, "..") || strings.Contains(k, "//") {
+			return fe(p, "%q is not a sysctl key like net.ipv4.ip_forward", k)
+		}
+		n := sysctlKey(k)
+		if prev, ok := seen[n]; ok {
+			return fe(p, "%s is the same setting as %s", k, prev)
+		}
+		seen[n] = k
+		v := string(c.Sysctl[k])
+		switch {
+		case strings.TrimSpace(v) == "":
+			return fe(p, "empty value")
+		case !utf8.ValidString(v) || hasControl(v):
+			return fe(p, "%q: a value is one line of text", v)
+		}
+	}
+	return nil
+}
+
+func (u *Update) check() error {
+	if u.Source != "" {
+		if len(u.Source) > 512 || !ociRef.MatchString(u.Source) {
+			return fe("update.source", "%q is not an OCI reference like registry.example/org/node:1.4", u.Source)
+		}
+		name := ociRef.FindStringSubmatch(u.Source)[1]
+		if len(name) > 255 {
+			return fe("update.source", "the repository name is longer than 255 characters")
+		}
+	}
+	if u.PublicKey != "" {
+		if err := checkPublicKey(u.PublicKey); err != nil {
+			return fe("update.publicKey", "%v", err)
+		}
+	}
+	return nil
+}
+
+// checkPublicKey accepts one PEM block or base64; which algorithm it holds
+// is the update code's business.
+func checkPublicKey(k string) error {
+	t := strings.TrimSpace(k)
+	if strings.HasPrefix(t, "-----BEGIN ") {
+		b, rest := pem.Decode([]byte(t))
+		if b == nil {
+			return fmt.Errorf("not a valid PEM block")
+		}
+		if strings.TrimSpace(string(rest)) != "" {
+			return fmt.Errorf("more than one PEM block, or text after it")
+		}
+		if strings.Contains(b.Type, "PRIVATE") {
+			return fmt.Errorf("this is a private key: give the public key")
+		}
+		if len(b.Bytes) == 0 {
+			return fmt.Errorf("the PEM block is empty")
+		}
+		return nil
+	}
+	b, err := decodeBase64(t)
+	if err != nil {
+		return fmt.Errorf("neither a PEM block nor base64: %v", err)
+	}
+	if len(b) == 0 {
+		return fmt.Errorf("empty")
+	}
+	return nil
+}
+
+func (h *Health) check() error {
+	seen := map[string]int{}
+	for i, u := range h.RequiredUnits {
+		p := idx("health.requiredUnits", i)
+		name, err := parseUnitName(u)
+		if err != nil {
+			return fe(p, "%v", err)
+		}
+		if name.template() {
+			return fe(p, "%s is a template, which is never active: name an instance", u)
+		}
+		if j, ok := seen[u]; ok {
+			return fe(p, "%s is also health.requiredUnits[%d]", u, j)
+		}
+		seen[u] = i
+	}
+	if h.Timeout < 0 {
+		return fe("health.timeout", "%s is negative", h.Timeout)
+	}
+	return nil
+}
+
+var sshKeyTypes = map[string]bool{
+	"ssh-ed25519": true, "ssh-rsa": true,
+	"ecdsa-sha2-nistp256": true, "ecdsa-sha2-nistp384": true, "ecdsa-sha2-nistp521": true,
+	"sk-ssh-ed25519@openssh.com": true, "sk-ecdsa-sha2-nistp256@openssh.com": true,
+}
+
+// checkSSHKey accepts an authorized_keys line: [options] TYPE BASE64 [comment].
+func checkSSHKey(s string) error {
+	if strings.ContainsAny(s, "\r\n\x00") {
+		return fmt.Errorf("one key per list item, on one line")
+	}
+	fields := strings.Fields(s)
+	for i := 0; i+1 < len(fields); i++ {
+		if !sshKeyTypes[fields[i]] {
+			continue
+		}
+		blob, err := base64.StdEncoding.DecodeString(fields[i+1])
+		if err == nil && len(blob) > 4 {
+			n := binary.BigEndian.Uint32(blob)
+			if uint64(n) <= uint64(len(blob)-4) && string(blob[4:4+n]) == fields[i] {
+				return nil
+			}
+		}
+		return fmt.Errorf("the key data after %s is not a %s key", fields[i], fields[i])
+	}
+	return fmt.Errorf("not an OpenSSH public key line (TYPE BASE64 [COMMENT], e.g. ssh-ed25519 AAAA... admin@example; types: ssh-ed25519, ssh-rsa, ecdsa-sha2-nistp256/384/521, sk-*)")
+}
+
+func (a *Access) check() error {
+	if !a.BreakGlass {
+		if a.RootPasswordHash != "" {
+			return fe("access.rootPasswordHash", "needs access.breakGlass: true")
+		}
+		if len(a.SSHAuthorizedKeys) > 0 {
+			return fe("access.sshAuthorizedKeys", "needs access.breakGlass: true")
+		}
+	}
+	if h := a.RootPasswordHash; h != "" {
+		switch {
+		case strings.HasPrefix(h, "$1$") || !strings.HasPrefix(h, "$") && len(h) == 13:
+			return fe("access.rootPasswordHash", "MD5 and DES hashes are too weak: make one with mkpasswd -m yescrypt (or -m sha-512)")
+		case !cryptRe.MatchString(h) || len(h) < 20:
+			return fe("access.rootPasswordHash", "not a crypt(3) hash ($y$, $gy$, $7$, $2b$, $6$ or $5$): make one with mkpasswd -m yescrypt; a plain password is never accepted")
+		}
+	}
+	for i, k := range a.SSHAuthorizedKeys {
+		if err := checkSSHKey(k); err != nil {
+			return fe(idx("access.sshAuthorizedKeys", i), "%v", err)
+		}
+	}
+	return nil
+}
+
+// entry is one path the config writes, for conflict checks.
+type entry struct {
+	path  string
+	kind  entryKind
+	field string
+}
+
+type entryKind int
+
+const (
+	kindFile entryKind = iota
+	kindDir
+	kindLink
+	kindRemove
+)
+
+func (k entryKind) String() string {
+	return [...]string{"a file", "a directory", "a symlink", "a removal"}[k]
+}
+
+// entries lists the paths a config writes that are known without the tree:
+// generated ones first, so that a clash is reported on the user's entry.
+func (c *Config) entries() []entry {
+	var es []entry
+	add := func(p string, k entryKind, field string) { es = append(es, entry{p, k, field}) }
+	if c.Hostname != "" {
+		add(pathHostname, kindFile, "hostname")
+	}
+	if c.Timezone != "" {
+		add(pathLocaltime, kindLink, "timezone")
+		add(pathTimezone, kindFile, "timezone")
+	}
+	for i, u := range c.Systemd.Units {
+		p := idx("systemd.units", i)
+		switch {
+		case u.Masked:
+			add(unitDir+"/"+u.Name, kindLink, p+".masked")
+		case u.Contents != "":
+			add(unitDir+"/"+u.Name, kindFile, p+".contents")
+		}
+		for j, d := range u.Dropins {
+			add(unitDir+"/"+u.Name+".d/"+d.Name, kindFile, idx(p+".dropins", j)+".name")
+		}
+	}
+	if len(c.Sysctl) > 0 {
+		add(pathSysctl, kindFile, "sysctl")
+	}
+	if len(c.KernelModules) > 0 {
+		add(pathModules, kindFile, "kernelModules")
+	}
+	for i, n := range c.Network {
+		add(networkDir+"/"+n.Name, kindFile, idx("network", i)+".name")
+	}
+	if c.Access.RootPasswordHash != "" {
+		add(pathShadow, kindFile, "access.rootPasswordHash")
+	}
+	if len(c.Access.SSHAuthorizedKeys) > 0 {
+		add(pathAuthorizedKeys, kindFile, "access.sshAuthorizedKeys")
+		add(pathSSHDConfig, kindFile, "access.sshAuthorizedKeys")
+	}
+	for i, d := range c.Directories {
+		add(d.Path, kindDir, idx("directories", i)+".path")
+	}
+	for i, f := range c.Files {
+		add(f.Path, kindFile, idx("files", i)+".path")
+	}
+	for i, l := range c.Links {
+		add(l.Path, kindLink, idx("links", i)+".path")
+	}
+	return es
+}
+
+// checkConflicts refuses two entries for one path (two directories are
+// fine) and a path below one that is not a directory.
+func checkConflicts(es []entry) error {
+	seen := make(map[string]entry, len(es))
+	for _, e := range es {
+		if prev, ok := seen[e.path]; ok {
+			if prev.kind == kindDir && e.kind == kindDir {
+				continue
+			}
+			return fe(e.field, "%s is also written by %s", e.path, prev.field)
+		}
+		seen[e.path] = e
+	}
+	for _, e := range es {
+		for d := path.Dir(e.path); d != "/" && d != "."; d = path.Dir(d) {
+			if prev, ok := seen[d]; ok && prev.kind != kindDir {
+				if prev.kind == kindRemove {
+					return fe(e.field, "%s is below %s, which %s removes", e.path, d, prev.field)
+				}
+				return fe(e.field, "%s is below %s, which %s makes %s", e.path, d, prev.field, prev.kind)
+			}
+		}
+	}
+	return nil
+}

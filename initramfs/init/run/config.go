@@ -1,0 +1,153 @@
+package run
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/u-root/u-root/pkg/mount"
+	"golang.org/x/sys/unix"
+
+	"github.com/slate-os/slate/boot/nodeconfig"
+	"github.com/slate-os/slate/boot/record"
+	"github.com/slate-os/slate/initramfs/init/configsrc"
+	"github.com/slate-os/slate/initramfs/init/klog"
+)
+
+// ConfigTimeout bounds the whole search for a config; each source bounds
+// its own waits well within it.
+const ConfigTimeout = 30 * time.Second
+
+// applyConfig is the config step: it takes the node config from the first
+// source that has one (configsrc.Sources), parses it and applies it to
+// /sysroot's /etc (the tmpfs overlay) and /run, so that systemd starts
+// with it in place. Nothing about the config is fatal: an unreadable,
+// invalid or unappliable config applies nothing (Apply is all or nothing),
+// is reported in one console line and in the record, and the node boots
+// on the image's defaults.
+func (in *initProc) applyConfig() error {
+	env := &configsrc.Env{Cmdline: in.cmdline, DevicesSince: in.devicesSince, Logf: in.log.Infof}
+	ctx, cancel := context.WithTimeout(configsrc.WithEnv(context.Background(), env), ConfigTimeout)
+	defer cancel()
+	rc, lines := configure(ctx, configsrc.Sources, sysroot, in.bindRun)
+	in.rec.Config = &rc
+	for _, l := range lines {
+		in.log.Log(l.level, "%s", l.msg)
+	}
+	return nil
+}
+
+// bindRun makes the /run tmpfs visible at /sysroot/run while the config is
+// applied (until switchRoot moves it there, the image's /run is an empty
+// directory on the read-only root). The returned function undoes it.
+func (in *initProc) bindRun() (func(), error) {
+	dst := filepath.Join(sysroot, "run")
+	if _, err := mount.Mount("/run", dst, "", "", unix.MS_BIND); err != nil {
+		return nil, fmt.Errorf("binding /run to %s: %w", dst, err)
+	}
+	return func() {
+		if err := unix.Unmount(dst, 0); err != nil {
+			if err2 := unix.Unmount(dst, unix.MNT_DETACH); err2 != nil {
+				in.warn("unmounting the bind of /run on %s: %v", dst, err)
+			}
+		}
+	}, nil
+}
+
+// consoleLine is a line for the console and the kernel log.
+type consoleLine struct {
+	level int
+	msg   string
+}
+
+// configure fetches, parses and applies the node config to root and says
+// what happened: the record's config section and the lines to log. With
+// prepare (nil in tests), root is made ready for Apply just before it and
+// restored after.
+func configure(ctx context.Context, srcs []configsrc.Source, root string, prepare func() (func(), error)) (record.Config, []consoleLine) {
+	env := configsrc.EnvFrom(ctx)
+	ctx = configsrc.WithEnv(ctx, env) // so that Location comes back
+	name, data, err := configsrc.First(ctx, srcs)
+	if errors.Is(err, configsrc.ErrNotFound) {
+		return record.Config{Source: record.ConfigNone}, []consoleLine{{klog.LevelInfo, fmt.Sprintf(
+			"no node config found (looked in %s): booting with the image's defaults",
+			strings.Join(configsrc.Names(srcs), ", "))}}
+	}
+	rc := record.Config{Source: name, Location: env.Location}
+	if name == "" { // the search itself was cut short
+		rc.Source = record.ConfigNone
+	}
+	fail := func(stage, what string, err error) (record.Config, []consoleLine) {
+		rc.Failed = stage
+		rc.Error = singleLine(err.Error())
+		return rc, []consoleLine{{klog.LevelErr, fmt.Sprintf("%s, nothing applied: %s", what, rc.Error)}}
+	}
+	if err != nil {
+		return fail(record.ConfigFailedRead, fmt.Sprintf("config from %s could not be read", rc.Source), err)
+	}
+	sum := sha256.Sum256(data)
+	rc.SHA256 = hex.EncodeToString(sum[:])
+	rc.Size = len(data)
+	from := fmt.Sprintf("config from %s (sha256 %s)", name, rc.SHA256)
+
+	c, err := nodeconfig.Parse(data)
+	if err != nil {
+		return fail(record.ConfigFailedParse, from+" is invalid", err)
+	}
+	if prepare != nil {
+		undo, err := prepare()
+		if err != nil {
+			return fail(record.ConfigFailedApply, from+" could not be applied", err)
+		}
+		defer undo()
+	}
+	a, err := c.Apply(root)
+	if err != nil {
+		// Refused against the image's tree: a path through a symlink out
+		// of /etc, an existing file without overwrite, an unknown owner.
+		return fail(record.ConfigFailedApply, from+" is invalid for this image", err)
+	}
+	rc.Applied = true
+	rc.Tainted = a.Tainted
+	rc.Hostname = a.Hostname
+	rc.Files = a.Files
+	lines := []consoleLine{{klog.LevelInfo, from + " applied: " + summary(c, a)}}
+	if a.Tainted {
+		lines = append(lines, consoleLine{klog.LevelWarning, "warning: this node is tainted: its config sets access.breakGlass"})
+	}
+	return rc, lines
+}
+
+// summary says in a few words what a config did:
+// "hostname node-1, 3 files, 1 unit".
+func summary(c *nodeconfig.Config, a *nodeconfig.Applied) string {
+	var parts []string
+	if a.Hostname != "" {
+		parts = append(parts, "hostname "+a.Hostname)
+	}
+	if a.Timezone != "" {
+		parts = append(parts, "timezone "+a.Timezone)
+	}
+	parts = append(parts, plural(len(a.Files), "file"))
+	if n := len(c.Systemd.Units); n > 0 {
+		parts = append(parts, plural(n, "unit"))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// singleLine keeps a (possibly joined) error on one console line.
+func singleLine(s string) string {
+	return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ")
+}
