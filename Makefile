@@ -10,7 +10,7 @@ GOFLAGS_BUILD := -trimpath
 
 # Debian packages the tests and the demo need.
 DEB_PACKAGES := squashfs-tools-ng squashfs-tools cryptsetup-bin qemu-system-x86 qemu-utils ovmf \
-	debootstrap gdisk fdisk dosfstools mtools cpio zstd xz-utils e2fsprogs
+	debootstrap gdisk fdisk dosfstools mtools cpio zstd xz-utils e2fsprogs genisoimage
 
 .PHONY: all slate deps unit test qemu-test bench reference-image init-binary demo run clean vet
 

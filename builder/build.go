@@ -225,6 +225,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	plan := disk.NewPlan(layout, seed[:])
 	b.res.Plan = plan
 	cmdline := s.Cmdline()
+	diskTemp := ""
 	if s.Outputs.Disk != "" {
 		b.step("disk")
 		raw := b.tempBeside(s.Outputs.Disk)
@@ -242,10 +243,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			final = q
 			b.done()
 		}
-		if err := os.Rename(final, s.Outputs.Disk); err != nil {
-			return nil, err
-		}
-		b.res.Disk = s.Outputs.Disk
+		diskTemp = final
 	}
 
 	// 5. The update artifact.
@@ -260,6 +258,13 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		}
 		b.res.Artifact = s.Outputs.Artifact
 		b.done()
+	}
+	// The disk goes in place last, so a failed artifact leaves no disk either.
+	if diskTemp != "" {
+		if err := os.Rename(diskTemp, s.Outputs.Disk); err != nil {
+			return nil, err
+		}
+		b.res.Disk = s.Outputs.Disk
 	}
 	b.res.Total = time.Since(b.start)
 	return &b.res, nil

@@ -4,11 +4,8 @@
 package boot_test
 
 import (
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -17,7 +14,6 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/boot/record"
 	"github.com/slate-os/slate/builder"
 	"github.com/slate-os/slate/qemu-tests/node"
 	"github.com/slate-os/slate/qemu-tests/vm"
@@ -31,8 +27,7 @@ func TestMain(m *testing.M) {
 
 var bootTimeout = vm.Scale(4 * time.Minute)
 
-const probe = `
-echo "RECORD=$(base64 -w0 /run/slate/boot.json)"
+const probe = node.PrintRecord + `
 echo "MULTIUSER=$(systemctl is-active multi-user.target)"
 echo "FAILED=$(systemctl list-units --state=failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
 if touch /usr/slate-test 2>/dev/null; then echo USRWRITE=yes; else echo USRWRITE=no; fi
@@ -48,21 +43,6 @@ echo changed > /etc/slate-test
 sync
 `
 
-func bootRecord(t *testing.T, r *node.Result) record.Record {
-	t.Helper()
-	var rec record.Record
-	// base64 on the console: the record holds backslashes (initrd=\slate\a\...)
-	// that the guest's echo would eat.
-	raw, err := base64.StdEncoding.DecodeString(r.Get("RECORD"))
-	if err != nil {
-		t.Fatalf("/run/slate/boot.json: %v: %q", err, r.Get("RECORD"))
-	}
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		t.Fatalf("/run/slate/boot.json: %v: %q", err, r.Get("RECORD"))
-	}
-	return rec
-}
-
 // TestBootReadOnlyAndPersistent boots slot A twice: the root is read-only,
 // /etc changes die at reboot, /var and the machine-id persist.
 func TestBootReadOnlyAndPersistent(t *testing.T) {
@@ -74,7 +54,7 @@ func TestBootReadOnlyAndPersistent(t *testing.T) {
 	if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
 		t.Fatal(err)
 	}
-	rec := bootRecord(t, first)
+	rec := node.Record(t, first)
 	if rec.Slot != "a" || rec.Version != "test" || rec.RootHash != d.RootHash || !rec.FirstBoot {
 		t.Errorf("boot record: %+v", rec)
 	}
@@ -102,7 +82,7 @@ func TestBootReadOnlyAndPersistent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("second boot to the test script: %.1fs", time.Since(start).Seconds())
-	rec2 := bootRecord(t, second)
+	rec2 := node.Record(t, second)
 	if rec2.FirstBoot {
 		t.Error("second boot is recorded as a first boot")
 	}
@@ -128,8 +108,7 @@ func TestStateGrowsToDiskEnd(t *testing.T) {
 echo "PART=$(cat /sys/class/block/vda4/start) $(cat /sys/class/block/vda4/size)"
 echo "DISK=$(cat /sys/class/block/vda/size)"
 echo "VARSIZE=$(df -B1 --output=size /var | tail -n1 | tr -d ' ')"
-echo "RECORD=$(base64 -w0 /run/slate/boot.json)"
-`+node.ThenPoweroff, func(c *vm.Config) { c.DiskSize = 3 * d.Plan.Size })
+`+node.PrintRecord+node.ThenPoweroff, func(c *vm.Config) { c.DiskSize = 3 * d.Plan.Size })
 	r := node.Run(t, m, bootTimeout)
 	var start, size, diskSectors int64
 	fmt.Sscan(r.Get("PART"), &start, &size)
@@ -146,7 +125,7 @@ echo "RECORD=$(base64 -w0 /run/slate/boot.json)"
 	if want := (3*d.Plan.Size - d.Plan.Part(boot.NumState).Start) * 9 / 10; varSize < want {
 		t.Errorf("/var is %d bytes, want more than %d", varSize, want)
 	}
-	if rec := bootRecord(t, r); !rec.StateGrown {
+	if rec := node.Record(t, r); !rec.StateGrown {
 		t.Errorf("record does not say the state partition grew: %+v", rec)
 	}
 }
@@ -186,16 +165,16 @@ func TestDamagedStateIsNotFormatted(t *testing.T) {
 func TestMissingSlotPartition(t *testing.T) {
 	d := node.Disk(t, "plain", nil)
 	raw := filepath.Join(t.TempDir(), "bad.raw")
-	run(t, "cp", "--sparse=always", d.Disk, raw)
+	node.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
 	esp := d.Plan.Part(boot.NumESP)
 	img := fmt.Sprintf("%s@@%d", raw, esp.Start)
-	entry := run(t, "mtype", "-i", img, "::/loader/entries/slate-a.conf")
+	entry := node.Cmd(t, "mtype", "-i", img, "::/loader/entries/slate-a.conf")
 	root := d.Plan.Part(boot.NumRootA).GUID
 	bogus := "00000000-1111-4222-8333-444444444444"
 	entry = strings.Replace(entry, boot.ArgRoot+"="+root, boot.ArgRoot+"="+bogus+" "+boot.ArgRebootDelay+"=1s", 1)
 	local := filepath.Join(t.TempDir(), "slate-a.conf")
 	os.WriteFile(local, []byte(entry), 0o644)
-	run(t, "mcopy", "-o", "-i", img, local, "::/loader/entries/slate-a.conf")
+	node.Cmd(t, "mcopy", "-o", "-i", img, local, "::/loader/entries/slate-a.conf")
 
 	m := node.Boot(t, raw, "echo should not run\n", nil)
 	mt, err := m.Expect(regexp.MustCompile(`slate-init: FATAL: .*no partition with PARTUUID `+bogus+`.*rebooting in 1s`), bootTimeout)
@@ -214,19 +193,10 @@ func TestMissingSlotPartition(t *testing.T) {
 
 func qemuIO(t *testing.T, disk, cmd string) {
 	t.Helper()
-	out := run(t, "qemu-io", "-f", "qcow2", "-c", cmd, disk)
+	out := node.Cmd(t, "qemu-io", "-f", "qcow2", "-c", cmd, disk)
 	if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed") {
 		t.Fatalf("qemu-io %s: %s", cmd, out)
 	}
-}
-
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
 }
 
 var _ = builder.Build

@@ -5,10 +5,8 @@ package config_test
 
 import (
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -16,7 +14,6 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/boot/record"
 	"github.com/slate-os/slate/qemu-tests/node"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
@@ -67,31 +64,17 @@ for f in /etc/slate-test/*.txt; do [ -f "$f" ] && echo "MODE $(basename $f)=$(st
 echo "MARKERS=$(cat /run/marker-* 2>/dev/null | tr '\n' ' ')"
 echo "UNITS=$(ls /etc/systemd/system | grep marker- | tr '\n' ' ')"
 echo "SWAPPINESS=$(cat /proc/sys/vm/swappiness)"
-echo "RECORD=$(base64 -w0 /run/slate/boot.json)"
-`
-
-func bootRecord(t *testing.T, r *node.Result) record.Record {
-	t.Helper()
-	raw, err := base64.StdEncoding.DecodeString(r.Get("RECORD"))
-	if err != nil {
-		t.Fatalf("/run/slate/boot.json: %v", err)
-	}
-	var rec record.Record
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		t.Fatalf("/run/slate/boot.json: %v", err)
-	}
-	return rec
-}
+` + node.PrintRecord
 
 // checkApplied says whether config tag's effects, and only its, are in place.
 func checkApplied(t *testing.T, r *node.Result, tag string) {
 	t.Helper()
 	want := map[string]string{
-		"HOSTNAME":   "node-" + tag,
-		"FILES":      tag + ".txt",
-		"MARKERS":    "ran-" + tag,
-		"UNITS":      "marker-" + tag + ".service",
-		"SWAPPINESS": fmt.Sprint(len(tag)*10 + 3),
+		"HOSTNAME":             "node-" + tag,
+		"FILES":                tag + ".txt",
+		"MARKERS":              "ran-" + tag,
+		"UNITS":                "marker-" + tag + ".service",
+		"SWAPPINESS":           fmt.Sprint(len(tag)*10 + 3),
 		"MODE " + tag + ".txt": "640",
 	}
 	for k, v := range want {
@@ -114,7 +97,7 @@ func TestConfigEveryBoot(t *testing.T) {
 	}
 	r := node.Run(t, m, bootTimeout)
 	checkApplied(t, r, "one")
-	if rec := bootRecord(t, r); rec.Config == nil || rec.Config.Source != "fw_cfg" || !rec.Config.Applied || len(rec.Config.SHA256) != 64 {
+	if rec := node.Record(t, r); rec.Config == nil || rec.Config.Source != "fw_cfg" || !rec.Config.Applied || len(rec.Config.SHA256) != 64 {
 		t.Errorf("record's config: %+v", rec.Config)
 	}
 	if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
@@ -155,10 +138,10 @@ func TestConfigDriveAndCmdline(t *testing.T) {
 	d := node.Disk(t, "plain", nil)
 
 	drive := filepath.Join(t.TempDir(), "config.img")
-	run(t, "mkfs.vfat", "-n", "SLATE-CONFI", "-C", drive, "4096")
+	node.Cmd(t, "mkfs.vfat", "-n", "SLATE-CONFI", "-C", drive, "4096")
 	cfgFile := filepath.Join(t.TempDir(), "slate.yaml")
 	os.WriteFile(cfgFile, []byte(nodeConfig("drive")), 0o644)
-	run(t, "mcopy", "-i", drive, cfgFile, "::/slate.yaml")
+	node.Cmd(t, "mcopy", "-i", drive, cfgFile, "::/slate.yaml")
 	m := node.Boot(t, d.Disk, probe+node.ThenPoweroff, func(c *vm.Config) {
 		c.Disks = append(c.Disks, vm.Disk{Path: drive, Format: "raw"})
 	})
@@ -169,15 +152,15 @@ func TestConfigDriveAndCmdline(t *testing.T) {
 
 	// The command line: a data: URL in slot A's boot entry.
 	raw := filepath.Join(t.TempDir(), "cmdline.raw")
-	run(t, "cp", "--sparse=always", d.Disk, raw)
+	node.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
 	esp := d.Plan.Part(boot.NumESP)
 	img := fmt.Sprintf("%s@@%d", raw, esp.Start)
-	entry := run(t, "mtype", "-i", img, "::/loader/entries/slate-a.conf")
+	entry := node.Cmd(t, "mtype", "-i", img, "::/loader/entries/slate-a.conf")
 	url := boot.ArgConfig + "=data:;base64," + base64.StdEncoding.EncodeToString([]byte(nodeConfig("cmd")))
 	entry = strings.Replace(entry, "\noptions ", "\noptions "+url+" ", 1)
 	local := filepath.Join(t.TempDir(), "slate-a.conf")
 	os.WriteFile(local, []byte(entry), 0o644)
-	run(t, "mcopy", "-o", "-i", img, local, "::/loader/entries/slate-a.conf")
+	node.Cmd(t, "mcopy", "-o", "-i", img, local, "::/loader/entries/slate-a.conf")
 	m2 := node.Boot(t, raw, probe+node.ThenPoweroff, nil)
 	if _, err := m2.Expect(regexp.MustCompile(`slate-init: config from cmdline .*applied`), bootTimeout); err != nil {
 		t.Fatal(err)
@@ -222,7 +205,7 @@ func TestBadConfigsApplyNothing(t *testing.T) {
 		if h, f := r.Get("HOSTNAME"), r.Get("FILES"); h != "slate" || f != "" {
 			t.Errorf("%s: hostname %q, files %q: something was applied", tc.name, h, f)
 		}
-		if rec := bootRecord(t, r); rec.Config == nil || rec.Config.Applied || rec.Config.Error == "" || len(rec.Config.SHA256) != 64 {
+		if rec := node.Record(t, r); rec.Config == nil || rec.Config.Applied || rec.Config.Error == "" || len(rec.Config.SHA256) != 64 {
 			t.Errorf("%s: record's config: %+v", tc.name, rec.Config)
 		}
 		if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
@@ -243,16 +226,7 @@ func TestBadConfigsApplyNothing(t *testing.T) {
 	}
 	r := node.Run(t, m, bootTimeout)
 	checkApplied(t, r, "bad")
-	if rec := bootRecord(t, r); rec.Config == nil || !rec.Config.Tainted {
+	if rec := node.Record(t, r); rec.Config == nil || !rec.Config.Tainted {
 		t.Errorf("breakGlass: record's config: %+v", rec.Config)
 	}
-}
-
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
 }

@@ -9,8 +9,11 @@ package node
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -22,6 +25,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
+	"github.com/slate-os/slate/boot/record"
 	"github.com/slate-os/slate/builder"
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/builder/spec"
@@ -207,4 +211,33 @@ func Run(tb testing.TB, m *vm.Machine, timeout time.Duration) *Result {
 		}
 		r.Lines = append(r.Lines, strings.TrimSpace(mt.Line))
 	}
+}
+
+// Record decodes the boot record a script printed as RECORD=<base64>
+// (base64, since the record holds backslashes, initrd=\slate\a\..., that the
+// guest's echo would eat).
+func Record(tb testing.TB, r *Result) record.Record {
+	tb.Helper()
+	var rec record.Record
+	raw, err := base64.StdEncoding.DecodeString(r.Get("RECORD"))
+	if err != nil {
+		tb.Fatalf("/run/slate/boot.json: %v: %q", err, r.Get("RECORD"))
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		tb.Fatalf("/run/slate/boot.json: %v", err)
+	}
+	return rec
+}
+
+// PrintRecord is the script line that prints the boot record for Record.
+const PrintRecord = `echo "RECORD=$(base64 -w0 /run/slate/boot.json)"` + "\n"
+
+// Cmd runs a host command and fails the test with its output if it fails.
+func Cmd(tb testing.TB, name string, args ...string) string {
+	tb.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }

@@ -156,7 +156,7 @@ type Machine struct {
 	consoleLog string
 	qemuLog    string
 	fwcfg      []string
-	fwcfgN     int // fw_cfg content files written so far
+	fwcfgN     int         // fw_cfg content files written so far
 	forwards   map[int]int // guest port → host port (tcp and udp alike)
 	nicArg     string
 
