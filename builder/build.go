@@ -17,7 +17,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -88,6 +90,7 @@ type build struct {
 	res   Result
 	t0    time.Time
 	name  string
+	mu    sync.Mutex
 }
 
 func (b *build) step(name string) {
@@ -98,6 +101,36 @@ func (b *build) step(name string) {
 func (b *build) done() {
 	b.p.Done()
 	b.res.Steps = append(b.res.Steps, StepTiming{b.name, time.Since(b.t0)})
+}
+
+// parallel runs independent steps at once and records each one's time.
+// The first error (in step name order) wins.
+func (b *build) parallel(title string, steps map[string]func() error) error {
+	b.p.Step(title)
+	names := make([]string, 0, len(steps))
+	for n := range steps {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	errs := make([]error, len(names))
+	took := make([]time.Duration, len(names))
+	// Each step writes its own fields of b.res; tempBeside locks b.mu.
+	var wg sync.WaitGroup
+	for i, n := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t0 := time.Now()
+			errs[i] = steps[n]()
+			took[i] = time.Since(t0)
+		}()
+	}
+	wg.Wait()
+	b.p.Done()
+	for i, n := range names {
+		b.res.Steps = append(b.res.Steps, StepTiming{n, took[i]})
+	}
+	return errors.Join(errs...)
 }
 
 func (b *build) cleanup() {
@@ -112,6 +145,8 @@ func (b *build) cleanup() {
 // tempBeside makes a temporary path next to final, so the last rename stays
 // on one filesystem.
 func (b *build) tempBeside(final string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	t := filepath.Join(filepath.Dir(final), "."+filepath.Base(final)+".tmp-"+fmt.Sprint(os.Getpid()))
 	b.temps = append(b.temps, t)
 	return t
@@ -188,24 +223,31 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	b.res.KernelRelease = bootFiles.KernelRelease
 	b.done()
 
-	// 2. The dm-verity tree, appended to the squashfs in the same file.
-	b.step("verity")
-	rootInfo, tree, err := appendVerity(sqfs, seed[:])
-	if err != nil {
-		return nil, err
-	}
-	b.res.RootHash, b.res.RootSize = tree.RootHashHex(), rootInfo.Size
-	b.done()
-
-	// 3. The initramfs: the init and the module closure it needs.
-	b.step("initramfs")
+	// 2 and 3, side by side: tar2sqfs had both cores; these are one core each.
+	// The dm-verity tree, appended to the squashfs in the same file; the
+	// initramfs: the init and the module closure it needs.
+	var rootInfo artifact.RootInfo
 	initrd := filepath.Join(b.work, "initramfs")
-	info, err := b.initramfs(initrd, bootFiles)
+	err = b.parallel("verity and initramfs", map[string]func() error{
+		"verity": func() error {
+			info, tree, err := appendVerity(sqfs, seed[:])
+			if err == nil {
+				rootInfo = info
+				b.res.RootHash, b.res.RootSize = tree.RootHashHex(), info.Size
+			}
+			return err
+		},
+		"initramfs": func() error {
+			info, err := b.initramfs(initrd, bootFiles)
+			if err == nil {
+				b.res.InitramfsSize, b.res.Initramfs = info.Size, info.Modules
+			}
+			return err
+		},
+	})
 	if err != nil {
 		return nil, err
 	}
-	b.res.InitramfsSize, b.res.Initramfs = info.Size, info.Modules
-	b.done()
 
 	// 4. The disk.
 	layout := disk.Layout{ESPSize: int64(s.Disk.ESPSize), SlotSize: int64(s.Disk.SlotSize), StateSize: int64(s.Disk.StateSize)}
@@ -226,38 +268,40 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	b.res.Plan = plan
 	cmdline := s.Cmdline()
 	diskTemp := ""
+	jobs := map[string]func() error{}
+	// 4 and 5, side by side: the disk and the update artifact.
 	if s.Outputs.Disk != "" {
-		b.step("disk")
-		raw := b.tempBeside(s.Outputs.Disk)
-		if err := writeDisk(raw, plan, seed[:], created, version, cmdline, rootInfo, sqfs, bootFiles, initrd); err != nil {
-			return nil, err
-		}
-		b.done()
-		final := raw
-		if s.Outputs.Format == "qcow2" {
-			b.step("qcow2")
-			q := b.tempBeside(s.Outputs.Disk + ".q")
-			if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-O", "qcow2", "-f", "raw", raw, q).CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("qemu-img convert to %s: %v: %s", s.Outputs.Disk, err, strings.TrimSpace(string(out)))
+		jobs["disk"] = func() error {
+			raw := b.tempBeside(s.Outputs.Disk)
+			if err := writeDisk(raw, plan, seed[:], created, version, cmdline, rootInfo, sqfs, bootFiles, initrd); err != nil {
+				return err
 			}
-			final = q
-			b.done()
+			diskTemp = raw
+			if s.Outputs.Format == "qcow2" {
+				q := b.tempBeside(s.Outputs.Disk + ".q")
+				if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-O", "qcow2", "-f", "raw", raw, q).CombinedOutput(); err != nil {
+					return fmt.Errorf("qemu-img convert to %s: %v: %s", s.Outputs.Disk, err, strings.TrimSpace(string(out)))
+				}
+				diskTemp = q
+			}
+			return nil
 		}
-		diskTemp = final
 	}
-
-	// 5. The update artifact.
 	if s.Outputs.Artifact != "" {
-		b.step("artifact")
-		cfg := artifact.Config{
-			Version: version, Architecture: "amd64", OS: "linux", Source: digest.String(),
-			KernelRelease: bootFiles.KernelRelease, Cmdline: cmdline, Root: rootInfo, Created: created,
+		jobs["artifact"] = func() error {
+			cfg := artifact.Config{
+				Version: version, Architecture: "amd64", OS: "linux", Source: digest.String(),
+				KernelRelease: bootFiles.KernelRelease, Cmdline: cmdline, Root: rootInfo, Created: created,
+			}
+			if _, err := artifact.Write(s.Outputs.Artifact, cfg, artifact.Blob{Path: sqfs}, artifact.Blob{Path: bootFiles.Kernel}, artifact.Blob{Path: initrd}); err != nil {
+				return fmt.Errorf("artifact %s: %w", s.Outputs.Artifact, err)
+			}
+			b.res.Artifact = s.Outputs.Artifact
+			return nil
 		}
-		if _, err := artifact.Write(s.Outputs.Artifact, cfg, artifact.Blob{Path: sqfs}, artifact.Blob{Path: bootFiles.Kernel}, artifact.Blob{Path: initrd}); err != nil {
-			return nil, fmt.Errorf("artifact %s: %w", s.Outputs.Artifact, err)
-		}
-		b.res.Artifact = s.Outputs.Artifact
-		b.done()
+	}
+	if err := b.parallel("disk and artifact", jobs); err != nil {
+		return nil, err
 	}
 	// The disk goes in place last, so a failed artifact leaves no disk either.
 	if diskTemp != "" {

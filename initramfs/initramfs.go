@@ -214,8 +214,10 @@ func compress(w io.Writer, comp string, data []byte) error {
 	switch comp {
 	case Zstd:
 		// Single-threaded with fixed settings: the same input gives the same bytes.
+		// SpeedBetterCompression: SpeedBestCompression took three times as long
+		// (0.65 s against 0.22 s on the reference image) for a 6% smaller initramfs.
 		zw, err := zstd.NewWriter(w,
-			zstd.WithEncoderLevel(zstd.SpeedBestCompression),
+			zstd.WithEncoderLevel(zstd.SpeedBetterCompression),
 			zstd.WithEncoderConcurrency(1),
 			zstd.WithWindowSize(zstdWindow),
 			zstd.WithEncoderCRC(true))
