@@ -200,6 +200,10 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if version == "" {
 		version = "sha256-" + digest.Hex[:12]
 	}
+	s.Version = version
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("source %s: label org.opencontainers.image.version: %w (set --version)", s.Source, err)
+	}
 	b.res.Version, b.res.Source = version, digest.String()
 	// Everything random-looking in the outputs (GUIDs, the verity salt, the
 	// FAT serial) is derived from this seed: same image and spec, same bytes.

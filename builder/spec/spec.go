@@ -120,7 +120,8 @@ func Parse(data []byte) (*Spec, error) {
 }
 
 var (
-	versionRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+	// versionRe is an OCI tag: the version also tags the update artifact.
+	versionRe = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
 	moduleRe  = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 )
 
@@ -130,7 +131,7 @@ func (s *Spec) Validate() error {
 		return &strictyaml.FieldError{Path: path, Msg: fmt.Sprintf(format, a...)}
 	}
 	if s.Version != "" && !versionRe.MatchString(s.Version) {
-		return fe("version", "%q: use letters, digits and . _ + - (at most 128)", s.Version)
+		return fe("version", "%q is not usable as an OCI tag: use letters, digits and . _ - (at most 128)", s.Version)
 	}
 	if c := s.Root.Compression; c != "" && !compressors[c] {
 		return fe("root.compression", "unknown compressor %q (want zstd, xz, gzip, lz4, lzo or lzma)", c)
