@@ -428,3 +428,53 @@ func Verify(r io.ReaderAt, dataSize int64, rootHash []byte) error {
 	}
 	return nil
 }
+
+// Superblock is what a veritysetup superblock says about the tree after it
+// (only the fields slate does not fix; ReadSuperblock checks the rest).
+type Superblock struct {
+	// DataBlocks is the number of 4 KiB data blocks the tree covers.
+	DataBlocks uint64
+	// Salt is prepended to every hashed block (empty: no salt).
+	Salt []byte
+	// UUID is the hash device's UUID.
+	UUID [16]byte
+}
+
+// SaltHex is the salt as the table line spells it ("-" when there is none).
+func (s *Superblock) SaltHex() string { return saltHex(s.Salt) }
+
+// ReadSuperblock reads the superblock at off (a slot's hash offset, the
+// 4 KiB-aligned end of its data) and checks that it has slate's fixed
+// parameters: version 1, format 1, sha256, 4 KiB blocks. The init reads the
+// data size and salt from it; nothing in it is trusted beyond that, as a
+// wrong size or salt makes the tree miss the root hash (see the package
+// documentation).
+func ReadSuperblock(r io.ReaderAt, off int64) (*Superblock, error) {
+	b := make([]byte, superblockSize)
+	if err := readAt(r, b, off); err != nil {
+		return nil, fmt.Errorf("verity: reading superblock at byte %d: %w", off, err)
+	}
+	le := binary.LittleEndian
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("verity: superblock at byte %d: "+format, append([]any{off}, a...)...)
+	}
+	switch {
+	case !bytes.Equal(b[0:8], superblockMagic[:]):
+		return nil, bad("no verity magic")
+	case le.Uint32(b[8:]) != 1:
+		return nil, bad("version %d, want 1", le.Uint32(b[8:]))
+	case le.Uint32(b[12:]) != HashType:
+		return nil, bad("hash type %d, want %d", le.Uint32(b[12:]), HashType)
+	case string(bytes.TrimRight(b[32:64], "\x00")) != Algorithm:
+		return nil, bad("algorithm %q, want %q", bytes.TrimRight(b[32:64], "\x00"), Algorithm)
+	case le.Uint32(b[64:]) != BlockSize || le.Uint32(b[68:]) != BlockSize:
+		return nil, bad("block sizes %d/%d, want %d", le.Uint32(b[64:]), le.Uint32(b[68:]), BlockSize)
+	case le.Uint64(b[72:]) == 0:
+		return nil, bad("no data blocks")
+	case le.Uint16(b[80:]) > MaxSaltSize:
+		return nil, bad("salt size %d", le.Uint16(b[80:]))
+	}
+	sb := &Superblock{DataBlocks: le.Uint64(b[72:]), Salt: bytes.Clone(b[88 : 88+int(le.Uint16(b[80:]))])}
+	copy(sb.UUID[:], b[16:32])
+	return sb, nil
+}

@@ -428,3 +428,55 @@ func BenchmarkBuild(b *testing.B) {
 		}
 	}
 }
+
+func TestReadSuperblock(t *testing.T) {
+	uuid := [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+	const blocks = 300
+	size := int64(blocks) * BlockSize
+	data := pseudoRandom(3, int(size))
+	for _, salt := range [][]byte{[]byte("a salt of some length"), nil} {
+		tr, err := Build(bytes.NewReader(data), size, salt, uuid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img := append(bytes.Clone(data), treeBytes(t, tr)...)
+		sb, err := ReadSuperblock(bytes.NewReader(img), size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sb.DataBlocks != blocks || !bytes.Equal(sb.Salt, tr.Salt) || sb.UUID != uuid || sb.SaltHex() != tr.SaltHex() {
+			t.Errorf("superblock %+v, want %d blocks, salt %x", sb, blocks, tr.Salt)
+		}
+		// The table built from the superblock is the one built from the tree.
+		if a, b := Table("d", "d", sb.DataBlocks, uint64(size)/BlockSize+1, tr.RootHashHex(), sb.SaltHex()),
+			Table("d", "d", tr.DataBlocks, tr.HashStartBlock(), tr.RootHashHex(), tr.SaltHex()); a != b {
+			t.Errorf("table from the superblock %q, from the tree %q", a, b)
+		}
+	}
+
+	tr, _ := Build(bytes.NewReader(data), size, []byte("s"), uuid)
+	good := append(bytes.Clone(data), treeBytes(t, tr)...)
+	for name, c := range map[string]struct {
+		off   int64
+		patch func(sb []byte)
+		want  string
+	}{
+		"wrong offset": {size - BlockSize, nil, "no verity magic"},
+		"past the end": {int64(len(good)), nil, "reading superblock"},
+		"version":      {size, func(b []byte) { b[8] = 2 }, "version 2"},
+		"hash type":    {size, func(b []byte) { b[12] = 0 }, "hash type 0"},
+		"algorithm":    {size, func(b []byte) { copy(b[32:], "sha1\x00\x00") }, `algorithm "sha1"`},
+		"block size":   {size, func(b []byte) { b[65] = 2 }, "block sizes"},
+		"no data":      {size, func(b []byte) { clear(b[72:80]) }, "no data blocks"},
+		"salt size":    {size, func(b []byte) { b[81] = 2 }, "salt size 513"},
+	} {
+		img := bytes.Clone(good)
+		if c.patch != nil {
+			c.patch(img[size:])
+		}
+		_, err := ReadSuperblock(bytes.NewReader(img), c.off)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one containing %q", name, err, c.want)
+		}
+	}
+}

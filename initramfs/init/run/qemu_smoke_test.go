@@ -33,6 +33,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -40,6 +41,7 @@ import (
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/record"
+	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/initramfs"
 	"github.com/slate-os/slate/initramfs/internal/initbuild"
 )
@@ -47,8 +49,10 @@ import (
 const (
 	smokeRoot  = "2B1E6D3A-0C4F-4E8A-9B7D-5A6C3E2F1D0B"
 	smokeState = "7C9A1B2D-3E4F-4A5B-8C6D-9E0F1A2B3C4D"
-	smokeHash  = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 )
+
+// smokeHash is the root hash of the smoke test's slot, set once its tree is built.
+var smokeHash string
 
 // guestInit is the image's /sbin/init: it reports what it sees and powers off.
 const guestInit = `package main
@@ -81,6 +85,9 @@ func main() {
 		f := strings.Fields(l)
 		if len(f) > 3 && (f[1] == "/" || f[1] == "/etc" || f[1] == "/var" || f[1] == "/tmp" || f[1] == "/run" || f[1] == "/dev" || f[1] == "/proc" || f[1] == "/sys") {
 			fmt.Printf("SMOKE mount %s %s %s\n", f[1], f[2], f[3])
+			if f[1] == "/" {
+				fmt.Printf("SMOKE root-source=%s\n", f[0])
+			}
 		}
 	}
 	check("write-etc", os.WriteFile("/etc/smoke", []byte("x"), 0o644))
@@ -245,6 +252,24 @@ func TestQEMUSmoke(t *testing.T) {
 	os.Symlink("/usr/sbin/guest-init", filepath.Join(rootfs, "sbin/init"))
 	sqfs := filepath.Join(work, "root.sqfs")
 	sh(t, work, "mksquashfs", rootfs, sqfs, "-comp", "zstd", "-noappend", "-quiet", "-all-root")
+	// The verity tree after the squashfs (padded to 4 KiB), as the builder lays out a slot.
+	sqf, err := os.OpenFile(sqfs, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqi, _ := sqf.Stat()
+	dataSize := (sqi.Size() + verity.BlockSize - 1) / verity.BlockSize * verity.BlockSize
+	sqf.Truncate(dataSize)
+	tree, err := verity.Build(io.NewSectionReader(sqf, 0, dataSize), dataSize, []byte("smoke salt"), [16]byte{1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sqf.Seek(dataSize, io.SeekStart)
+	if _, err := tree.WriteTo(sqf); err != nil {
+		t.Fatal(err)
+	}
+	sqf.Close()
+	smokeHash = tree.RootHashHex()
 	sq, _ := os.Stat(sqfs)
 
 	// Disk: esp, root a (the squashfs), root b, state (marker); then the
@@ -320,6 +345,25 @@ func TestQEMUSmoke(t *testing.T) {
 	if !strings.Contains(out4, "FATAL: find-partitions: slot a: no partition with PARTUUID 2B1E6D3A-0C4F-4E8A-9B7D-000000000000 after 10s; rebooting in 1s") {
 		t.Errorf("missing root: console:\n%s", tail(out4, 30))
 	}
+	// No root hash: the root is not mounted unverified.
+	out5 := qemu(t, work, vmlinuz[0], initrdPath, disk, strings.Replace(cmdline, " slate.roothash="+smokeHash, "", 1), "no-roothash")
+	if !strings.Contains(out5, "FATAL: mount-root: slot a: no slate.roothash= on the kernel command line") || strings.Contains(out5, "SMOKE") {
+		t.Errorf("no root hash: console:\n%s", tail(out5, 30))
+	}
+	// A wrong root hash: the mount's first read fails verification and the kernel restarts.
+	bad := strings.Repeat("0", len(smokeHash))
+	out6 := qemu(t, work, vmlinuz[0], initrdPath, disk, strings.Replace(cmdline, smokeHash, bad, 1), "wrong-roothash")
+	if !regexp.MustCompile(`device-mapper: verity: .*(data|metadata) block \d+ is corrupted`).MatchString(out6) || strings.Contains(out6, "SMOKE") {
+		t.Errorf("wrong root hash: console:\n%s", tail(out6, 30))
+	}
+	// One modified byte in the squashfs (in its first block, which the
+	// mount reads): the kernel refuses the block and restarts.
+	rootOff := int64(2048+4*2048) * 512
+	writeBytesAt(t, disk, []byte{0xa5}, rootOff+1000)
+	out7 := qemu(t, work, vmlinuz[0], initrdPath, disk, cmdline, "modified-root")
+	if !regexp.MustCompile(`device-mapper: verity: .*data block 0 is corrupted`).MatchString(out7) || strings.Contains(out7, "SMOKE") {
+		t.Errorf("modified root: console:\n%s", tail(out7, 30))
+	}
 }
 
 func checkBoot(t *testing.T, out string, first bool) *record.Record {
@@ -331,7 +375,7 @@ func checkBoot(t *testing.T, out string, first bool) *record.Record {
 		"SMOKE write-root: open /smoke: read-only file system",
 		"SMOKE image-var: ok", "SMOKE suid-mode=4755", "SMOKE etc-updated: ok", "SMOKE fsck-root: ok",
 		"SMOKE mount / squashfs ro", "SMOKE mount /etc overlay rw", "SMOKE mount /var ext4 rw", "SMOKE mount /tmp tmpfs rw",
-		"SMOKE mount /run tmpfs rw", "SMOKE mount /dev devtmpfs rw",
+		"SMOKE mount /run tmpfs rw", "SMOKE mount /dev devtmpfs rw", "SMOKE root-source=/dev/mapper/slate-root",
 		"SMOKE initramfs-visible=false", "SMOKE end",
 		"SMOKE kernel.panic=0", // the init's panic reboot is disarmed before the handover
 	} {
@@ -355,7 +399,7 @@ func checkBoot(t *testing.T, out string, first bool) *record.Record {
 	b, _ := json.Marshal(rec)
 	t.Logf("record: %s", b)
 	if rec.Slot != "a" || rec.Version != "smoke-1" || rec.RootHash != smokeHash || rec.RootDevice != "/dev/vda2" ||
-		rec.StateDevice != "/dev/vda4" || rec.FirstBoot != first || rec.Error != "" || len(rec.Modules) == 0 {
+		rec.StateDevice != "/dev/vda4" || rec.FirstBoot != first || rec.Error != "" || len(rec.Modules) == 0 || !rec.Verity {
 		t.Errorf("record: %+v", rec)
 	}
 	if t.Failed() {

@@ -1,10 +1,10 @@
 // Package run is slate's init: PID 1 in the initramfs. It mounts the API
 // filesystems, loads the modules the packer put in the initramfs, finds the
-// slot's root and the state partition by PARTUUID, mounts the root
-// read-only, sets up the state partition on /var (formatting and growing it
-// on first boot), makes /etc a tmpfs-backed overlay and /tmp a tmpfs,
-// applies the node config (see config.go and package configsrc), writes
-// the boot record and switches root to the image's /sbin/init.
+// slot's root and the state partition by PARTUUID, mounts the root read-only
+// through dm-verity (package dm), sets up the state partition on /var
+// (formatting and growing it on first boot), makes /etc a tmpfs overlay and
+// /tmp a tmpfs, applies the node config (see config.go and package
+// configsrc), writes the boot record and switches root to the image's init.
 //
 // Every step is timed and logged. Any failure (or panic) prints one line
 // naming the step and the cause, and reboots after slate.reboot_delay: a
@@ -12,6 +12,7 @@
 package run
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,8 +25,10 @@ import (
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/record"
+	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/initramfs/init/blockdev"
 	"github.com/slate-os/slate/initramfs/init/cmdline"
+	"github.com/slate-os/slate/initramfs/init/dm"
 	"github.com/slate-os/slate/initramfs/init/klog"
 	"github.com/slate-os/slate/initramfs/layout"
 )
@@ -277,34 +280,79 @@ func (in *initProc) findPartitions() error {
 	return nil
 }
 
+// RootDMName is the device-mapper name of the verified root:
+// /dev/mapper/slate-root.
+const RootDMName = "slate-root"
+
+// squashfsHeader is the squashfs superblock's length; bytes_used (the
+// filesystem's length) is the little-endian u64 at squashfsBytesUsed.
+const (
+	squashfsHeader    = 96
+	squashfsBytesUsed = 40
+)
+
+// rootVerity works out the slot's dm-verity table from the partition: the
+// squashfs superblock gives the data's end, the verity superblock at the
+// next 4 KiB boundary gives the block count and the salt. None of it is
+// trusted: a wrong size or salt makes the tree miss the root hash from the
+// command line, and the kernel then refuses every block.
+func rootVerity(f *os.File, dev, rootHash string) (dataBlocks uint64, table string, err error) {
+	sq := make([]byte, squashfsHeader)
+	if _, err := f.ReadAt(sq, 0); err != nil {
+		return 0, "", fmt.Errorf("reading %s: %w", dev, err)
+	}
+	if string(sq[:4]) != "hsqs" {
+		return 0, "", fmt.Errorf("%s holds no squashfs (it starts with %q): was the slot written?", dev, sq[:4])
+	}
+	used := binary.LittleEndian.Uint64(sq[squashfsBytesUsed:])
+	hashOff := (used + verity.BlockSize - 1) / verity.BlockSize * verity.BlockSize
+	if used == 0 || hashOff > 1<<50 {
+		return 0, "", fmt.Errorf("%s: squashfs says it is %d bytes long", dev, used)
+	}
+	sb, err := verity.ReadSuperblock(f, int64(hashOff))
+	if err != nil {
+		return 0, "", fmt.Errorf("%s: no dm-verity tree after the %d-byte squashfs: %w", dev, used, err)
+	}
+	if sb.DataBlocks*verity.BlockSize != hashOff {
+		return 0, "", fmt.Errorf("%s: the verity superblock covers %d blocks, the squashfs takes %d", dev, sb.DataBlocks, hashOff/verity.BlockSize)
+	}
+	// restart_on_corruption: a block that fails its hash reboots the
+	// machine instead of returning EIO to the reader. An I/O error could
+	// leave a half-working system that still reaches the point where the
+	// boot is counted good; a reboot spends one of systemd-boot's tries, so
+	// a damaged slot ends in the fallback to the other slot.
+	table = verity.Table(dev, dev, sb.DataBlocks, hashOff/verity.BlockSize+1, rootHash, sb.SaltHex()) + " 1 restart_on_corruption"
+	return sb.DataBlocks, table, nil
+}
+
 func (in *initProc) mountRoot() error {
 	dev := in.root.Dev
+	slot := "slot " + string(in.params.Slot)
+	if in.params.RootHash == "" {
+		return fmt.Errorf("%s: no %s= on the kernel command line: the root cannot be verified, so it is not mounted", slot, boot.ArgRootHash)
+	}
 	f, err := os.Open(dev)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", slot, err)
 	}
-	magic := make([]byte, 4)
-	_, err = f.ReadAt(magic, 0)
+	dataBlocks, table, err := rootVerity(f, dev, in.params.RootHash)
 	f.Close()
 	if err != nil {
-		return fmt.Errorf("slot %s: reading %s: %w", in.params.Slot, dev, err)
+		return fmt.Errorf("%s (PARTUUID %s): %w", slot, in.root.PartUUID, err)
 	}
-	if string(magic) != "hsqs" {
-		return fmt.Errorf("slot %s: %s (PARTUUID %s) holds no squashfs (it starts with %q): was the slot written?", in.params.Slot, dev, in.root.PartUUID, magic)
+	in.log.Debugf("dm-verity table: 0 %d verity %s", dataBlocks*8, table)
+	d, err := dm.CreateReadOnly(RootDMName, []dm.Target{{Start: 0, Length: dataBlocks * 8, Type: "verity", Params: table}})
+	if err != nil {
+		return fmt.Errorf("%s: dm-verity over %s: %w", slot, dev, err)
 	}
 	if err := os.MkdirAll(sysroot, 0o755); err != nil {
 		return err
 	}
-	// The squashfs is followed by its dm-verity hash tree in the same
-	// partition; squashfs reads only its own bytes_used.
-	if _, err := mount.Mount(dev, sysroot, "squashfs", "", unix.MS_RDONLY); err != nil {
-		return fmt.Errorf("slot %s: %w", in.params.Slot, err)
+	if _, err := mount.Mount(d.Path, sysroot, "squashfs", "", unix.MS_RDONLY); err != nil {
+		return fmt.Errorf("%s: mounting %s (dm-verity over %s): %w", slot, d.Path, dev, err)
 	}
-	if in.params.RootHash != "" {
-		in.log.Infof("root %s mounted read-only on %s; dm-verity is not set up yet (root hash %s recorded)", dev, sysroot, in.params.RootHash)
-	} else {
-		in.log.Infof("root %s mounted read-only on %s", dev, sysroot)
-	}
+	in.rec.Verity = true
+	in.log.Infof("root %s (%s, dm-verity over %s, %d blocks, root hash %s) mounted read-only on %s", d.Path, dm.DevName(d.Dev), dev, dataBlocks, in.params.RootHash, sysroot)
 	return nil
 }
 
