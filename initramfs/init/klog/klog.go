@@ -110,7 +110,7 @@ func (l *Logger) Log(level int, format string, args ...any) {
 }
 
 func (l *Logger) line(level int, line string) {
-	kernelPrints := level == LevelDebug // debug lines are for the kernel log only
+	kernelPrints := false
 	if l.OpenKmsg != nil {
 		if w, err := l.OpenKmsg(); err == nil {
 			_, werr := fmt.Fprintf(w, "<%d>%s%s\n", facility|level, Prefix, line)
@@ -118,7 +118,7 @@ func (l *Logger) line(level int, line string) {
 			kernelPrints = werr == nil && l.ConsoleLevel > 0 && level < l.ConsoleLevel
 		}
 	}
-	if kernelPrints {
+	if kernelPrints || level == LevelDebug { // debug lines are for the kernel log only
 		return
 	}
 	c := l.Console

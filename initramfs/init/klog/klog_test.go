@@ -26,16 +26,18 @@ func TestLogger(t *testing.T) {
 	}
 	l.Infof("step %s done in %d ms", "modules", 12)
 	l.Critf("state failed: boom\nsecond line")
+	l.Debugf("for the journal only")
 
 	wantKernel := []string{
 		"<30>slate-init: step modules done in 12 ms\n",
 		"<26>slate-init: state failed: boom\n",
 		"<26>slate-init: second line\n",
+		"<31>slate-init: for the journal only\n",
 	}
 	if strings.Join(kernel, "") != strings.Join(wantKernel, "") {
 		t.Errorf("kmsg got %q", kernel)
 	}
-	if opens != 3 {
+	if opens != 4 {
 		t.Errorf("kmsg opened %d times, want once a line (rate limit is per open file)", opens)
 	}
 	// Info is below the console level: the logger prints it; the kernel prints the critical lines.
