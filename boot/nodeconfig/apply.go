@@ -345,19 +345,29 @@ func (p *planner) add(o *op, np string) error {
 // even pass through a symlink that leads out, and which replaces an
 // existing file only with overwrite.
 func (p *planner) planWrite(field, np string, data []byte, mode Mode, uid, gid int, overwrite, user bool) error {
-	real, fi, err := p.target(field, np, user)
+	real, err := p.replaceable(field, np, overwrite, user)
 	if err != nil {
 		return err
 	}
+	return p.add(&op{kind: opWrite, field: field, path: real, data: data, mode: mode, setMode: true, uid: uid, gid: gid, setOwner: true}, np)
+}
+
+// replaceable resolves np for a new file or link: what the image has there
+// may be replaced only when it is not a directory and overwrite is set.
+func (p *planner) replaceable(field, np string, overwrite, user bool) (string, error) {
+	real, fi, err := p.target(field, np, user)
+	if err != nil {
+		return "", err
+	}
 	if fi != nil {
 		if fi.IsDir() {
-			return fe(field, "%s is a directory in the image", np)
+			return "", fe(field, "%s is a directory in the image", np)
 		}
 		if !overwrite {
-			return fe(field, "%s already exists in the image: set overwrite: true to replace it", np)
+			return "", fe(field, "%s already exists in the image: set overwrite: true to replace it", np)
 		}
 	}
-	return p.add(&op{kind: opWrite, field: field, path: real, data: data, mode: mode, setMode: true, uid: uid, gid: gid, setOwner: true}, np)
+	return real, nil
 }
 
 // planGenerated plans a file the config's fields generate: root-owned,
@@ -367,17 +377,9 @@ func (p *planner) planGenerated(field, np string, data []byte, mode Mode) error 
 }
 
 func (p *planner) planLink(field, np, target string, overwrite, user bool) error {
-	real, fi, err := p.target(field, np, user)
+	real, err := p.replaceable(field, np, overwrite, user)
 	if err != nil {
 		return err
-	}
-	if fi != nil {
-		if fi.IsDir() {
-			return fe(field, "%s is a directory in the image", np)
-		}
-		if !overwrite {
-			return fe(field, "%s already exists in the image: set overwrite: true to replace it", np)
-		}
 	}
 	return p.add(&op{kind: opSymlink, field: field, path: real, target: target, setOwner: true}, np)
 }

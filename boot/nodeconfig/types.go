@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/slate-os/slate/internal/strictyaml"
 )
 
 // Mode is a file's permission bits, at most 07777.
@@ -95,7 +97,7 @@ func isDigits(s string) bool {
 // UnmarshalYAML reads an octal string or a number (see Mode).
 func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("want a mode like \"0644\", got %s", describe(n))
+		return fmt.Errorf("want a mode like \"0644\", got %s", strictyaml.Describe(n))
 	}
 	var (
 		v   Mode
@@ -107,7 +109,7 @@ func (m *Mode) UnmarshalYAML(n *yaml.Node) error {
 	case "!!int":
 		v, err = parseNumberMode(n.Value)
 	default:
-		return fmt.Errorf("want a mode like \"0644\", got %s", describe(n))
+		return fmt.Errorf("want a mode like \"0644\", got %s", strictyaml.Describe(n))
 	}
 	if err != nil {
 		return err
@@ -153,10 +155,10 @@ func (v *SysctlValue) UnmarshalYAML(n *yaml.Node) error {
 			*v = SysctlValue(n.Value)
 			return nil
 		case "!!bool":
-			return fmt.Errorf("want a string or number, got %s: write 1 or 0", describe(n))
+			return fmt.Errorf("want a string or number, got %s: write 1 or 0", strictyaml.Describe(n))
 		}
 	}
-	return fmt.Errorf("want a string or number, got %s", describe(n))
+	return fmt.Errorf("want a string or number, got %s", strictyaml.Describe(n))
 }
 
 // UnmarshalJSON takes a string or a number.
@@ -191,7 +193,7 @@ func parseDuration(s string) (Duration, error) {
 // UnmarshalYAML reads a duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
-		return fmt.Errorf("want a duration like \"90s\" or \"5m\", got %s", describe(n))
+		return fmt.Errorf("want a duration like \"90s\" or \"5m\", got %s", strictyaml.Describe(n))
 	}
 	v, err := parseDuration(n.Value)
 	if err != nil {
@@ -219,21 +221,4 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	}
 	*d = v
 	return nil
-}
-
-func describe(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.AliasNode:
-		return "an alias"
-	case yaml.ScalarNode:
-		if n.Tag == "!!null" {
-			return "null"
-		}
-		return strconv.Quote(n.Value)
-	}
-	return "a document"
 }

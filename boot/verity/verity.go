@@ -309,33 +309,17 @@ func readAt(r io.ReaderAt, p []byte, off int64) error {
 	return err
 }
 
-// readSuperblock reads and checks the superblock at off and returns its salt.
+// readSuperblock reads and checks the superblock at off, which must cover
+// dataBlocks, and returns its salt.
 func readSuperblock(r io.ReaderAt, off int64, dataBlocks uint64) ([]byte, error) {
-	b := make([]byte, superblockSize)
-	if err := readAt(r, b, off); err != nil {
-		return nil, fmt.Errorf("verity: reading superblock at byte %d: %w", off, err)
+	sb, err := ReadSuperblock(r, off)
+	if err != nil {
+		return nil, err
 	}
-	le := binary.LittleEndian
-	bad := func(format string, a ...any) error {
-		return fmt.Errorf("verity: superblock at byte %d: "+format, append([]any{off}, a...)...)
+	if sb.DataBlocks != dataBlocks {
+		return nil, fmt.Errorf("verity: superblock at byte %d: %d data blocks, want %d", off, sb.DataBlocks, dataBlocks)
 	}
-	switch {
-	case !bytes.Equal(b[0:8], superblockMagic[:]):
-		return nil, bad("no verity magic (is the tree written at the data size?)")
-	case le.Uint32(b[8:]) != 1:
-		return nil, bad("version %d, want 1", le.Uint32(b[8:]))
-	case le.Uint32(b[12:]) != HashType:
-		return nil, bad("hash type %d, want %d", le.Uint32(b[12:]), HashType)
-	case string(bytes.TrimRight(b[32:64], "\x00")) != Algorithm:
-		return nil, bad("algorithm %q, want %q", bytes.TrimRight(b[32:64], "\x00"), Algorithm)
-	case le.Uint32(b[64:]) != BlockSize || le.Uint32(b[68:]) != BlockSize:
-		return nil, bad("block sizes %d/%d, want %d", le.Uint32(b[64:]), le.Uint32(b[68:]), BlockSize)
-	case le.Uint64(b[72:]) != dataBlocks:
-		return nil, bad("%d data blocks, want %d", le.Uint64(b[72:]), dataBlocks)
-	case le.Uint16(b[80:]) > MaxSaltSize:
-		return nil, bad("salt size %d", le.Uint16(b[80:]))
-	}
-	return bytes.Clone(b[88 : 88+int(le.Uint16(b[80:]))]), nil
+	return sb.Salt, nil
 }
 
 // Verify checks data and tree as Build and WriteTo laid them out on r (data,
@@ -460,7 +444,7 @@ func ReadSuperblock(r io.ReaderAt, off int64) (*Superblock, error) {
 	}
 	switch {
 	case !bytes.Equal(b[0:8], superblockMagic[:]):
-		return nil, bad("no verity magic")
+		return nil, bad("no verity magic (is the tree written at the data size?)")
 	case le.Uint32(b[8:]) != 1:
 		return nil, bad("version %d, want 1", le.Uint32(b[8:]))
 	case le.Uint32(b[12:]) != HashType:

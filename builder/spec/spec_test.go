@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -79,5 +80,17 @@ func TestSize(t *testing.T) {
 	}
 	if s := Size(3 << 30).String(); s != "3GiB" {
 		t.Errorf("String = %s", s)
+	}
+}
+
+func TestExamplesParse(t *testing.T) {
+	files, err := filepath.Glob("../../configs/examples/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples found: %v", err)
+	}
+	for _, f := range files {
+		if _, err := Load(f); err != nil {
+			t.Error(err)
+		}
 	}
 }

@@ -60,7 +60,9 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-func kindName(n *yaml.Node) string {
+// Describe names what a node holds, for "want X, got Y" messages:
+// "a mapping", "a list", "null" or the quoted scalar.
+func Describe(n *yaml.Node) string {
 	switch n.Kind {
 	case yaml.MappingNode:
 		return "a mapping"
@@ -101,7 +103,7 @@ func decode(n *yaml.Node, v reflect.Value, path string) error {
 		return nil
 	case reflect.Struct:
 		if n.Kind != yaml.MappingNode {
-			return &FieldError{path, n.Line, "want a mapping, got " + kindName(n)}
+			return &FieldError{path, n.Line, "want a mapping, got " + Describe(n)}
 		}
 		fields := structFields(v.Type())
 		seen := map[string]bool{}
@@ -130,7 +132,7 @@ func decode(n *yaml.Node, v reflect.Value, path string) error {
 			return nil
 		}
 		if n.Kind != yaml.SequenceNode {
-			return &FieldError{path, n.Line, "want a list, got " + kindName(n)}
+			return &FieldError{path, n.Line, "want a list, got " + Describe(n)}
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
@@ -142,7 +144,7 @@ func decode(n *yaml.Node, v reflect.Value, path string) error {
 		return nil
 	case reflect.Map:
 		if n.Kind != yaml.MappingNode {
-			return &FieldError{path, n.Line, "want a mapping, got " + kindName(n)}
+			return &FieldError{path, n.Line, "want a mapping, got " + Describe(n)}
 		}
 		if v.Type().Key().Kind() != reflect.String {
 			return fmt.Errorf("strictyaml: %s: map keys must be strings", path)
@@ -165,7 +167,7 @@ func decode(n *yaml.Node, v reflect.Value, path string) error {
 		return nil
 	}
 	if n.Kind != yaml.ScalarNode {
-		return &FieldError{path, n.Line, fmt.Sprintf("want a %s, got %s", scalarName(v.Kind()), kindName(n))}
+		return &FieldError{path, n.Line, fmt.Sprintf("want a %s, got %s", scalarName(v.Kind()), Describe(n))}
 	}
 	if v.Kind() == reflect.String && n.Tag != "!!str" && n.Tag != "!!null" {
 		// yaml.v3 would quietly turn 0644 or yes into a string; a string
@@ -176,7 +178,7 @@ func decode(n *yaml.Node, v reflect.Value, path string) error {
 		}
 	}
 	if err := n.Decode(v.Addr().Interface()); err != nil {
-		return &FieldError{path, n.Line, fmt.Sprintf("want a %s, got %s", scalarName(v.Kind()), kindName(n))}
+		return &FieldError{path, n.Line, fmt.Sprintf("want a %s, got %s", scalarName(v.Kind()), Describe(n))}
 	}
 	return nil
 }
