@@ -30,6 +30,7 @@ import (
 	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/disk"
 	"github.com/slate-os/slate/builder/esp"
+	"github.com/slate-os/slate/builder/nodefiles"
 	"github.com/slate-os/slate/builder/rootfs"
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/builder/spec"
@@ -47,6 +48,10 @@ type Options struct {
 	SourceOptions source.Options
 	// InitBinary replaces the embedded init (development).
 	InitBinary string
+	// AgentBinary is the slate agent the root image gets as /usr/bin/slate,
+	// with its units (package nodefiles): a static x86-64 executable.
+	// Required; the slate CLI passes itself.
+	AgentBinary string
 	// Progress reports long steps; nil is quiet.
 	Progress *progress.Reporter
 }
@@ -168,6 +173,13 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			return nil, fmt.Errorf("output %s: directory %s does not exist", out, filepath.Dir(out))
 		}
 	}
+	if b.o.AgentBinary == "" {
+		return nil, errors.New("no agent binary: every root image carries slate's agent as /usr/bin/slate; give --agent PATH (a static slate binary)")
+	}
+	// Checked before the source is read: a dynamic agent fails the build at once.
+	if err := nodefiles.CheckAgent(b.o.AgentBinary); err != nil {
+		return nil, err
+	}
 	img := b.o.Image
 	if img == nil {
 		if s.Source == "" {
@@ -213,10 +225,19 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 
-	// 1. One pass over the flattened image: squashfs and boot files.
+	// 1. One pass over the flattened image, slate's node files on top (an
+	// image's own /usr/bin/slate loses): squashfs and boot files.
 	b.step("rootfs")
+	nodeLayer, err := nodefiles.Layer(b.o.AgentBinary, created)
+	if err != nil {
+		return nil, err
+	}
+	root, err := mutate.AppendLayers(img, nodeLayer)
+	if err != nil {
+		return nil, fmt.Errorf("source %s: adding slate's files: %w", s.Source, err)
+	}
 	sqfs := filepath.Join(b.work, "root.img")
-	stream := mutate.Extract(img)
+	stream := mutate.Extract(root)
 	bootFiles, err := rootfs.Build(ctx, stream, sqfs, rootfs.Options{
 		Compression: s.CompressionOrDefault(), Level: s.CompressionLevelOrDefault(), ModTime: created, WorkDir: b.work, Progress: b.p.Bytes,
 	})
@@ -277,7 +298,11 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if s.Outputs.Disk != "" {
 		jobs["disk"] = func() error {
 			raw := b.tempBeside(s.Outputs.Disk)
-			if err := writeDisk(raw, plan, seed[:], created, version, cmdline, rootInfo, sqfs, bootFiles, initrd); err != nil {
+			release := boot.Release{
+				Slot: boot.SlotA, Version: version, Source: digest.String(), RootHash: rootInfo.RootHash, RootSize: rootInfo.Size,
+				KernelRelease: bootFiles.KernelRelease, Architecture: "amd64", Created: created,
+			}
+			if err := writeDisk(raw, plan, seed[:], created, cmdline, release, sqfs, bootFiles, initrd); err != nil {
 				return err
 			}
 			diskTemp = raw
@@ -413,8 +438,10 @@ func SlotCmdline(base string, slot boot.Slot, plan disk.Plan, rootHash, version 
 // LoaderConf has no default line: a default would override boot counting.
 const LoaderConf = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
 
-func writeDisk(path string, plan disk.Plan, seed []byte, created time.Time, version, cmdline string,
-	root artifact.RootInfo, rootImg string, bf *rootfs.Boot, initrd string) error {
+// writeDisk writes a new disk: slot A holds the root (its release on the
+// ESP says what it holds), slot B is empty.
+func writeDisk(path string, plan disk.Plan, seed []byte, created time.Time, cmdline string,
+	release boot.Release, rootImg string, bf *rootfs.Boot, initrd string) error {
 	if err := disk.Create(path, plan); err != nil {
 		return err
 	}
@@ -440,10 +467,10 @@ func writeDisk(path string, plan disk.Plan, seed []byte, created time.Time, vers
 
 	entry := boot.Entry{
 		Slot: boot.SlotA, Generation: 1,
-		Title:   fmt.Sprintf("slate %s (slot A)", version),
+		Title:   fmt.Sprintf("slate %s (slot A)", release.Version),
 		Linux:   boot.SlotA.KernelPath(),
 		Initrd:  boot.SlotA.InitrdPath(),
-		Options: SlotCmdline(cmdline, boot.SlotA, plan, root.RootHash, version),
+		Options: SlotCmdline(cmdline, boot.SlotA, plan, release.RootHash, release.Version),
 	}
 	files := []esp.File{
 		fileFrom(boot.FallbackEFI, bf.SystemdBoot),
@@ -451,6 +478,7 @@ func writeDisk(path string, plan disk.Plan, seed []byte, created time.Time, vers
 		bytesFile(boot.EntriesDir+"/"+entry.FileName(), entry.Marshal()),
 		fileFrom(boot.SlotA.ESPDir()+"/"+boot.KernelName, bf.Kernel),
 		fileFrom(boot.SlotA.ESPDir()+"/"+boot.InitrdName, initrd),
+		bytesFile(boot.SlotA.ESPDir()+"/"+boot.ReleaseName, release.Marshal()),
 	}
 	espPart := plan.Part(boot.NumESP)
 	err = esp.Write(f, espPart.Start, files, esp.Options{

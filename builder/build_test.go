@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/inspect"
+	"github.com/slate-os/slate/builder/nodefiles"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/internal/testimage"
 )
@@ -37,7 +39,7 @@ func testSpec(dir string) spec.Spec {
 
 func buildImage(t *testing.T, img v1.Image, s spec.Spec) (*Result, error) {
 	t.Helper()
-	return Build(context.Background(), Options{Spec: s, Image: img})
+	return Build(context.Background(), Options{Spec: s, Image: img, AgentBinary: testimage.StaticBinary(t)})
 }
 
 // region copies bytes [off, off+n) of a file into a new temp file.
@@ -125,7 +127,7 @@ func TestBuildDiskAndArtifact(t *testing.T) {
 	if b.State != "empty" {
 		t.Errorf("slot B: %+v", b)
 	}
-	for _, arg := range []string{"console=ttyS0,115200", "slate.slot=a", "slate.root=" + a.PartUUID, "slate.roothash=" + res.RootHash,
+	for _, arg := range []string{"console=ttyS0,115200", "panic=10", "slate.slot=a", "slate.root=" + a.PartUUID, "slate.roothash=" + res.RootHash,
 		"slate.state=" + res.Plan.Part(boot.NumState).GUID} {
 		if !strings.Contains(a.Cmdline, arg) {
 			t.Errorf("slot A command line lacks %s: %s", arg, a.Cmdline)
@@ -139,6 +141,26 @@ func TestBuildDiskAndArtifact(t *testing.T) {
 	run(t, "veritysetup", "verify", slotImg, slotImg, res.RootHash, "--hash-offset="+strconv.FormatInt(rootCfg.Root.HashOffset, 10))
 	if ls := run(t, "unsquashfs", "-lln", slotImg); !strings.Contains(ls, "/usr/bin/su") {
 		t.Errorf("slot A squashfs lacks /usr/bin/su")
+	}
+	checkNodeFiles(t, slotImg, testimage.StaticBinary(t))
+
+	// Slot A's release on the ESP says what the slot holds.
+	rel := a.Release
+	if rel == nil {
+		t.Fatalf("slot A has no release (%v)", a.Problems)
+	}
+	want := boot.Release{Slot: boot.SlotA, Version: "1.0.0", Source: res.Source, RootHash: res.RootHash, RootSize: res.RootSize,
+		KernelRelease: testimage.KernelRelease, Architecture: "amd64", Created: testimage.Epoch}
+	if *rel != want || len(a.Problems) != 0 {
+		t.Errorf("slot A release:\n got %+v\nwant %+v\nproblems %v", *rel, want, a.Problems)
+	}
+	if b.Release != nil || len(b.Problems) != 0 {
+		t.Errorf("slot B has a release %+v or problems %v", b.Release, b.Problems)
+	}
+	var text strings.Builder
+	rep.Text(&text)
+	if want := "  release  1.0.0, kernel " + testimage.KernelRelease + ", root " + strconv.FormatInt(res.RootSize, 10) + " bytes, created 2026-01-02T03:04:05Z\n  source   " + res.Source + "\n"; !strings.Contains(text.String(), want) {
+		t.Errorf("slate inspect text lacks slot A's release %q:\n%s", want, text.String())
 	}
 	// The state partition carries the first-boot marker.
 	st := res.Plan.Part(boot.NumState)
@@ -163,6 +185,32 @@ func TestBuildDiskAndArtifact(t *testing.T) {
 	rc.Close()
 	if !bytes.Equal(layerSum.Sum(nil), sum(t, slotImg)) {
 		t.Error("artifact root layer differs from slot A")
+	}
+}
+
+// checkNodeFiles checks that a slot's squashfs holds slate's files on top of
+// the image: the agent (byte for byte), the health unit, its [Install] links
+// and the bless-boot drop-in.
+func checkNodeFiles(t *testing.T, slotImg, agent string) {
+	t.Helper()
+	ls := run(t, "unsquashfs", "-lln", slotImg)
+	for _, want := range []string{
+		"-rwxr-xr-x 0/0 .* squashfs-root/usr/bin/slate\n",
+		"-rw-r--r-- 0/0 .* squashfs-root/usr/lib/systemd/system/slate-health.service\n",
+		"lrwxrwxrwx 0/0 .* squashfs-root/usr/lib/systemd/system/boot-complete.target.requires/slate-health.service -> ../slate-health.service\n",
+		"lrwxrwxrwx 0/0 .* squashfs-root/usr/lib/systemd/system/multi-user.target.wants/slate-health.service -> ../slate-health.service\n",
+		"-rw-r--r-- 0/0 .* squashfs-root/usr/lib/systemd/system/systemd-bless-boot.service.d/50-slate.conf\n",
+	} {
+		if !regexp.MustCompile(want).MatchString(ls) {
+			t.Errorf("slot squashfs lacks %q", want)
+		}
+	}
+	got := run(t, "unsquashfs", "-cat", slotImg, "usr/bin/slate")
+	if got != readFile(t, agent) {
+		t.Errorf("/usr/bin/slate in the slot (%d bytes) is not the agent binary", len(got))
+	}
+	if got := run(t, "unsquashfs", "-cat", slotImg, nodefiles.HealthUnit); got != nodefiles.HealthService {
+		t.Errorf("slate-health.service in the slot:\n%s", got)
 	}
 }
 
@@ -259,6 +307,8 @@ func TestBuildErrorsLeaveNothing(t *testing.T) {
 		{"unreadable source", nil, func(s *spec.Spec) { s.Source = "oci:/nonexistent/layout" }, "/nonexistent/layout is not an OCI layout"},
 		{"bad spec", noKernel, func(s *spec.Spec) { s.Root.Compression = "brotli" }, "root.compression"},
 		{"missing output dir", noKernel, func(s *spec.Spec) { s.Outputs.Disk = "/nonexistent/dir/disk.raw" }, "directory /nonexistent/dir does not exist"},
+		{"no agent", noKernel, nil, "no agent binary"},
+		{"dynamic agent", noKernel, nil, "agent binary /bin/true is dynamically linked"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -266,7 +316,14 @@ func TestBuildErrorsLeaveNothing(t *testing.T) {
 			if tc.tweak != nil {
 				tc.tweak(&s)
 			}
-			_, err := buildImage(t, tc.img, s)
+			o := Options{Spec: s, Image: tc.img, AgentBinary: testimage.StaticBinary(t)}
+			switch tc.name {
+			case "no agent":
+				o.AgentBinary = ""
+			case "dynamic agent":
+				o.AgentBinary = "/bin/true"
+			}
+			_, err := Build(context.Background(), o)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
@@ -274,5 +331,34 @@ func TestBuildErrorsLeaveNothing(t *testing.T) {
 				t.Errorf("a failed build left %v in the output directory", left)
 			}
 		})
+	}
+}
+
+// An image that ships its own /usr/bin/slate gets the builder's: the node
+// runs the agent that matches the init and the disk layout.
+func TestBuildAgentReplacesTheImages(t *testing.T) {
+	need(t, "tar2sqfs", "unsquashfs")
+	img, err := testimage.Image(testimage.Base(testimage.Options{}), []testimage.Entry{
+		{Name: "usr/bin/slate", Mode: 0o700, UID: 1000, Body: "#!/bin/sh\necho old agent\n"},
+		testimage.Dir("usr/lib/systemd/system"),
+		testimage.File("usr/lib/systemd/system/slate-health.service", "[Unit]\nDescription=old\n"),
+		testimage.Dir("usr/lib/systemd/system/multi-user.target.wants"),
+		{Name: "usr/lib/systemd/system/multi-user.target.wants/other.service", Type: '2', Link: "../other.service"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	s := testSpec(dir)
+	s.Outputs.Artifact = ""
+	res, err := buildImage(t, img, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slotImg := region(t, res.Disk, res.Plan.Part(boot.NumRootA).Start, res.RootSize)
+	checkNodeFiles(t, slotImg, testimage.StaticBinary(t))
+	// The image's own entries in a directory the layer also has stay.
+	if ls := run(t, "unsquashfs", "-lln", slotImg); !strings.Contains(ls, "multi-user.target.wants/other.service -> ../other.service") {
+		t.Error("the image's multi-user.target.wants/other.service is gone")
 	}
 }

@@ -39,6 +39,11 @@ import (
 //     dm_bufio and reed_solomon come along); overlay: /etc over a tmpfs;
 //     ext4: the state partition (built in on Debian's kernels).
 //   - efivarfs: the init reads systemd-boot's variables for boot counting.
+//   - efi_pstore: a kernel panic from here on is written to EFI variables
+//     (pstore), so the boot after a rollback can keep the failed boot's
+//     last console lines (Debian has it as a module, which nothing else
+//     would load before the root is up). Without UEFI, or with another
+//     pstore backend registered first, it loads and stays idle.
 //   - qemu_fw_cfg: the node config from QEMU's fw_cfg (opt/slate/config);
 //     it loads anywhere and stays idle without QEMU's device.
 //   - vfat, nls_cp437, nls_ascii, isofs: the node config from a config
@@ -60,7 +65,7 @@ import (
 var DefaultModules = []string{
 	"virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "nvme",
 	"squashfs", "overlay", "dm_verity", "ext4",
-	"efivarfs",
+	"efivarfs", "efi_pstore",
 	"qemu_fw_cfg",
 	"vfat", "nls_cp437", "nls_ascii", "isofs", "sr_mod",
 }

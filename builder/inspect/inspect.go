@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/builder/artifact"
@@ -26,7 +28,7 @@ type Report struct {
 	Artifact *ArtifactSummary `json:"artifact,omitempty"`
 }
 
-// Slot is one root slot as the ESP's entries describe it.
+// Slot is one root slot as the ESP's entries and release files describe it.
 type Slot struct {
 	Name       string `json:"name"`
 	Partition  string `json:"partition"`
@@ -39,6 +41,11 @@ type Slot struct {
 	TriesLeft  *int   `json:"triesLeft,omitempty"`
 	RootHash   string `json:"rootHash,omitempty"`
 	Cmdline    string `json:"cmdline,omitempty"`
+	// Release is slate/<slot>/release.json: what the slot's partition holds.
+	Release *boot.Release `json:"release,omitempty"`
+	// Problems are what does not add up: an unreadable release, or one that
+	// disagrees with the entry.
+	Problems []string `json:"problems,omitempty"`
 }
 
 // ArtifactSummary is an update artifact's manifest digest and config.
@@ -144,9 +151,37 @@ func Disk(path string) (*Report, error) {
 				}
 			}
 		}
+		readRelease(fs, s, &slot)
 		r.Slots = append(r.Slots, slot)
 	}
 	return r, nil
+}
+
+// readRelease adds the slot's release file, if there is one. A bad one is a
+// problem of the slot, not a failure: the rest of the disk is still worth
+// showing.
+func readRelease(fs *esp.FS, s boot.Slot, slot *Slot) {
+	names, err := fs.ReadDir(s.ESPDir())
+	if err != nil || !slices.Contains(names, boot.ReleaseName) {
+		return // no directory (an empty slot) or no release in it
+	}
+	data, err := fs.ReadFile(s.ReleasePath())
+	if err != nil {
+		slot.Problems = append(slot.Problems, fmt.Sprintf("%s: %v", s.ReleasePath(), err))
+		return
+	}
+	rel, err := boot.ParseRelease(data)
+	if err != nil {
+		slot.Problems = append(slot.Problems, fmt.Sprintf("%s: %v", s.ReleasePath(), err))
+		return
+	}
+	slot.Release = rel
+	if rel.Slot != s {
+		slot.Problems = append(slot.Problems, fmt.Sprintf("%s is for slot %s", s.ReleasePath(), rel.Slot))
+	}
+	if slot.RootHash != "" && rel.RootHash != slot.RootHash {
+		slot.Problems = append(slot.Problems, fmt.Sprintf("%s has root hash %s, the entry %s boots %s", s.ReleasePath(), rel.RootHash, slot.Entry, slot.RootHash))
+	}
 }
 
 // Text renders a report for people.
@@ -173,6 +208,19 @@ func (r *Report) Text(w io.Writer) {
 			fmt.Fprintf(w, "\n  roothash %s", s.RootHash)
 		}
 		fmt.Fprintln(w)
+		if rel := s.Release; rel != nil {
+			fmt.Fprintf(w, "  release  %s, kernel %s, root %d bytes, created %s\n", rel.Version, rel.KernelRelease, rel.RootSize, rel.Created.Format(time.RFC3339))
+			fmt.Fprintf(w, "  source   %s\n", rel.Source)
+			if rel.Artifact != "" {
+				fmt.Fprintf(w, "  artifact %s\n", rel.Artifact)
+			}
+			if !rel.Written.IsZero() {
+				fmt.Fprintf(w, "  written  %s\n", rel.Written.Format(time.RFC3339))
+			}
+		}
+		for _, p := range s.Problems {
+			fmt.Fprintf(w, "  problem: %s\n", p)
+		}
 	}
 }
 

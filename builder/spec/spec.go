@@ -200,13 +200,34 @@ func (s *Spec) CompressionLevelOrDefault() int {
 	return s.Root.CompressionLevel
 }
 
-// Cmdline is the slot-independent kernel command line.
+// DefaultPanic makes a panicking kernel reboot after 10 seconds. Kernels
+// built with CONFIG_PANIC_TIMEOUT=0 (Debian's cloud kernel) otherwise hang
+// on a panic forever: a hang spends no boot-counting try, so a slot whose
+// kernel panics would never be rolled back.
+const DefaultPanic = "panic=10"
+
+// Cmdline is the slot-independent kernel command line: the console
+// arguments (DefaultCmdline or kernel.cmdline), DefaultPanic unless the
+// spec sets its own panic=, then kernel.extraCmdline.
 func (s *Spec) Cmdline() string {
 	base := DefaultCmdline
 	if len(s.Kernel.Cmdline) > 0 {
 		base = s.Kernel.Cmdline
 	}
-	return strings.Join(append(append([]string{}, base...), s.Kernel.ExtraCmdline...), " ")
+	args := append([]string{}, base...)
+	if !s.setsPanic() {
+		args = append(args, DefaultPanic)
+	}
+	return strings.Join(append(args, s.Kernel.ExtraCmdline...), " ")
+}
+
+func (s *Spec) setsPanic() bool {
+	for _, a := range append(append([]string{}, s.Kernel.Cmdline...), s.Kernel.ExtraCmdline...) {
+		if strings.HasPrefix(a, "panic=") {
+			return true
+		}
+	}
+	return false
 }
 
 // CompressionOrDefault returns the squashfs compressor to use.

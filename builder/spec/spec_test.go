@@ -35,8 +35,28 @@ func TestParseGood(t *testing.T) {
 		s.CompressionOrDefault() != "xz" || len(s.Initramfs.Modules) != 2 || s.Outputs.Format != "qcow2" {
 		t.Errorf("parsed wrongly: %+v", s)
 	}
-	if got, want := s.Cmdline(), "console=tty0 console=ttyS0,115200 ro quiet"; got != want {
+	if got, want := s.Cmdline(), "console=tty0 console=ttyS0,115200 ro panic=10 quiet"; got != want {
 		t.Errorf("Cmdline = %q, want %q", got, want)
+	}
+}
+
+func TestCmdlinePanic(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		cmdline, ext []string
+		want         string
+	}{
+		{"defaults", nil, nil, "console=tty0 console=ttyS0,115200 ro panic=10"},
+		{"own console", []string{"console=ttyS1"}, nil, "console=ttyS1 panic=10"},
+		{"own panic in cmdline", []string{"console=ttyS1", "panic=0"}, []string{"quiet"}, "console=ttyS1 panic=0 quiet"},
+		{"own panic in extras", nil, []string{"panic=-1"}, "console=tty0 console=ttyS0,115200 ro panic=-1"},
+		// panic_on_oops= and panic_print= are other parameters: the timeout is still needed.
+		{"panic_on_oops", nil, []string{"panic_on_oops=1"}, "console=tty0 console=ttyS0,115200 ro panic=10 panic_on_oops=1"},
+	} {
+		s := Spec{Kernel: Kernel{Cmdline: tc.cmdline, ExtraCmdline: tc.ext}}
+		if got := s.Cmdline(); got != tc.want {
+			t.Errorf("%s: Cmdline = %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }
 

@@ -14,10 +14,10 @@ import (
 
 func buildCmd() *cobra.Command {
 	var (
-		specFile, source, output, format, artifactDir, version, compression, initBin string
-		slotSize, espSize, stateSize                                                 spec.Size
-		cmdline, modules                                                             []string
-		insecure, asJSON                                                             bool
+		specFile, source, output, format, artifactDir, version, compression, initBin, agent string
+		slotSize, espSize, stateSize                                                        spec.Size
+		cmdline, modules                                                                    []string
+		insecure, asJSON                                                                    bool
 	)
 	c := &cobra.Command{
 		Use:   "build [-f spec.yaml] [--source REF] [--output disk.raw] [--artifact DIR]",
@@ -26,6 +26,10 @@ func buildCmd() *cobra.Command {
 root with a dm-verity hash tree, packs an initramfs with slate's init, and
 writes a GPT disk (ESP with systemd-boot, slot A, an empty slot B, a state
 partition) and, if asked, an update artifact as an OCI layout.
+
+The root gets slate's files on top of the image: this slate binary as
+/usr/bin/slate (the node's agent; --agent gives another, which must be a
+static x86-64 build, CGO_ENABLED=0) and its systemd units.
 
 REF is a registry reference (registry.example/org/node:1.4), an OCI layout
 (oci:DIR[:TAG|@sha256:DIGEST]) or a docker-save tarball (docker-archive:FILE).
@@ -58,7 +62,15 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			set("state-size", func() { s.Disk.StateSize = stateSize })
 			set("cmdline", func() { s.Kernel.ExtraCmdline = append(s.Kernel.ExtraCmdline, cmdline...) })
 			set("module", func() { s.Initramfs.Modules = append(s.Initramfs.Modules, modules...) })
-			o := builder.Options{Spec: *s, InitBinary: initBin, Progress: progress.New(os.Stderr)}
+			if agent == "" {
+				// One code base, three roles: the CLI that builds is the agent it installs.
+				self, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("finding this slate binary to install as the agent: %w (give --agent PATH)", err)
+				}
+				agent = self
+			}
+			o := builder.Options{Spec: *s, InitBinary: initBin, AgentBinary: agent, Progress: progress.New(os.Stderr)}
 			o.SourceOptions.Insecure = insecure
 			res, err := builder.Build(cmd.Context(), o)
 			if err != nil {
@@ -96,6 +108,7 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 	f.StringSliceVar(&cmdline, "cmdline", nil, "extra kernel command line argument (repeatable)")
 	f.StringSliceVar(&modules, "module", nil, "extra kernel module for the initramfs (repeatable)")
 	f.StringVar(&initBin, "init", "", "use this init binary instead of the embedded one (development)")
+	f.StringVar(&agent, "agent", "", "install this slate binary as the node's agent, /usr/bin/slate (default: this one; must be static)")
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the source registry")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return c

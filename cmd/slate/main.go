@@ -1,5 +1,5 @@
 // Command slate builds immutable node images (build, push, inspect) and,
-// on a node, will manage its slots.
+// on a node, manages its slots (upgrade, rollback, status, health).
 package main
 
 import (
@@ -26,7 +26,7 @@ can carry.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(buildCmd(), pushCmd(), inspectCmd())
+	root.AddCommand(buildCmd(), pushCmd(), inspectCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "slate:", err)
 		os.Exit(1)

@@ -121,10 +121,11 @@ func Base(o Options) []Entry {
 			File(kmod+"kernel/drivers/virtio_blk.ko", "\x7fELF virtio_blk"),
 			File(kmod+"kernel/drivers/virtio_pci.ko", "\x7fELF virtio_pci"),
 			File(kmod+"kernel/drivers/squashfs.ko", "\x7fELF squashfs"),
+			File(kmod+"kernel/drivers/efi-pstore.ko", "\x7fELF efi-pstore"),
 			File(kmod+"modules.dep", "kernel/drivers/virtio_ring.ko:\nkernel/drivers/virtio.ko: kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/virtio_blk.ko: kernel/drivers/virtio.ko kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/virtio_pci.ko: kernel/drivers/virtio.ko kernel/drivers/virtio_ring.ko\n"+
-				"kernel/drivers/squashfs.ko:\n"),
+				"kernel/drivers/squashfs.ko:\nkernel/drivers/efi-pstore.ko:\n"),
 			File(kmod+"modules.builtin", "kernel/fs/ext4/ext4.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/md/dm-verity.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/block/sd_mod.ko\nkernel/fs/efivarfs/efivarfs.ko\nkernel/drivers/firmware/qemu_fw_cfg.ko\nkernel/fs/fat/vfat.ko\nkernel/fs/nls/nls_cp437.ko\nkernel/fs/nls/nls_ascii.ko\nkernel/fs/isofs/isofs.ko\nkernel/drivers/scsi/sr_mod.ko\n"),
 		)
 	}

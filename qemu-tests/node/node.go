@@ -144,7 +144,7 @@ func Disk(tb testing.TB, name string, tweak func(*spec.Spec)) *builder.Result {
 		tweak(&s)
 	}
 	start := time.Now()
-	r, err := builder.Build(context.Background(), builder.Options{Spec: s, Image: img})
+	r, err := builder.Build(context.Background(), builder.Options{Spec: s, Image: img, AgentBinary: testimage.AgentBinary(tb)})
 	if err != nil {
 		tb.Fatalf("building test disk %s: %v", name, err)
 	}

@@ -1,0 +1,109 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/boot/record"
+	"github.com/slate-os/slate/builder/disk"
+)
+
+// fakeNode lays out a sysfs, a /dev with the disk as a sparse file and a
+// boot record, as a booted node has them.
+func fakeNode(t *testing.T, slot string, partuuid func(disk.Plan) string) (Paths, disk.Plan) {
+	t.Helper()
+	root := t.TempDir()
+	p := Paths{Record: filepath.Join(root, "run/boot.json"), Sys: filepath.Join(root, "sys"), Dev: filepath.Join(root, "dev"), EFIVars: filepath.Join(root, "efivars")}
+	plan := disk.NewPlan(disk.Layout{ESPSize: 64 << 20, SlotSize: 128 << 20, StateSize: 64 << 20}, []byte("seed"))
+	for _, d := range []string{p.Dev, p.EFIVars, filepath.Join(p.Sys, "class/block"), filepath.Join(p.Sys, "devices/virtio/block/vda/queue")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := disk.Create(filepath.Join(p.Dev, "vda"), plan); err != nil {
+		t.Fatal(err)
+	}
+	diskSys := filepath.Join(p.Sys, "devices/virtio/block/vda")
+	os.WriteFile(filepath.Join(diskSys, "queue/logical_block_size"), []byte("512\n"), 0o644)
+	os.Symlink(diskSys, filepath.Join(p.Sys, "class/block/vda"))
+	for _, pt := range plan.Partitions {
+		name := "vda" + string(rune('0'+pt.Number))
+		os.MkdirAll(filepath.Join(diskSys, name), 0o755)
+		os.WriteFile(filepath.Join(diskSys, name, "partition"), []byte(string(rune('0'+pt.Number))+"\n"), 0o644)
+		os.Symlink(filepath.Join(diskSys, name), filepath.Join(p.Sys, "class/block", name))
+	}
+	rec := record.Record{FormatVersion: 1, Slot: slot, RootDevice: "/dev/vda2", RootPartUUID: partuuid(plan)}
+	if err := os.MkdirAll(filepath.Dir(p.Record), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := rec.Write(p.Record); err != nil {
+		t.Fatal(err)
+	}
+	return p, plan
+}
+
+func slotA(plan disk.Plan) string { return strings.ToUpper(plan.Part(boot.NumRootA).GUID) }
+
+func TestDiscover(t *testing.T) {
+	p, plan := fakeNode(t, "a", slotA)
+	n, err := Discover(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Running != boot.SlotA || n.Disk != filepath.Join(p.Dev, "vda") {
+		t.Errorf("running %s on %s", n.Running, n.Disk)
+	}
+	b := n.Slot(boot.SlotB)
+	want := plan.Part(boot.NumRootB)
+	if b.Device != filepath.Join(p.Dev, "vda3") || b.Size != want.Size || b.PartUUID != strings.ToLower(want.GUID) || b.Number != 3 {
+		t.Errorf("slot b = %+v, plan %+v", b, want)
+	}
+	if n.ESP().Device != filepath.Join(p.Dev, "vda1") || n.State().Device != filepath.Join(p.Dev, "vda4") {
+		t.Errorf("esp %+v state %+v", n.ESP(), n.State())
+	}
+}
+
+func TestDiscoverRefuses(t *testing.T) {
+	p, _ := fakeNode(t, "a", func(plan disk.Plan) string { return plan.Part(boot.NumRootB).GUID })
+	if _, err := Discover(p); err == nil || !strings.Contains(err.Error(), "slot a is PARTUUID") {
+		t.Errorf("record naming slot b's partition: %v", err)
+	}
+	p.Record = filepath.Join(t.TempDir(), "none.json")
+	if _, err := Discover(p); err == nil || !strings.Contains(err.Error(), "not a booted slate node") {
+		t.Errorf("no record: %v", err)
+	}
+}
+
+func TestLoaderVar(t *testing.T) {
+	p, _ := fakeNode(t, "a", slotA)
+	n, err := Discover(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := n.BootCounted(); err != nil || c {
+		t.Errorf("no variable: counted %v, %v", c, err)
+	}
+	// attributes, then UTF-16LE "\loader\entries\slate-b+2-1.conf" and NUL
+	v := []byte{7, 0, 0, 0}
+	for _, r := range `\loader\entries\slate-b+2-1.conf` {
+		v = append(v, byte(r), 0)
+	}
+	v = append(v, 0, 0)
+	os.WriteFile(filepath.Join(p.EFIVars, "LoaderBootCountPath-"+loaderGUID), v, 0o644)
+	got, err := n.LoaderVar("LoaderBootCountPath")
+	if err != nil || got != `\loader\entries\slate-b+2-1.conf` {
+		t.Errorf("LoaderBootCountPath = %q, %v", got, err)
+	}
+	if c, _ := n.BootCounted(); !c {
+		t.Error("counted boot not seen")
+	}
+}
+
+func TestUnescapeMount(t *testing.T) {
+	if got := unescapeMount(`/run/a\040b`); got != "/run/a b" {
+		t.Errorf("got %q", got)
+	}
+}

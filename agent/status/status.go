@@ -1,0 +1,168 @@
+// Package status gathers what `slate status` shows: the running slot, both
+// slots as the ESP has them, the last rollback and its kept logs, the node
+// config in force and this boot's health result.
+package status
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/slate-os/slate/agent/history"
+	"github.com/slate-os/slate/agent/node"
+	"github.com/slate-os/slate/agent/slots"
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/boot/record"
+)
+
+// Status is `slate status --json`.
+type Status struct {
+	Running      Running           `json:"running"`
+	Slots        []Slot            `json:"slots"`
+	LastRollback *history.Rollback `json:"lastRollback,omitempty"`
+	Config       *record.Config    `json:"config,omitempty"`
+	Tainted      bool              `json:"tainted"`
+	// Health is this boot's assessment; nil before slate-health ran.
+	Health *history.Boot `json:"health,omitempty"`
+}
+
+// Running is the booted slot.
+type Running struct {
+	Slot    boot.Slot `json:"slot"`
+	Version string    `json:"version"`
+	Entry   string    `json:"entry,omitempty"`
+	// Counted is true when systemd-boot counted this boot: the slot is on trial.
+	Counted bool   `json:"counted"`
+	BootID  string `json:"bootId,omitempty"`
+}
+
+// Slot is one slot.
+type Slot struct {
+	slots.Info
+	Running bool `json:"running"`
+}
+
+// Gather reads the node's state. Parts that cannot be read are left out
+// rather than failing the whole status: status is what one runs when
+// something is wrong.
+func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error) {
+	info, err := esp.Read()
+	if err != nil {
+		return nil, fmt.Errorf("ESP: %w", err)
+	}
+	st := &Status{Running: Running{Slot: n.Running, Version: n.Record.Version}, Config: n.Record.Config}
+	if n.Record.Config != nil {
+		st.Tainted = n.Record.Config.Tainted
+	}
+	st.Running.Counted, _ = n.BootCounted()
+	if sel, _ := n.LoaderVar("LoaderBootCountPath"); sel != "" {
+		st.Running.Entry = sel[strings.LastIndexAny(sel, `\/`)+1:]
+	} else if in := info[n.Running]; in != nil {
+		st.Running.Entry = in.EntryFile
+	}
+	for _, s := range boot.Slots {
+		st.Slots = append(st.Slots, Slot{Info: *info[s], Running: s == n.Running})
+	}
+	if id, err := node.BootID(); err == nil {
+		st.Running.BootID = id
+		if b, err := store.Boot(id); err == nil {
+			st.Health = b
+		}
+	}
+	if rb, err := store.LastRollback(); err == nil && rb != nil {
+		st.LastRollback = rb
+	}
+	return st, nil
+}
+
+// WriteText prints the status for people.
+func (st *Status) WriteText(w io.Writer) error {
+	fmt.Fprintf(w, "running: slot %s (%s)", st.Running.Slot, orDash(st.Running.Version))
+	if st.Running.Counted {
+		fmt.Fprint(w, ", on trial")
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SLOT\tSTATE\tVERSION\tGENERATION\tTRIES LEFT\tROOT HASH\tARTIFACT")
+	for _, s := range st.Slots {
+		mark := " "
+		if s.Running {
+			mark = "*"
+		}
+		version, hash, art := "-", "-", "-"
+		if r := s.Release; r != nil {
+			version, hash = r.Version, short(r.RootHash, 16)
+			art = "built in"
+			if r.Artifact != "" {
+				art = short(r.Artifact, 19)
+			}
+		} else if s.Entry != nil && s.Entry.Version != "" {
+			version = s.Entry.Version
+		}
+		gen, tries := "-", "-"
+		if s.State != slots.Empty {
+			gen = fmt.Sprint(s.Generation)
+		}
+		if s.Counting {
+			tries = fmt.Sprint(s.TriesLeft)
+		}
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mark, s.Slot, s.State, version, gen, tries, hash, art)
+		for _, p := range s.Problems {
+			fmt.Fprintf(tw, " \t!\t%s\n", p)
+		}
+	}
+	tw.Flush()
+	if h := st.Health; h != nil {
+		fmt.Fprintf(w, "health of this boot: %s", h.Result)
+		if h.Reason != "" {
+			fmt.Fprintf(w, ": %s", h.Reason)
+		}
+		fmt.Fprintln(w)
+	}
+	if c := st.Config; c != nil {
+		fmt.Fprintf(w, "config: %s", c.Source)
+		if c.SHA256 != "" {
+			fmt.Fprintf(w, " sha256:%s", short(c.SHA256, 12))
+		}
+		switch {
+		case c.Applied:
+			fmt.Fprint(w, ", applied")
+		case c.Error != "":
+			fmt.Fprintf(w, ", NOT applied: %s", c.Error)
+		}
+		if c.Tainted {
+			fmt.Fprint(w, ", tainted (breakGlass)")
+		}
+		fmt.Fprintln(w)
+	}
+	if rb := st.LastRollback; rb != nil {
+		fmt.Fprintf(w, "last rollback: %s slot %s (%s, generation %d) -> slot %s (%s)\n  cause: %s\n",
+			rb.Time.Format("2006-01-02 15:04:05Z"), rb.FromSlot, rb.FromVersion, rb.FromGeneration, rb.ToSlot, rb.ToVersion, rb.Cause)
+		for _, f := range rb.Files {
+			fmt.Fprintf(w, "  kept: %s\n", filepath.Join(rb.Dir, f))
+		}
+		if rb.ConsoleTail != "" {
+			fmt.Fprintln(w, "  last lines of the failed boot:")
+			for _, l := range strings.Split(strings.TrimRight(rb.ConsoleTail, "\n"), "\n") {
+				fmt.Fprintf(w, "    %s\n", l)
+			}
+		}
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func short(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

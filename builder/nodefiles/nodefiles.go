@@ -1,0 +1,214 @@
+// Package nodefiles is the layer the builder puts on top of every source
+// image: what a node needs from slate besides the init, so the user's OS
+// image needs nothing slate-specific beyond systemd and systemd-boot.
+//
+//   - /usr/bin/slate: the agent (the same binary as the slate CLI, built
+//     static). It upgrades the node, rolls it back, reports its status and
+//     judges each boot.
+//   - /usr/lib/systemd/system/slate-health.service: runs `slate health` on
+//     every boot, before boot-complete.target. systemd-bless-boot.service
+//     runs after boot-complete.target, so a counted boot (slate-b+3.conf) is
+//     marked good only once the health check passed; a bad boot makes the
+//     agent reboot, spending a try, so systemd-boot's counting rolls back.
+//     FailureAction=reboot is the backstop if the agent itself crashes or
+//     hangs (TimeoutStartSec).
+//   - .../boot-complete.target.requires/slate-health.service and
+//     .../multi-user.target.wants/slate-health.service: the unit enabled at
+//     build time (the root is read-only; there is no `systemctl enable` on
+//     a node, and the unit has no [Install] so it cannot be disabled). The first ties the check to
+//     boot-complete.target, which systemd-bless-boot-generator pulls in on
+//     a counted boot; the second runs it on every boot, counted or not, and
+//     on images without systemd-bless-boot, where the agent blesses the
+//     entry itself.
+//   - /usr/lib/systemd/system/systemd-bless-boot.service.d/50-slate.conf:
+//     systemd-bless-boot renames the boot entry on the ESP, which it looks
+//     for at /efi, /boot or /boot/efi; slate mounts the ESP at
+//     /run/slate/esp (`slate esp mount`) and points bless-boot there.
+//
+// The layer is reproducible: sorted entries, owner 0:0, one modification
+// time, the same bytes for the same agent binary and time.
+package nodefiles
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"sort"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// Paths in the root image, without a leading slash.
+const (
+	AgentPath       = "usr/bin/slate"
+	UnitDir         = "usr/lib/systemd/system"
+	HealthUnit      = UnitDir + "/slate-health.service"
+	HealthRequires  = UnitDir + "/boot-complete.target.requires/slate-health.service"
+	HealthWants     = UnitDir + "/multi-user.target.wants/slate-health.service"
+	BlessBootDropIn = UnitDir + "/systemd-bless-boot.service.d/50-slate.conf"
+	// HealthLink is the target of both enabling symlinks.
+	HealthLink = "../slate-health.service"
+)
+
+// HealthService is slate-health.service.
+const HealthService = `[Unit]
+Description=slate boot assessment
+Documentation=https://github.com/slate-os/slate
+# After multi-user.target, as systemd's own boot-check-no-failures: a target
+# is ordered after what it wants, so without this multi-user.target would
+# wait for the check and the check for it.
+After=multi-user.target basic.target systemd-pstore.service systemd-journal-flush.service
+Before=boot-complete.target
+# No [Install]: the image enables it by the links beside it in /usr/lib, so
+# it cannot be disabled, only masked.
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/slate health
+StandardOutput=journal+console
+StandardError=journal+console
+# The agent reboots by itself when a counted boot is bad; this is the backstop if it crashes or hangs.
+TimeoutStartSec=20min
+FailureAction=reboot
+`
+
+// BlessBootConf is the systemd-bless-boot.service drop-in.
+const BlessBootConf = `[Service]
+Environment=SYSTEMD_ESP_PATH=/run/slate/esp
+ExecStartPre=/usr/bin/slate esp mount
+`
+
+// Layer returns the layer that adds the agent at agentBinary and its units,
+// every entry dated modTime (the source image's creation time, so the same
+// inputs give the same root). The agent must be a static x86-64 ELF
+// executable (see CheckAgent).
+func Layer(agentBinary string, modTime time.Time) (v1.Layer, error) {
+	if err := CheckAgent(agentBinary); err != nil {
+		return nil, err
+	}
+	agent, err := os.ReadFile(agentBinary)
+	if err != nil {
+		return nil, fmt.Errorf("agent binary: %w", err)
+	}
+	data, err := tarball(agent, modTime.UTC().Truncate(time.Second))
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	return &layer{data: data, digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}}, nil
+}
+
+type entry struct {
+	typ  byte
+	mode int64
+	body []byte
+	link string
+}
+
+func tarball(agent []byte, mtime time.Time) ([]byte, error) {
+	files := map[string]entry{
+		AgentPath:       {typ: tar.TypeReg, mode: 0o755, body: agent},
+		HealthUnit:      {typ: tar.TypeReg, mode: 0o644, body: []byte(HealthService)},
+		HealthRequires:  {typ: tar.TypeSymlink, mode: 0o777, link: HealthLink},
+		HealthWants:     {typ: tar.TypeSymlink, mode: 0o777, link: HealthLink},
+		BlessBootDropIn: {typ: tar.TypeReg, mode: 0o644, body: []byte(BlessBootConf)},
+	}
+	// Every parent directory, so the layer stands on its own whatever the
+	// image has; an image's own directory of the same name keeps its contents.
+	for name := range files {
+		for d := path.Dir(name); d != "."; d = path.Dir(d) {
+			files[d] = entry{typ: tar.TypeDir, mode: 0o755}
+		}
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names) // a parent sorts before its children
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, n := range names {
+		e := files[n]
+		h := &tar.Header{Typeflag: e.typ, Name: n, Mode: e.mode, Linkname: e.link, ModTime: mtime, Format: tar.FormatPAX}
+		if e.typ == tar.TypeDir {
+			h.Name += "/"
+		}
+		if e.typ == tar.TypeReg {
+			h.Size = int64(len(e.body))
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, fmt.Errorf("node files: %s: %w", n, err)
+		}
+		if _, err := tw.Write(e.body); err != nil {
+			return nil, fmt.Errorf("node files: %s: %w", n, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, fmt.Errorf("node files: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// layer is an uncompressed tar layer in memory (media type
+// application/vnd.oci.image.layer.v1.tar): its digest is its diff ID, and
+// nothing is compressed only for the builder to decompress it again.
+type layer struct {
+	data   []byte
+	digest v1.Hash
+}
+
+func (l *layer) Digest() (v1.Hash, error)            { return l.digest, nil }
+func (l *layer) DiffID() (v1.Hash, error)            { return l.digest, nil }
+func (l *layer) Size() (int64, error)                { return int64(len(l.data)), nil }
+func (l *layer) MediaType() (types.MediaType, error) { return types.OCIUncompressedLayer, nil }
+func (l *layer) Compressed() (io.ReadCloser, error)  { return l.Uncompressed() }
+func (l *layer) Uncompressed() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(l.data)), nil
+}
+
+// CheckAgent refuses an agent binary the node cannot run: not an ELF file,
+// not x86-64, not an executable, or dynamically linked (a PT_INTERP program
+// header: the user's image may lack that loader or the libraries).
+func CheckAgent(p string) error {
+	const hint = "build slate with CGO_ENABLED=0 (make slate does), or give --agent PATH"
+	f, err := elf.Open(p)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("agent binary: %w", err)
+		}
+		return fmt.Errorf("agent binary %s is not an ELF executable (%v); %s", p, err, hint)
+	}
+	defer f.Close()
+	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
+		return fmt.Errorf("agent binary %s is for %s (%s), not x86-64: nodes are amd64; build slate with GOARCH=amd64 CGO_ENABLED=0", p, f.Machine, f.Class)
+	}
+	switch f.Type {
+	case elf.ET_EXEC:
+	case elf.ET_DYN:
+		// A static PIE is ET_DYN too; a shared library lacks DF_1_PIE.
+		if flags, _ := f.DynValue(elf.DT_FLAGS_1); len(flags) == 0 || flags[0]&uint64(elf.DF_1_PIE) == 0 {
+			return fmt.Errorf("agent binary %s is a shared library, not an executable; %s", p, hint)
+		}
+	default:
+		return fmt.Errorf("agent binary %s is an ELF %s file, not an executable; %s", p, f.Type, hint)
+	}
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			interp, _ := io.ReadAll(io.LimitReader(prog.Open(), 256))
+			return fmt.Errorf("agent binary %s is dynamically linked (interpreter %s): the node's image may lack its libraries; %s",
+				p, string(bytes.TrimRight(interp, "\x00")), hint)
+		}
+	}
+	return nil
+}

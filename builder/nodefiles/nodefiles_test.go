@@ -1,0 +1,183 @@
+package nodefiles
+
+import (
+	"archive/tar"
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/slate-os/slate/internal/testimage"
+)
+
+type got struct {
+	hdr  *tar.Header
+	body []byte
+}
+
+func readLayer(t *testing.T, agent string, mtime time.Time) ([]string, map[string]got, []byte) {
+	t.Helper()
+	l, err := Layer(agent, mtime)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Uncompressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	raw, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	files := map[string]got{}
+	tr := tar.NewReader(bytes.NewReader(raw))
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(tr)
+		name := strings.TrimSuffix(h.Name, "/")
+		order = append(order, name)
+		files[name] = got{h, body}
+	}
+	return order, files, raw
+}
+
+func TestLayer(t *testing.T) {
+	agent := testimage.StaticBinary(t)
+	agentBytes, err := os.ReadFile(agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	order, files, _ := readLayer(t, agent, mtime)
+
+	want := []struct {
+		name string
+		typ  byte
+		mode int64
+		body string
+		link string
+	}{
+		{"usr", tar.TypeDir, 0o755, "", ""},
+		{"usr/bin", tar.TypeDir, 0o755, "", ""},
+		{"usr/bin/slate", tar.TypeReg, 0o755, string(agentBytes), ""},
+		{"usr/lib", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/systemd", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/systemd/system", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/systemd/system/boot-complete.target.requires", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/systemd/system/boot-complete.target.requires/slate-health.service", tar.TypeSymlink, 0o777, "", "../slate-health.service"},
+		{"usr/lib/systemd/system/multi-user.target.wants", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/systemd/system/multi-user.target.wants/slate-health.service", tar.TypeSymlink, 0o777, "", "../slate-health.service"},
+		{"usr/lib/systemd/system/slate-health.service", tar.TypeReg, 0o644, HealthService, ""},
+		{"usr/lib/systemd/system/systemd-bless-boot.service.d", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/systemd/system/systemd-bless-boot.service.d/50-slate.conf", tar.TypeReg, 0o644, BlessBootConf, ""},
+	}
+	if len(order) != len(want) {
+		t.Fatalf("layer entries:\n%s", strings.Join(order, "\n"))
+	}
+	for i, w := range want {
+		if order[i] != w.name {
+			t.Errorf("entry %d is %s, want %s (sorted, parents first)", i, order[i], w.name)
+			continue
+		}
+		g := files[w.name]
+		h := g.hdr
+		if h.Typeflag != w.typ || h.Mode != w.mode || h.Linkname != w.link {
+			t.Errorf("%s: type %c mode %o link %q, want %c %o %q", w.name, h.Typeflag, h.Mode, h.Linkname, w.typ, w.mode, w.link)
+		}
+		if h.Uid != 0 || h.Gid != 0 || h.Uname != "" || h.Gname != "" {
+			t.Errorf("%s: owner %d:%d (%s:%s), want 0:0", w.name, h.Uid, h.Gid, h.Uname, h.Gname)
+		}
+		if !h.ModTime.Equal(mtime) {
+			t.Errorf("%s: mtime %v, want %v", w.name, h.ModTime, mtime)
+		}
+		if string(g.body) != w.body {
+			t.Errorf("%s: body differs (%d bytes, want %d)", w.name, len(g.body), len(w.body))
+		}
+	}
+	// The symlinks resolve to the unit, relative to their own directory.
+	for _, link := range []string{HealthRequires, HealthWants} {
+		if got := filepath.Join(filepath.Dir(link), files[link].hdr.Linkname); got != HealthUnit {
+			t.Errorf("%s points at %s, want %s", link, got, HealthUnit)
+		}
+	}
+	// The unit and drop-in as the plan has them: the lines systemd acts on.
+	for _, line := range []string{"Before=boot-complete.target", "ExecStart=/usr/bin/slate health", "FailureAction=reboot",
+		"After=multi-user.target basic.target systemd-pstore.service systemd-journal-flush.service", "TimeoutStartSec=20min"} {
+		if !strings.Contains(HealthService, "\n"+line+"\n") {
+			t.Errorf("slate-health.service lacks %q", line)
+		}
+	}
+	for _, line := range []string{"Environment=SYSTEMD_ESP_PATH=/run/slate/esp", "ExecStartPre=/usr/bin/slate esp mount"} {
+		if !strings.Contains(BlessBootConf, "\n"+line+"\n") {
+			t.Errorf("50-slate.conf lacks %q", line)
+		}
+	}
+}
+
+func TestLayerIsReproducible(t *testing.T) {
+	agent := testimage.StaticBinary(t)
+	mtime := time.Date(2026, 1, 2, 3, 4, 5, 999, time.FixedZone("x", 3600))
+	_, _, a := readLayer(t, agent, mtime)
+	_, _, b := readLayer(t, agent, mtime.UTC())
+	if !bytes.Equal(a, b) {
+		t.Error("two layers of the same agent and time differ")
+	}
+	l1, _ := Layer(agent, mtime)
+	l2, _ := Layer(agent, mtime)
+	d1, err1 := l1.Digest()
+	d2, err2 := l2.Digest()
+	if err1 != nil || err2 != nil || d1 != d2 {
+		t.Errorf("digests %v %v (%v %v)", d1, d2, err1, err2)
+	}
+	_, _, c := readLayer(t, agent, mtime.Add(time.Hour))
+	if bytes.Equal(a, c) {
+		t.Error("the modification time does not reach the layer")
+	}
+}
+
+func TestCheckAgentRefuses(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "slate.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\necho hi\n"), 0o755)
+	truncated := filepath.Join(dir, "truncated")
+	os.WriteFile(truncated, []byte("\x7fELF\x02\x01\x01"), 0o755)
+	for _, tc := range []struct{ path, want string }{
+		// A dynamic executable (Debian's coreutils are).
+		{"/bin/true", "agent binary /bin/true is dynamically linked (interpreter /lib64/ld-linux-x86-64.so.2)"},
+		{script, "agent binary " + script + " is not an ELF executable"},
+		{truncated, "agent binary " + truncated + " is not an ELF executable"},
+		{filepath.Join(dir, "missing"), "no such file"},
+	} {
+		if tc.path == "/bin/true" {
+			if _, err := os.Stat(tc.path); err != nil {
+				t.Log("no /bin/true here")
+				continue
+			}
+		}
+		err := CheckAgent(tc.path)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("CheckAgent(%s) = %v, want %q", tc.path, err, tc.want)
+			continue
+		}
+		if tc.path != filepath.Join(dir, "missing") && !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+			t.Errorf("CheckAgent(%s) = %v: does not say how to build a usable agent", tc.path, err)
+		}
+		if _, err := Layer(tc.path, time.Time{}); err == nil {
+			t.Errorf("Layer(%s) accepted it", tc.path)
+		}
+	}
+	if err := CheckAgent(testimage.StaticBinary(t)); err != nil {
+		t.Errorf("the static agent is refused: %v", err)
+	}
+}

@@ -1,0 +1,347 @@
+package main
+
+// The agent's commands: they run on a booted slate node, as root, from the
+// slate binary the builder put in the image.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/slate-os/slate/agent/health"
+	"github.com/slate-os/slate/agent/history"
+	"github.com/slate-os/slate/agent/node"
+	"github.com/slate-os/slate/agent/slots"
+	"github.com/slate-os/slate/agent/status"
+	"github.com/slate-os/slate/agent/upgrade"
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/boot/nodeconfig"
+	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/internal/progress"
+)
+
+// StateDir is the agent's directory on the state partition.
+const StateDir = "/var/lib/slate"
+
+// blessBoot is systemd's own blesser; where the image lacks it, the agent
+// renames the entry itself.
+const blessBoot = "/usr/lib/systemd/systemd-bless-boot"
+
+// agentNode finds the node and mounts its ESP.
+func agentNode() (*node.Node, *slots.ESP, error) {
+	n, err := node.Discover(node.System)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir, err := n.MountESP(node.ESPDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return n, slots.Open(dir), nil
+}
+
+// lock keeps two agent commands from changing the slots at once.
+func lock() (func(), error) {
+	if err := os.MkdirAll(boot.RunDir, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(boot.RunDir+"/agent.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, errors.New("another slate upgrade or rollback is running")
+	}
+	return func() { f.Close() }, nil
+}
+
+// nodeConfig is the config the init applied this boot; a node without one
+// gets the zero config.
+func nodeConfig() (*nodeconfig.Config, error) {
+	b, err := os.ReadFile(nodeconfig.RecordPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &nodeconfig.Config{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	c, err := nodeconfig.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", nodeconfig.RecordPath, err)
+	}
+	return c, nil
+}
+
+func reboot(ctx context.Context) error {
+	sd, err := health.Connect(ctx)
+	if err != nil {
+		return fmt.Errorf("asking systemd to reboot: %w", err)
+	}
+	return sd.Reboot(ctx)
+}
+
+func upgradeCmd() *cobra.Command {
+	var noReboot bool
+	c := &cobra.Command{
+		Use:   "upgrade [REF|oci:DIR]",
+		Short: "Write an update artifact into the inactive slot and reboot into it",
+		Long: `upgrade resolves the artifact (REF, or update.source of the node config) to a
+digest, writes its root into the inactive slot while checking the digest,
+reads it back against the verity root hash, writes the slot's kernel and
+initramfs on the ESP and a boot entry with 3 tries, then reboots. If the
+new image does not become good, systemd-boot's counting returns to the
+running slot by itself. A power cut at any step leaves the running slot
+bootable.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := nodeConfig()
+			if err != nil {
+				return err
+			}
+			ref := cfg.Update.Source
+			if len(args) == 1 {
+				ref = args[0]
+			}
+			if ref == "" {
+				return errors.New("no artifact: give REF or oci:DIR, or set update.source in the node config")
+			}
+			if cfg.Update.PublicKey != "" {
+				return errors.New("node config update.publicKey is set, but this slate cannot verify artifact signatures yet: refusing rather than upgrading unverified")
+			}
+			opts := []artifact.Option{artifact.WithContext(cmd.Context()), artifact.WithKeychain(authn.DefaultKeychain), artifact.WithPlatform("linux", "amd64")}
+			if cfg.Update.Insecure && sameRegistry(ref, cfg.Update.Source) {
+				opts = append(opts, artifact.Insecure())
+			}
+			unlock, err := lock()
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			n, esp, err := agentNode()
+			if err != nil {
+				return err
+			}
+			target := n.Running.Other()
+			tp := n.Slot(target)
+			res, err := upgrade.Run(cmd.Context(), upgrade.Options{
+				Ref: ref, Artifact: opts, Running: n.Running, ESP: esp,
+				Target: upgrade.Target{Slot: target, Device: tp.Device, Size: tp.Size, PartUUID: tp.PartUUID, StatePartUUID: n.State().PartUUID},
+				Log: func(format string, args ...any) {
+					fmt.Printf(format+"\n", args...)
+				},
+				Progress: progress.New(os.Stderr),
+				Now:      time.Now,
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("upgrade: root %d MiB written in %s (%.0f MB/s), verified in %s, total %s\n",
+				res.RootBytes>>20, res.RootWrite.Round(time.Millisecond), float64(res.RootBytes)/1e6/res.RootWrite.Seconds(),
+				res.Verify.Round(time.Millisecond), res.Total.Round(time.Millisecond))
+			if noReboot {
+				fmt.Println("upgrade: not rebooting (--no-reboot): the new slot boots at the next reboot")
+				return nil
+			}
+			fmt.Println("upgrade: rebooting")
+			return reboot(cmd.Context())
+		},
+	}
+	c.Flags().BoolVar(&noReboot, "no-reboot", false, "write the slot but do not reboot")
+	return c
+}
+
+// sameRegistry says whether ref is on the registry the node config names:
+// update.insecure allows plain HTTP to that registry only.
+func sameRegistry(ref, source string) bool {
+	if source == "" || strings.HasPrefix(ref, "oci:") {
+		return false
+	}
+	r, err1 := name.ParseReference(ref, name.Insecure)
+	s, err2 := name.ParseReference(source, name.Insecure)
+	return err1 == nil && err2 == nil && r.Context().RegistryStr() == s.Context().RegistryStr()
+}
+
+func rollbackCmd() *cobra.Command {
+	var noReboot bool
+	c := &cobra.Command{
+		Use:   "rollback",
+		Short: "Boot the other slot's image next, if it is good, and reboot",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			unlock, err := lock()
+			if err != nil {
+				return err
+			}
+			defer unlock()
+			n, esp, err := agentNode()
+			if err != nil {
+				return err
+			}
+			other := n.Running.Other()
+			e, err := esp.Promote(other)
+			if err != nil {
+				return fmt.Errorf("rollback: %w", err)
+			}
+			fmt.Printf("rollback: slot %s (%s) is generation %d and boots next\n", other, e.Version, e.Generation)
+			if noReboot {
+				return nil
+			}
+			fmt.Println("rollback: rebooting")
+			return reboot(cmd.Context())
+		},
+	}
+	c.Flags().BoolVar(&noReboot, "no-reboot", false, "change the order but do not reboot")
+	return c
+}
+
+func statusCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status",
+		Short: "Show both slots, the running one, the last rollback and the node config",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, esp, err := agentNode()
+			if err != nil {
+				return err
+			}
+			st, err := status.Gather(n, esp, &history.Store{Dir: StateDir})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(st)
+			}
+			return st.WriteText(os.Stdout)
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return c
+}
+
+func healthCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "health",
+		Short: "Assess this boot (run by slate-health.service before boot-complete.target)",
+		Long: `health records this boot on the state partition, keeps the logs of boots
+that rolled back, and waits until systemd reached multi-user.target with no
+failed unit and the units the node config requires active. On a counted boot
+(a slot on trial) a failure or timeout reboots the node, which spends a try;
+systemd-bless-boot marks a good boot after boot-complete.target.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return runHealth(cmd.Context()) },
+	}
+}
+
+func runHealth(ctx context.Context) error {
+	n, esp, err := agentNode()
+	if err != nil {
+		return err
+	}
+	cfg, err := nodeConfig()
+	if err != nil {
+		return err
+	}
+	counted, err := n.BootCounted()
+	if err != nil {
+		return err
+	}
+	info, err := esp.Read()
+	if err != nil {
+		return err
+	}
+	run := info[n.Running]
+	if !counted && run.Counting {
+		// systemd-boot did not say it counted, yet the entry has tries:
+		// trust the entry's name (an older or changed loader).
+		counted = true
+	}
+	id, err := node.BootID()
+	if err != nil {
+		return err
+	}
+	store := &history.Store{Dir: StateDir}
+	b := history.Boot{
+		ID: id, Slot: n.Running, Version: n.Record.Version, Generation: run.Generation,
+		Entry: run.EntryFile, Counting: counted, TriesLeft: run.TriesLeft, Started: time.Now().UTC(),
+	}
+	if err := store.BeginBoot(b); err != nil {
+		fmt.Fprintln(os.Stderr, "slate health: recording the boot:", err)
+	}
+	if rbs, err := store.NoteRollbacks(info, n.Running, history.DefaultSources()); err != nil {
+		fmt.Fprintln(os.Stderr, "slate health: recording rollbacks:", err)
+	} else {
+		for _, rb := range rbs {
+			fmt.Printf("slate health: slot %s (%s) rolled back to slot %s: %s; logs kept in %s\n",
+				rb.FromSlot, rb.FromVersion, rb.ToSlot, rb.Cause, store.RollbackDir(rb))
+		}
+	}
+	sd, err := health.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	timeout := time.Duration(cfg.Health.Timeout)
+	if timeout == 0 {
+		timeout = health.DefaultTimeout
+	}
+	v := health.Check{RequiredUnits: cfg.Health.RequiredUnits, Target: "multi-user.target", Timeout: timeout, Poll: time.Second}.Run(ctx, sd)
+	if v.Good {
+		if err := store.FinishBoot(id, history.ResultGood, ""); err != nil {
+			fmt.Fprintln(os.Stderr, "slate health: recording the result:", err)
+		}
+		fmt.Printf("slate health: slot %s (%s) is healthy after %s\n", n.Running, n.Record.Version, v.Waited.Round(time.Second/10))
+		if counted {
+			if _, err := os.Stat(blessBoot); err != nil {
+				if err := esp.Bless(n.Running); err != nil {
+					return fmt.Errorf("marking slot %s good: %w", n.Running, err)
+				}
+				fmt.Printf("slate health: slot %s marked good (no systemd-bless-boot in this image)\n", n.Running)
+			}
+		}
+		return nil
+	}
+	fmt.Printf("slate health: slot %s (%s) is NOT healthy: %s\n", n.Running, n.Record.Version, v.Reason)
+	if err := store.FinishBoot(id, history.ResultBad, v.Reason); err != nil {
+		fmt.Fprintln(os.Stderr, "slate health: recording the result:", err)
+	}
+	if j, err := (history.Journalctl{}).BootLog(ctx, id); err == nil {
+		if err := store.SaveJournal(id, j); err != nil {
+			fmt.Fprintln(os.Stderr, "slate health: keeping the journal:", err)
+		}
+	}
+	if !counted {
+		// A blessed slot has nothing to fall back to by counting; a reboot
+		// would only loop. Report and stay up.
+		fmt.Println("slate health: this boot is not on trial (slot already good): not rebooting")
+		return nil
+	}
+	fmt.Println("slate health: rebooting; this spends one of the slot's tries")
+	if err := sd.Reboot(ctx); err != nil {
+		return err
+	}
+	return errors.New("unhealthy boot")
+}
+
+func espCmd() *cobra.Command {
+	c := &cobra.Command{Use: "esp", Short: "The ESP on a node", Hidden: true}
+	c.AddCommand(&cobra.Command{
+		Use:   "mount",
+		Short: "Mount the ESP at " + node.ESPDir + " (for systemd-bless-boot)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, _, err := agentNode()
+			return err
+		},
+	})
+	return c
+}
