@@ -6,7 +6,9 @@ BUILD := build
 SLATE := $(BUILD)/slate
 REFERENCE := $(BUILD)/reference
 DEMO_DISK := $(BUILD)/demo.raw
-GOFLAGS_BUILD := -trimpath
+DEMO_NEXT := $(BUILD)/demo-2.oci
+# Stripped: the binary is also the agent in every node image.
+GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 
 # Debian packages the tests and the demo need.
 DEB_PACKAGES := squashfs-tools-ng squashfs-tools cryptsetup-bin qemu-system-x86 qemu-utils ovmf \
@@ -59,8 +61,12 @@ bench: deps reference-image
 $(DEMO_DISK): slate reference-image
 	$(SLATE) build --source oci:$(REFERENCE) --output $(DEMO_DISK) --version demo
 
-demo: deps $(DEMO_DISK)
-	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK)
+# The version the demo node upgrades to: the same image, a new version.
+$(DEMO_NEXT): slate reference-image
+	$(SLATE) build --source oci:$(REFERENCE) --artifact $(DEMO_NEXT) --version demo-2
+
+demo: deps $(DEMO_DISK) $(DEMO_NEXT)
+	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --artifact $(DEMO_NEXT)
 
 run: deps $(DEMO_DISK)
 	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --interactive

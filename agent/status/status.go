@@ -80,8 +80,10 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 // WriteText prints the status for people.
 func (st *Status) WriteText(w io.Writer) error {
 	fmt.Fprintf(w, "running: slot %s (%s)", st.Running.Slot, orDash(st.Running.Version))
-	if st.Running.Counted {
-		fmt.Fprint(w, ", on trial")
+	for _, s := range st.Slots {
+		if s.Running && s.State == slots.Trying {
+			fmt.Fprintf(w, ", on trial (%d tries left)", s.TriesLeft)
+		}
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

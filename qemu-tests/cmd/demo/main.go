@@ -1,7 +1,9 @@
 // Command demo boots a slate disk under QEMU (UEFI firmware, systemd-boot,
 // slate's init) and shows the node coming up: with --interactive it leaves
 // you at the console (make run); otherwise it waits for the node to be ready,
-// prints what slate did, and powers the node off (make demo).
+// prints what slate did and, given --artifact, serves that update artifact
+// from a registry on the host and lets the node upgrade itself to it and
+// assess the new boot, then powers the node off (make demo).
 package main
 
 import (
@@ -22,8 +24,9 @@ func main() {
 	diskPath := flag.String("disk", "build/demo.raw", "slate disk image to boot (never modified: the VM runs on an overlay)")
 	interactive := flag.Bool("interactive", false, "attach the console to this terminal and keep the VM running (quit: Ctrl-a x)")
 	quiet := flag.Bool("quiet", false, "do not copy the console to stdout")
+	art := flag.String("artifact", "", "update artifact (OCI layout) the node upgrades to; empty: no upgrade")
 	flag.Parse()
-	if err := run(*diskPath, *interactive, *quiet); err != nil {
+	if err := run(*diskPath, *art, *interactive, *quiet); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -33,7 +36,7 @@ func say(format string, a ...any) {
 	fmt.Printf("\n\033[1m==> "+format+"\033[0m\n", a...)
 }
 
-func run(diskPath string, interactive, quiet bool) error {
+func run(diskPath, art string, interactive, quiet bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := vm.Available(); err != nil {
@@ -46,7 +49,17 @@ func run(diskPath string, interactive, quiet bool) error {
 	say("the disk slate built")
 	rep.Text(os.Stdout)
 
-	cfg := vm.Config{Disk: diskPath, DiskFormat: "raw", Network: true, AllowReboot: interactive, Interactive: interactive}
+	cfg := vm.Config{Disk: diskPath, DiskFormat: "raw", Network: true, AllowReboot: interactive || art != "", Interactive: interactive}
+	if art != "" && !interactive {
+		ref, version, stopRegistry, err := serve(art)
+		if err != nil {
+			return err
+		}
+		defer stopRegistry()
+		say("update artifact %s (version %s) served at %s; the node reaches it as %s", art, version, ref, guestRef(ref))
+		cfg.FwCfgStrings = map[string]string{"opt/slate/config": nodeConfig(guestRef(ref), version)}
+		return upgradeDemo(ctx, cfg, quiet, version)
+	}
 	if !interactive && !quiet {
 		cfg.Console = os.Stdout
 	}

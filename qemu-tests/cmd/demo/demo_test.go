@@ -1,0 +1,26 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/slate-os/slate/boot/nodeconfig"
+)
+
+// The demo's node config must pass the init's validation, or the demo node
+// would boot without its script and the demo would wait in vain.
+func TestNodeConfigValid(t *testing.T) {
+	c, err := nodeconfig.Parse([]byte(nodeConfig("10.0.2.2:5000/slate/demo:demo-2", "demo-2")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Update.Source != "10.0.2.2:5000/slate/demo:demo-2" || !c.Update.Insecure {
+		t.Errorf("update = %+v", c.Update)
+	}
+	if len(c.Files) != 1 || c.Files[0].Contents.Text == nil || !strings.Contains(*c.Files[0].Contents.Text, `if [ "$v" != "demo-2" ]`) {
+		t.Errorf("files = %+v", c.Files)
+	}
+}
