@@ -555,3 +555,43 @@ func (e *ESP) Sync() error {
 	}
 	return nil
 }
+
+// Count spends one try of s, as systemd-boot does before booting a counted
+// entry (slate-b+3.conf becomes slate-b+2-1.conf). It is for a boot the
+// loader should have counted and did not (systemd-boot has had releases
+// that skipped counting, systemd/systemd#40405): without it a bad image
+// would be retried forever. It refuses an entry that is not counting or has
+// no try left.
+func (e *ESP) Count(s boot.Slot) (*boot.Entry, error) {
+	slots, err := e.Read()
+	if err != nil {
+		return nil, err
+	}
+	in := slots[s]
+	if !in.Counting {
+		return nil, fmt.Errorf("slot %s is not on trial (%s)", s, orNone(in.EntryFile))
+	}
+	if in.TriesLeft == 0 {
+		return nil, fmt.Errorf("slot %s has no try left (%s)", s, in.EntryFile)
+	}
+	dir, err := e.entriesDir()
+	if err != nil {
+		return nil, err
+	}
+	next := *in.Entry
+	next.Left, next.Done = in.TriesLeft-1, in.TriesDone+1
+	if err := os.Rename(filepath.Join(dir, in.EntryFile), filepath.Join(dir, next.FileName())); err != nil {
+		return nil, fmt.Errorf("counting a try of slot %s: %w", s, err)
+	}
+	if err := syncDir(dir); err != nil {
+		return nil, err
+	}
+	return &next, e.removeEntries(s, next.FileName())
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no entry"
+	}
+	return s
+}

@@ -537,3 +537,31 @@ func TestFreeSync(t *testing.T) {
 		t.Error("Free of a missing directory")
 	}
 }
+
+func TestCount(t *testing.T) {
+	e := newESP(t)
+	putSlot(t, e, boot.SlotB, 2, "slate-b+3.conf")
+	got, err := e.Count(boot.SlotB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.FileName() != "slate-b+2-1.conf" {
+		t.Errorf("counted entry %s", got.FileName())
+	}
+	in := read(t, e)[boot.SlotB]
+	if in.EntryFile != "slate-b+2-1.conf" || in.TriesLeft != 2 || in.TriesDone != 1 || in.Generation != 2 {
+		t.Errorf("after Count: %+v", in)
+	}
+	e.Count(boot.SlotB)
+	e.Count(boot.SlotB)
+	if in := read(t, e)[boot.SlotB]; in.EntryFile != "slate-b+0-3.conf" || in.State != Bad {
+		t.Errorf("after three: %+v", in)
+	}
+	if _, err := e.Count(boot.SlotB); err == nil || !strings.Contains(err.Error(), "no try left") {
+		t.Errorf("exhausted: %v", err)
+	}
+	putSlot(t, e, boot.SlotA, 1, "slate-a.conf")
+	if _, err := e.Count(boot.SlotA); err == nil || !strings.Contains(err.Error(), "not on trial") {
+		t.Errorf("good slot: %v", err)
+	}
+}

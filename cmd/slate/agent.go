@@ -262,9 +262,25 @@ func runHealth(ctx context.Context) error {
 	}
 	run := info[n.Running]
 	if !counted && run.Counting {
-		// systemd-boot did not say it counted, yet the entry has tries:
-		// trust the entry's name (an older or changed loader).
-		counted = true
+		// The loader booted a counted entry without counting it: slate
+		// checks rather than trusts (see DESIGN.md, boot counting).
+		if run.TriesLeft > 0 {
+			e, err := esp.Count(n.Running)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("slate health: the boot loader did not count this boot of slot %s; slate counted it (%s)\n", n.Running, e.FileName())
+			if info, err = esp.Read(); err != nil {
+				return err
+			}
+			run, counted = info[n.Running], true
+		} else if other := info[n.Running.Other()]; other.State == slots.Good {
+			fmt.Printf("slate health: the boot loader booted slot %s with no tries left; slot %s boots next\n", n.Running, other.Slot)
+			if _, err := esp.Promote(other.Slot); err != nil {
+				return err
+			}
+			return reboot(ctx)
+		}
 	}
 	id, err := node.BootID()
 	if err != nil {
