@@ -127,7 +127,7 @@ func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string)
 	defer m.Close()
 	steps := []struct {
 		pattern, says string
-		timeout      time.Duration
+		timeout       time.Duration
 	}{
 		{`slate-init: slot a, image version`, "", 3 * time.Minute},
 		{`slate health: slot a .* is healthy`, "slot A is healthy; the node upgrades itself from the registry in its config", 4 * time.Minute},
