@@ -390,8 +390,17 @@ func (s *Store) LastRollback() (*Rollback, error) {
 	return r, nil
 }
 
+// tailLines is the last n lines of a kept log; for a kernel panic, the n
+// lines that end with the last panic line: what led to it, not the stack
+// trace after it.
 func tailLines(data []byte, n int) string {
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], "Kernel panic - not syncing") && !strings.Contains(lines[i], "---[ end") {
+			lines = lines[:i+1]
+			break
+		}
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

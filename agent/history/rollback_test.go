@@ -237,7 +237,7 @@ func TestRollbackAfterKernelPanics(t *testing.T) {
 		t.Fatalf("LastRollback %+v", lr)
 	}
 	tail := strings.Split(strings.TrimSuffix(lr.ConsoleTail, "\n"), "\n")
-	if len(tail) != ConsoleTailLines || !strings.Contains(lr.ConsoleTail, panicLineText) || !strings.HasSuffix(tail[len(tail)-1], "end Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100 ]---") {
+	if len(tail) != ConsoleTailLines || !strings.Contains(lr.ConsoleTail, panicLineText) || !strings.HasSuffix(tail[len(tail)-1], "Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100") {
 		t.Errorf("console tail (%d lines):\n%s", len(tail), lr.ConsoleTail)
 	}
 }

@@ -142,8 +142,17 @@ func (st *Status) WriteText(w io.Writer) error {
 	if rb := st.LastRollback; rb != nil {
 		fmt.Fprintf(w, "last rollback: %s slot %s (%s, generation %d) -> slot %s (%s)\n  cause: %s\n",
 			rb.Time.Format("2006-01-02 15:04:05Z"), rb.FromSlot, rb.FromVersion, rb.FromGeneration, rb.ToSlot, rb.ToVersion, rb.Cause)
+		// pstore keeps a panic as many small records: count them, list the rest.
+		records := 0
 		for _, f := range rb.Files {
+			if strings.HasPrefix(f, "pstore/") {
+				records++
+				continue
+			}
 			fmt.Fprintf(w, "  kept: %s\n", filepath.Join(rb.Dir, f))
+		}
+		if records > 0 {
+			fmt.Fprintf(w, "  kept: %s (%d pstore records)\n", filepath.Join(rb.Dir, "pstore"), records)
 		}
 		if rb.ConsoleTail != "" {
 			fmt.Fprintln(w, "  last lines of the failed boot:")

@@ -24,7 +24,7 @@ func TestWriteText(t *testing.T) {
 		Health: &history.Boot{Result: history.ResultGood},
 		LastRollback: &history.Rollback{Time: time.Date(2026, 11, 27, 14, 0, 0, 0, time.UTC), FromSlot: boot.SlotA, FromVersion: "v3",
 			FromGeneration: 3, ToSlot: boot.SlotB, ToVersion: "v2", Cause: "kernel panic: Kernel panic - not syncing: Attempted to kill init!",
-			Files: []string{"console.txt"}, Dir: "/var/lib/slate/rollbacks/3-a", ConsoleTail: "line 1\nKernel panic - not syncing: Attempted to kill init!\n"},
+			Files: []string{"console.txt", "pstore/dmesg-efi-1", "pstore/dmesg-efi-2"}, Dir: "/var/lib/slate/rollbacks/3-a", ConsoleTail: "line 1\nKernel panic - not syncing: Attempted to kill init!\n"},
 	}
 	var b strings.Builder
 	if err := st.WriteText(&b); err != nil {
@@ -42,6 +42,7 @@ func TestWriteText(t *testing.T) {
 		"slot a (v3, generation 3) -> slot b (v2)",
 		"cause: kernel panic",
 		"kept: /var/lib/slate/rollbacks/3-a/console.txt",
+		"kept: /var/lib/slate/rollbacks/3-a/pstore (2 pstore records)",
 		"    Kernel panic - not syncing",
 	} {
 		if !strings.Contains(out, want) {
