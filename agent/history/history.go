@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // DefaultDir is the store on a node: the state partition is /var.
@@ -302,19 +303,7 @@ func writeAtomic(path string, data []byte) (err error) {
 	if err = os.Rename(f.Name(), path); err != nil {
 		return err
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
+	return fsync.Path(dir)
 }
 
 // capTail returns the last max bytes of b, from a line start, after a note

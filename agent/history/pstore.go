@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // DefaultPstoreDirs are where a crashed kernel's log is found on the next
@@ -315,10 +317,10 @@ func moveFile(src, dst string) error {
 		}
 	}
 	if err := os.Rename(src, dst); err == nil {
-		if err := syncDir(filepath.Dir(dst)); err != nil {
+		if err := fsync.Path(filepath.Dir(dst)); err != nil {
 			return err
 		}
-		return syncDir(filepath.Dir(src))
+		return fsync.Path(filepath.Dir(src))
 	}
 	data, err := os.ReadFile(src)
 	if err != nil {

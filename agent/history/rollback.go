@@ -18,6 +18,7 @@ import (
 
 	"github.com/slate-os/slate/agent/slots"
 	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // Rollback is rollbacks/<generation>-<slot>/rollback.json: a slot
@@ -273,13 +274,13 @@ func (s *Store) record(name string, from *slots.Info, gen int, to *slots.Info, r
 	if err := writeAtomic(filepath.Join(stage, rollbackFile), append(data, '\n')); err != nil {
 		return nil, err
 	}
-	if err := syncDir(filepath.Join(stage, pstoreDir)); err != nil {
+	if err := fsync.Path(filepath.Join(stage, pstoreDir)); err != nil {
 		return nil, err
 	}
 	if err := os.Rename(stage, final); err != nil {
 		return nil, err
 	}
-	if err := syncDir(root); err != nil {
+	if err := fsync.Path(root); err != nil {
 		return nil, err
 	}
 	r.Dir = final

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // State is what the ESP says about a slot's image.
@@ -289,7 +290,7 @@ func (e *ESP) removeEntries(s boot.Slot, keep string) error {
 			}
 		}
 	}
-	return syncDir(dir)
+	return fsync.Path(dir)
 }
 
 // RemoveFiles removes everything under slate/<s>/ (kernel, initramfs,
@@ -308,7 +309,7 @@ func (e *ESP) RemoveFiles(s boot.Slot) error {
 			return fmt.Errorf("removing the files of slot %s: %w", s, err)
 		}
 	}
-	return syncDir(dir)
+	return fsync.Path(dir)
 }
 
 // WriteFile writes rel (a slash-separated path under the ESP, such as
@@ -352,7 +353,7 @@ func (e *ESP) mkdirAll(dir string) error {
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(dir))
+	return fsync.Path(filepath.Dir(dir))
 }
 
 // writeAtomic writes name in dir through a temporary file: write, fsync,
@@ -387,7 +388,7 @@ func writeAtomic(dir, name string, r io.Reader) (n int64, err error) {
 	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
 		return n, err
 	}
-	return n, syncDir(dir)
+	return n, fsync.Path(dir)
 }
 
 // onlyWriter hides *os.File's ReadFrom, so CopyBuffer uses the buffer
@@ -410,18 +411,6 @@ func removeTemps(dir string) error {
 				return err
 			}
 		}
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -583,7 +572,7 @@ func (e *ESP) Count(s boot.Slot) (*boot.Entry, error) {
 	if err := os.Rename(filepath.Join(dir, in.EntryFile), filepath.Join(dir, next.FileName())); err != nil {
 		return nil, fmt.Errorf("counting a try of slot %s: %w", s, err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := fsync.Path(dir); err != nil {
 		return nil, err
 	}
 	return &next, e.removeEntries(s, next.FileName())

@@ -18,6 +18,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // Blob is the content of one layer: a file (Path) or a stream (Open). Set
@@ -325,29 +327,17 @@ func normalizeAndSync(root string) error {
 		if err := os.Chmod(path, 0o644); err != nil {
 			return err
 		}
-		return syncPath(path)
+		return fsync.Path(path)
 	})
 	if err != nil {
 		return err
 	}
 	for i := len(dirs) - 1; i >= 0; i-- {
-		if err := syncPath(dirs[i]); err != nil {
+		if err := fsync.Path(dirs[i]); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-func syncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // moveIntoPlace renames the finished layout tmp to dir, first moving an
@@ -358,7 +348,7 @@ func moveIntoPlace(tmp, dir string, replace bool) error {
 		if err := os.Rename(tmp, dir); err != nil {
 			return err
 		}
-		return syncPath(parent)
+		return fsync.Path(parent)
 	}
 	// tmp's name is unique in parent; so is the name derived from it.
 	base := filepath.Base(dir)
@@ -372,7 +362,7 @@ func moveIntoPlace(tmp, dir string, replace bool) error {
 		}
 		return err
 	}
-	if err := syncPath(parent); err != nil {
+	if err := fsync.Path(parent); err != nil {
 		return err
 	}
 	return os.RemoveAll(old)

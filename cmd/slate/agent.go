@@ -49,20 +49,26 @@ func agentNode() (*node.Node, *slots.ESP, error) {
 	return n, slots.Open(dir), nil
 }
 
-// lock keeps two agent commands from changing the slots at once.
-func lock() (func(), error) {
+// lockedNode is agentNode for a command that changes the slots: it also
+// keeps a second upgrade or rollback from running at once. Call unlock when
+// done.
+func lockedNode() (n *node.Node, esp *slots.ESP, unlock func(), err error) {
 	if err := os.MkdirAll(boot.RunDir, 0o755); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	f, err := os.OpenFile(boot.RunDir+"/agent.lock", os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
-		return nil, errors.New("another slate upgrade or rollback is running")
+		return nil, nil, nil, errors.New("another slate upgrade or rollback is running")
 	}
-	return func() { f.Close() }, nil
+	if n, esp, err = agentNode(); err != nil {
+		f.Close()
+		return nil, nil, nil, err
+	}
+	return n, esp, func() { f.Close() }, nil
 }
 
 // nodeConfig is the config the init applied this boot; a node without one
@@ -122,15 +128,11 @@ bootable.`,
 			if cfg.Update.Insecure && sameRegistry(ref, cfg.Update.Source) {
 				opts = append(opts, artifact.Insecure())
 			}
-			unlock, err := lock()
+			n, esp, unlock, err := lockedNode()
 			if err != nil {
 				return err
 			}
 			defer unlock()
-			n, esp, err := agentNode()
-			if err != nil {
-				return err
-			}
 			target := n.Running.Other()
 			tp := n.Slot(target)
 			res, err := upgrade.Run(cmd.Context(), upgrade.Options{
@@ -178,15 +180,11 @@ func rollbackCmd() *cobra.Command {
 		Short: "Boot the other slot's image next, if it is good, and reboot",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			unlock, err := lock()
+			n, esp, unlock, err := lockedNode()
 			if err != nil {
 				return err
 			}
 			defer unlock()
-			n, esp, err := agentNode()
-			if err != nil {
-				return err
-			}
 			other := n.Running.Other()
 			e, err := esp.Promote(other)
 			if err != nil {
