@@ -35,7 +35,7 @@ func BenchmarkReferenceBuild(b *testing.B) {
 	dir := b.TempDir()
 	bin := filepath.Join(dir, "slate")
 	// Static, as make builds it: the binary installs itself as the node's agent.
-	gobuild := exec.Command("go", "build", "-trimpath", "-o", bin, "../cmd/slate")
+	gobuild := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "../cmd/slate")
 	gobuild.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := gobuild.CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)

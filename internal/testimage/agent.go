@@ -77,7 +77,7 @@ func goBuild(name, dir, target string) (string, error) {
 	}
 	final := filepath.Join(out, name)
 	tmp := fmt.Sprintf("%s.tmp-%d", final, os.Getpid())
-	cmd := exec.Command("go", "build", "-trimpath", "-o", tmp, target)
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", tmp, target)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if o, err := cmd.CombinedOutput(); err != nil {
