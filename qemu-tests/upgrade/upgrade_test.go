@@ -446,3 +446,32 @@ func expectStatus(t *testing.T, m *vm.Machine) (slot, version string, st *status
 	}
 	return slot, version, decodeStatus(t, mt.Groups[1], mt.Line)
 }
+
+// TestBlessedByAgent: an image without systemd-bless-boot still leaves its
+// trial: slate health, having found the boot good, renames the entry itself.
+func TestBlessedByAgent(t *testing.T) {
+	begin(t)
+	m, _ := upgradeFromV2(t, "v3-nobless")
+	nextBoot(t, m, probe+`
+echo "BLESSBOOT=$(ls /usr/lib/systemd/systemd-bless-boot 2>&1)"
+status
+echo poweroff > /run/slate-test.after
+`)
+	b := waitBoot(t, m, exitTimeout)
+	if b.Slot != "a" || b.Version != "v3-nobless" {
+		t.Fatalf("the boot after the upgrade: %s; want slot a (v3-nobless)", b)
+	}
+	if got := b.Script.Get("BLESSBOOT"); !strings.Contains(got, "No such file") {
+		t.Errorf("the image still has systemd-bless-boot: %q", got)
+	}
+	if !b.Has("marked good (no systemd-bless-boot in this image)") {
+		t.Errorf("slate health did not say it blessed the entry; console:\n%s", tail(b.Lines, 40))
+	}
+	logStatus(t, "after the agent's blessing", b.Script)
+	st := getStatus(t, b.Script)
+	checkSlot(t, "after the agent's blessing", st, "a", "good", "v3-nobless")
+	checkSlot(t, "after the agent's blessing", st, "b", "good", "v2")
+	if a := st.Slot("a"); a.Counting || a.Entry != "slate-a.conf" || !a.Running {
+		t.Errorf("after the agent's blessing: %v; want slot a running from slate-a.conf", a)
+	}
+}
