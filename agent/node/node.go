@@ -222,8 +222,13 @@ const loaderGUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 // LoaderVar reads one of systemd-boot's EFI variables (LoaderEntrySelected,
 // LoaderBootCountPath, ...) as a string; "" when it is not set.
-func (n *Node) LoaderVar(name string) (string, error) {
-	b, err := os.ReadFile(filepath.Join(n.paths.EFIVars, name+"-"+loaderGUID))
+func (n *Node) LoaderVar(name string) (string, error) { return n.paths.LoaderVar(name) }
+
+// LoaderVar reads a systemd-boot variable without the rest of the node:
+// the health check needs to know whether this boot is on trial even when
+// it cannot find the node.
+func (p Paths) LoaderVar(name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(p.EFIVars, name+"-"+loaderGUID))
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
@@ -253,8 +258,11 @@ func decodeEFIString(b []byte) string {
 
 // BootCounted says whether systemd-boot counted this boot: it sets
 // LoaderBootCountPath only when the entry it booted had tries.
-func (n *Node) BootCounted() (bool, error) {
-	v, err := n.LoaderVar("LoaderBootCountPath")
+func (n *Node) BootCounted() (bool, error) { return n.paths.BootCounted() }
+
+// BootCounted is Node.BootCounted without the node.
+func (p Paths) BootCounted() (bool, error) {
+	v, err := p.LoaderVar("LoaderBootCountPath")
 	return v != "", err
 }
 

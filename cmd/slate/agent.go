@@ -241,22 +241,37 @@ systemd-bless-boot marks a good boot after boot-complete.target.`,
 	}
 }
 
+// maxHealthTimeout stays under slate-health.service's TimeoutStartSec
+// (20min), so the agent, not systemd's kill, decides.
+const maxHealthTimeout = 15 * time.Minute
+
+// runHealth assesses the boot. An error on a boot on trial exits non-zero,
+// and the unit's FailureAction reboots: a try is spent. On a boot that is
+// not on trial an error is reported and nothing else: a good slot must not
+// reboot in a loop because the agent cannot do its work.
 func runHealth(ctx context.Context) error {
+	counted, err := assess(ctx)
+	if err != nil && !counted {
+		fmt.Printf("slate health: %v\nslate health: this boot is not on trial: not rebooting\n", err)
+		return nil
+	}
+	return err
+}
+
+func assess(ctx context.Context) (counted bool, err error) {
+	// Read first, so even a failure to find the node knows whether it may reboot.
+	counted, _ = node.System.BootCounted()
 	n, esp, err := agentNode()
 	if err != nil {
-		return err
+		return counted, err
 	}
 	cfg, err := nodeConfig()
 	if err != nil {
-		return err
-	}
-	counted, err := n.BootCounted()
-	if err != nil {
-		return err
+		return counted, err
 	}
 	info, err := esp.Read()
 	if err != nil {
-		return err
+		return counted, err
 	}
 	run := info[n.Running]
 	if !counted && run.Counting {
@@ -265,24 +280,24 @@ func runHealth(ctx context.Context) error {
 		if run.TriesLeft > 0 {
 			e, err := esp.Count(n.Running)
 			if err != nil {
-				return err
+				return counted, err
 			}
 			fmt.Printf("slate health: the boot loader did not count this boot of slot %s; slate counted it (%s)\n", n.Running, e.FileName())
 			if info, err = esp.Read(); err != nil {
-				return err
+				return counted, err
 			}
 			run, counted = info[n.Running], true
 		} else if other := info[n.Running.Other()]; other.State == slots.Good {
 			fmt.Printf("slate health: the boot loader booted slot %s with no tries left; slot %s boots next\n", n.Running, other.Slot)
 			if _, err := esp.Promote(other.Slot); err != nil {
-				return err
+				return counted, err
 			}
-			return reboot(ctx)
+			return counted, reboot(ctx)
 		}
 	}
 	id, err := node.BootID()
 	if err != nil {
-		return err
+		return counted, err
 	}
 	store := &history.Store{Dir: StateDir}
 	b := history.Boot{
@@ -302,11 +317,15 @@ func runHealth(ctx context.Context) error {
 	}
 	sd, err := health.Connect(ctx)
 	if err != nil {
-		return err
+		return counted, err
 	}
 	timeout := time.Duration(cfg.Health.Timeout)
 	if timeout == 0 {
 		timeout = health.DefaultTimeout
+	}
+	if timeout > maxHealthTimeout {
+		fmt.Printf("slate health: health.timeout %s is longer than %s: waiting %s\n", timeout, maxHealthTimeout, maxHealthTimeout)
+		timeout = maxHealthTimeout
 	}
 	v := health.Check{RequiredUnits: cfg.Health.RequiredUnits, Target: "multi-user.target", Timeout: timeout, Poll: time.Second}.Run(ctx, sd)
 	if v.Good {
@@ -317,12 +336,12 @@ func runHealth(ctx context.Context) error {
 		if counted {
 			if _, err := os.Stat(blessBoot); err != nil {
 				if err := esp.Bless(n.Running); err != nil {
-					return fmt.Errorf("marking slot %s good: %w", n.Running, err)
+					return counted, fmt.Errorf("marking slot %s good: %w", n.Running, err)
 				}
 				fmt.Printf("slate health: slot %s marked good (no systemd-bless-boot in this image)\n", n.Running)
 			}
 		}
-		return nil
+		return counted, nil
 	}
 	fmt.Printf("slate health: slot %s (%s) is NOT healthy: %s\n", n.Running, n.Record.Version, v.Reason)
 	if err := store.FinishBoot(id, history.ResultBad, v.Reason); err != nil {
@@ -337,13 +356,13 @@ func runHealth(ctx context.Context) error {
 		// A blessed slot has nothing to fall back to by counting; a reboot
 		// would only loop. Report and stay up.
 		fmt.Println("slate health: this boot is not on trial (slot already good): not rebooting")
-		return nil
+		return counted, nil
 	}
 	fmt.Println("slate health: rebooting; this spends one of the slot's tries")
 	if err := sd.Reboot(ctx); err != nil {
-		return err
+		return counted, err
 	}
-	return errors.New("unhealthy boot")
+	return counted, errors.New("unhealthy boot")
 }
 
 func espCmd() *cobra.Command {
