@@ -93,6 +93,7 @@ func reboot(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("asking systemd to reboot: %w", err)
 	}
+	defer sd.Close()
 	return sd.Reboot(ctx)
 }
 
@@ -319,6 +320,7 @@ func assess(ctx context.Context) (counted bool, err error) {
 	if err != nil {
 		return counted, err
 	}
+	defer sd.Close()
 	timeout := time.Duration(cfg.Health.Timeout)
 	if timeout == 0 {
 		timeout = health.DefaultTimeout

@@ -18,11 +18,12 @@ func main() {
 	defer stop()
 	root := &cobra.Command{
 		Use:   "slate",
-		Short: "Build immutable A/B node images from OCI images",
+		Short: "Build immutable A/B node images from OCI images; on a node, upgrade, assess and roll back",
 		Long: `slate turns an ordinary OCI image (userland + kernel + systemd) into a bootable
 GPT disk with two read-only root slots, an EFI system partition with
 systemd-boot and a state partition, plus an update artifact any OCI registry
-can carry.`,
+can carry. On a node built by it, the same binary is the agent: upgrade,
+rollback, status and the boot health check.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
