@@ -33,6 +33,11 @@ import (
 	"github.com/slate-os/slate/internal/progress"
 )
 
+// ErrUpToDate is returned, wrapped, when the running slot already holds the
+// artifact's image: nothing is written and nothing should reboot, so a
+// timer that runs `slate upgrade` does not reboot the node again and again.
+var ErrUpToDate = errors.New("already up to date")
+
 // Tries is how many boots a freshly written slot gets to become good.
 const Tries = 3
 
@@ -320,8 +325,11 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error
 		return nil, nil, fmt.Errorf("artifact %s: root with %d/%d-byte %s blocks and the hash tree at byte %d of %d: slate nodes need %d-byte sha256 blocks and the tree right after the data",
 			o.Ref, r.DataBlockSize, r.HashBlockSize, r.Algorithm, r.HashOffset, r.DataSize, verity.BlockSize)
 	}
-	if _, err := hex.DecodeString(r.RootHash); err != nil {
-		return nil, nil, fmt.Errorf("artifact %s: config.root.rootHash: %w", o.Ref, err)
+	if _, err := hex.DecodeString(r.RootHash); err != nil || r.RootHash == "" {
+		return nil, nil, fmt.Errorf("artifact %s: config.root.rootHash %q is not a hex hash", o.Ref, r.RootHash)
+	}
+	if runningRootHash(infos[o.Running]) == r.RootHash {
+		return nil, nil, fmt.Errorf("%w: slot %s already runs %s (root hash %s)", ErrUpToDate, o.Running, c.Version, r.RootHash)
 	}
 	if r.Size > t.Size {
 		return nil, nil, fmt.Errorf("artifact %s: the root with its hash tree is %s (%d bytes), larger than slot %s's partition (%s, %d bytes)",
@@ -354,6 +362,17 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error
 		return nil, nil, fmt.Errorf("artifact %s: the root with its hash tree is %d bytes, larger than %s (%d bytes)", o.Ref, r.Size, t.Device, devSize)
 	}
 	return a, dev, nil
+}
+
+// runningRootHash is the verity root hash the running slot booted with.
+func runningRootHash(in *slots.Info) string {
+	if in.Release != nil && in.Release.RootHash != "" {
+		return in.Release.RootHash
+	}
+	if in.Entry != nil {
+		return boot.CmdlineValue(in.Entry.Options, boot.ArgRootHash)
+	}
+	return ""
 }
 
 // checkESPSpace refuses an artifact whose kernel and initramfs would not fit

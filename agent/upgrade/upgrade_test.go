@@ -339,6 +339,10 @@ func TestRefused(t *testing.T) {
 			statESP = func(string) (int64, int64, error) { return 4096, 4096, nil }
 		}, nil, "the ESP has 4.0 KiB free (16.0 KiB once slot b's old files are removed); the kernel and initramfs need 36.0 KiB"},
 		{"no such artifact", "slate-a.conf", "oci:/nonexistent", nil, nil, "oci:/nonexistent: not an OCI layout"},
+		{"already running", "slate-a.conf", good.ref, func(o *Options) {
+			rel := boot.Release{Slot: boot.SlotA, Version: "1.0", RootHash: good.cfg.Root.RootHash}
+			put(t, o.ESP.Dir, boot.SlotA.ESPDir()+"/release.json", string(rel.Marshal()))
+		}, nil, "already up to date: slot a already runs 2.0"},
 		{"canceled", "slate-a.conf", good.ref, nil, func() context.Context {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()

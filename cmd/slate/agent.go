@@ -145,6 +145,10 @@ bootable.`,
 				Progress: progress.New(os.Stderr),
 				Now:      time.Now,
 			})
+			if errors.Is(err, upgrade.ErrUpToDate) {
+				fmt.Printf("upgrade: %v: nothing to do\n", err)
+				return nil
+			}
 			if err != nil {
 				return err
 			}

@@ -23,7 +23,7 @@ import (
 // the next boot is still v1.
 func TestRefusals(t *testing.T) {
 	begin(t)
-	v2 := image(t, "v2")
+	v1img, v2 := image(t, "v1"), image(t, "v2")
 	reg := testRegistry(t)
 	a, err := artifact.Open(artifact.LayoutPrefix+v2.Artifact, reg.opts...)
 	if err != nil {
@@ -72,6 +72,9 @@ func TestRefusals(t *testing.T) {
 	for _, c := range cases {
 		script += fmt.Sprintf("try %s slate upgrade --no-reboot %s\n", c.name, c.ref)
 	}
+	// The image the node runs: nothing to do, and no reboot (without
+	// --no-reboot: a wrong reboot would cut the script short).
+	script += "try uptodate slate upgrade " + v1img.Ref + "\n"
 	script += "try rollback slate rollback --no-reboot\nstatus AFTER\n" + node.ThenReboot
 
 	m := freshV1(t, "refusals", script)
@@ -102,6 +105,11 @@ func TestRefusals(t *testing.T) {
 				t.Errorf("%s: the agent fetched the root layer (%d GETs) before refusing", c.name, n)
 			}
 		}
+	}
+	if out, _ := base64.StdEncoding.DecodeString(r.Get("OUT-uptodate")); r.Get("EXIT-uptodate") != "0" || !strings.Contains(string(out), "already up to date") {
+		t.Errorf("upgrade to the running image: exit %s, %q; want exit 0 and \"already up to date\"", r.Get("EXIT-uptodate"), out)
+	} else {
+		t.Logf("uptodate: %s", strings.TrimSpace(string(out)))
 	}
 	if n := reg.Gets("slate/truncated", rootDigest) + reg.Gets("slate/corrupt", rootDigest); n < 2 {
 		t.Errorf("the truncated and corrupt roots were fetched %d times, want at least once each", n)
