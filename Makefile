@@ -55,8 +55,10 @@ test: deps reference-image
 	$(GO) vet ./...
 	SLATE_REFERENCE=$(abspath $(REFERENCE)) SLATE_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 80m ./...
 
+# Build timings on the reference image, and the upgrade's root write against a plain copy.
 bench: deps reference-image
 	SLATE_REFERENCE=$(abspath $(REFERENCE)) $(GO) test -run '^$$' -bench . -benchtime 1x ./builder/
+	$(GO) test -run '^$$' -bench RootWrite -benchtime 5x ./agent/upgrade/
 
 $(DEMO_DISK): slate reference-image
 	$(SLATE) build --source oci:$(REFERENCE) --output $(DEMO_DISK) --version demo
