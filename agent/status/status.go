@@ -56,8 +56,9 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 	if n.Record.Config != nil {
 		st.Tainted = n.Record.Config.Tainted
 	}
-	st.Running.Counted, _ = n.BootCounted()
+	// systemd-boot sets LoaderBootCountPath only on a counted boot.
 	if sel, _ := n.LoaderVar("LoaderBootCountPath"); sel != "" {
+		st.Running.Counted = true
 		st.Running.Entry = sel[strings.LastIndexAny(sel, `\/`)+1:]
 	} else if in := info[n.Running]; in != nil {
 		st.Running.Entry = in.EntryFile
