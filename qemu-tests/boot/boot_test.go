@@ -53,7 +53,7 @@ func TestBootReadOnlyAndPersistent(t *testing.T) {
 	m := node.Boot(t, d.Disk, probe+node.ThenReboot, nil)
 	first := node.Run(t, m, bootTimeout)
 	t.Logf("first boot to the test script: %.1fs", time.Since(start).Seconds())
-	if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
+	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
 	rec := node.Record(t, first)
@@ -86,7 +86,7 @@ func TestBootReadOnlyAndPersistent(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := node.Run(t, m, bootTimeout)
-	if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
+	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("second boot to the test script: %.1fs", time.Since(start).Seconds())
@@ -145,7 +145,7 @@ func TestDamagedStateIsNotFormatted(t *testing.T) {
 	d := node.Disk(t, "plain", nil)
 	m := node.Boot(t, d.Disk, "mkdir -p /var/lib/precious && echo data > /var/lib/precious/x && sync"+node.ThenPoweroff, nil)
 	node.Run(t, m, bootTimeout)
-	if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
+	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
 	st := d.Plan.Part(boot.NumState)
@@ -157,7 +157,7 @@ func TestDamagedStateIsNotFormatted(t *testing.T) {
 	if _, err := m.Expect(regexp.MustCompile(`slate-init: FATAL: .*is damaged: will not format it`), bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	exit, err := m.WaitExit(vm.Scale(time.Minute))
+	exit, err := m.WaitExit(vm.ShutdownTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestMissingSlotPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("console: %s", mt.Line)
-	exit, err := m.WaitExit(vm.Scale(2 * time.Minute))
+	exit, err := m.WaitExit(vm.ShutdownTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestVerityRefusesModifiedRoot(t *testing.T) {
 	if want := fmt.Sprintf("data block %d is corrupted", off/4096); !strings.Contains(mt.Line, want) {
 		t.Errorf("dm-verity refused another block than the changed one: %q, want %q", mt.Line, want)
 	}
-	exit, err := m.WaitExit(vm.Scale(2 * time.Minute))
+	exit, err := m.WaitExit(vm.ShutdownTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}

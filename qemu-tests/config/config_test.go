@@ -100,7 +100,7 @@ func TestConfigEveryBoot(t *testing.T) {
 	if rec := node.Record(t, r); rec.Config == nil || rec.Config.Source != "fw_cfg" || !rec.Config.Applied || len(rec.Config.SHA256) != 64 {
 		t.Errorf("record's config: %+v", rec.Config)
 	}
-	if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
+	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
 
@@ -112,7 +112,7 @@ func TestConfigEveryBoot(t *testing.T) {
 	}
 	r = node.Run(t, m, bootTimeout)
 	checkApplied(t, r, "second")
-	if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
+	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
 
@@ -208,7 +208,7 @@ func TestBadConfigsApplyNothing(t *testing.T) {
 		if rec := node.Record(t, r); rec.Config == nil || rec.Config.Applied || rec.Config.Error == "" || len(rec.Config.SHA256) != 64 {
 			t.Errorf("%s: record's config: %+v", tc.name, rec.Config)
 		}
-		if _, err := m.WaitExit(vm.Scale(2 * time.Minute)); err != nil {
+		if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -98,7 +98,7 @@ func run(diskPath, art string, interactive, quiet bool) error {
 	if err := m.SystemPowerdown(); err != nil {
 		return err
 	}
-	exit, err := m.WaitExit(vm.Scale(2 * time.Minute))
+	exit, err := m.WaitExit(vm.ShutdownTimeout)
 	if err != nil {
 		m.Quit()
 		return fmt.Errorf("the node did not power off: %w", err)

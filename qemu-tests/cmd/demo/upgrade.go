@@ -145,7 +145,7 @@ func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string)
 			say("%s (%.0fs)", s.says, time.Since(start).Seconds())
 		}
 	}
-	exit, err := m.WaitExit(vm.Scale(2 * time.Minute))
+	exit, err := m.WaitExit(vm.ShutdownTimeout)
 	if err != nil {
 		m.Quit()
 		return fmt.Errorf("the node did not power off: %w", err)
