@@ -7,6 +7,7 @@ SLATE := $(BUILD)/slate
 REFERENCE := $(BUILD)/reference
 DEMO_DISK := $(BUILD)/demo.raw
 DEMO_NEXT := $(BUILD)/demo-2.oci
+DEMO_KEY := $(BUILD)/demo.key
 # Stripped: the binary is also the agent in every node image.
 GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 
@@ -63,12 +64,18 @@ bench: deps reference-image
 $(DEMO_DISK): slate reference-image
 	$(SLATE) build --source oci:$(REFERENCE) --output $(DEMO_DISK) --version demo
 
-# The version the demo node upgrades to: the same image, a new version.
-$(DEMO_NEXT): slate reference-image
+# The key that signs the demo's artifact; the demo node's config names its
+# public half (update.publicKey).
+$(DEMO_KEY): | slate
+	$(SLATE) keygen $(DEMO_KEY)
+
+# The version the demo node upgrades to: the same image, a new version, signed.
+$(DEMO_NEXT): slate reference-image $(DEMO_KEY)
 	$(SLATE) build --source oci:$(REFERENCE) --artifact $(DEMO_NEXT) --version demo-2
+	$(SLATE) sign --key $(DEMO_KEY) oci:$(DEMO_NEXT)
 
 demo: deps $(DEMO_DISK) $(DEMO_NEXT)
-	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --artifact $(DEMO_NEXT)
+	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --artifact $(DEMO_NEXT) --public-key $(DEMO_KEY).pub
 
 run: deps $(DEMO_DISK)
 	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --interactive

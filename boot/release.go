@@ -15,6 +15,7 @@ type Release struct {
 	Slot          Slot      `json:"slot"`
 	Version       string    `json:"version"`
 	Artifact      string    `json:"artifact,omitempty"` // update artifact manifest digest; empty when the builder wrote the slot
+	SignedBy      string    `json:"signedBy,omitempty"` // the key that verified the artifact's signature (sha256:<16 hex> of its PKIX form); empty when none was asked for
 	Source        string    `json:"source"`             // source OCI image digest
 	RootHash      string    `json:"rootHash"`
 	RootSize      int64     `json:"rootSize"`

@@ -88,18 +88,21 @@ func (st *Status) WriteText(w io.Writer) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SLOT\tSTATE\tVERSION\tGENERATION\tTRIES LEFT\tROOT HASH\tARTIFACT")
+	fmt.Fprintln(tw, "SLOT\tSTATE\tVERSION\tGENERATION\tTRIES LEFT\tROOT HASH\tARTIFACT\tSIGNED BY")
 	for _, s := range st.Slots {
 		mark := " "
 		if s.Running {
 			mark = "*"
 		}
-		version, hash, art := "-", "-", "-"
+		version, hash, art, signer := "-", "-", "-", "-"
 		if r := s.Release; r != nil {
 			version, hash = r.Version, short(r.RootHash, 16)
 			art = "built in"
 			if r.Artifact != "" {
 				art = short(r.Artifact, 19)
+			}
+			if r.SignedBy != "" {
+				signer = r.SignedBy
 			}
 		} else if s.Entry != nil && s.Entry.Version != "" {
 			version = s.Entry.Version
@@ -111,7 +114,7 @@ func (st *Status) WriteText(w io.Writer) error {
 		if s.Counting {
 			tries = fmt.Sprint(s.TriesLeft)
 		}
-		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mark, s.Slot, s.State, version, gen, tries, hash, art)
+		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mark, s.Slot, s.State, version, gen, tries, hash, art, signer)
 		for _, p := range s.Problems {
 			fmt.Fprintf(tw, " \t!\t%s\n", p)
 		}

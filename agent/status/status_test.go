@@ -16,7 +16,7 @@ func TestWriteText(t *testing.T) {
 		Running: Running{Slot: boot.SlotB, Version: "v2"},
 		Slots: []Slot{
 			{Info: slots.Info{Slot: boot.SlotA, State: slots.Bad, EntryFile: "slate-a+0-3.conf", Generation: 3, Counting: true,
-				Release: &boot.Release{Slot: boot.SlotA, Version: "v3", RootHash: strings.Repeat("ab", 32), Artifact: "sha256:" + strings.Repeat("cd", 32)}}},
+				Release: &boot.Release{Slot: boot.SlotA, Version: "v3", RootHash: strings.Repeat("ab", 32), Artifact: "sha256:" + strings.Repeat("cd", 32), SignedBy: "sha256:0123456789abcdef"}}},
 			{Info: slots.Info{Slot: boot.SlotB, State: slots.Good, EntryFile: "slate-b.conf", Generation: 2,
 				Release: &boot.Release{Slot: boot.SlotB, Version: "v2", RootHash: strings.Repeat("ef", 32)}}, Running: true},
 		},
@@ -35,7 +35,7 @@ func TestWriteText(t *testing.T) {
 		"running: slot b (v2)",
 		" a    bad    v3       3           0",
 		"*b    good   v2       2           -",
-		"sha256:cdcdcdcdcdcd…",
+		"sha256:cdcdcdcdcdcd…  sha256:0123456789abcdef",
 		"built in",
 		"health of this boot: good",
 		"config: fw_cfg sha256:121212121212…, applied",

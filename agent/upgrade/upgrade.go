@@ -12,6 +12,7 @@ package upgrade
 
 import (
 	"context"
+	"crypto"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -30,6 +31,7 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/progress"
 )
 
@@ -72,6 +74,9 @@ type Options struct {
 	Progress *progress.Reporter
 	// Now stamps release.json; nil is time.Now.
 	Now func() time.Time
+	// PublicKey, when set, must have signed the artifact (see package
+	// signature); nil accepts unsigned artifacts.
+	PublicKey crypto.PublicKey
 }
 
 // Result describes a finished upgrade.
@@ -79,6 +84,7 @@ type Result struct {
 	Slot       boot.Slot
 	Version    string
 	Digest     string // artifact manifest digest
+	SignedBy   string // signature.KeyID of the key that verified it; "" unchecked
 	RootHash   string
 	Entry      string // entry file name, slate-b+3.conf
 	Generation int
@@ -112,6 +118,7 @@ var statESP = func(dir string) (free, cluster int64, err error) {
 
 // Run writes the artifact o.Ref into o.Target. Before each step it logs:
 //
+//	upgrade: <version> (<digest>) is signed by key <id>   (with o.PublicKey)
 //	upgrade: retiring slot b's boot entry
 //	upgrade: writing root of slot b (<size>)
 //	upgrade: verifying slot b
@@ -133,13 +140,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	s := o.Target.Slot
 
 	// 1. Everything that can refuse, before any change.
-	a, dev, err := check(ctx, &o)
+	a, signedBy, dev, err := check(ctx, &o)
 	if err != nil {
 		return nil, err
 	}
 	defer dev.Close()
 	cfg := a.Config
-	res := &Result{Slot: s, Version: cfg.Version, Digest: a.Digest.String(), RootHash: cfg.Root.RootHash, RootBytes: cfg.Root.Size}
+	res := &Result{Slot: s, Version: cfg.Version, Digest: a.Digest.String(), SignedBy: signedBy, RootHash: cfg.Root.RootHash, RootBytes: cfg.Root.Size}
+	if signedBy != "" {
+		logf("upgrade: %s (%s) is signed by key %s", cfg.Version, a.Digest, signedBy)
+	}
 
 	// From here on a failure leaves s without a boot entry; say so.
 	failed := func(step string, err error) (*Result, error) {
@@ -205,7 +215,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		return failed("writing the initramfs", err)
 	}
 	rel := boot.Release{
-		Slot: s, Version: cfg.Version, Artifact: a.Digest.String(), Source: cfg.Source,
+		Slot: s, Version: cfg.Version, Artifact: a.Digest.String(), SignedBy: signedBy, Source: cfg.Source,
 		RootHash: cfg.Root.RootHash, RootSize: cfg.Root.Size, KernelRelease: cfg.KernelRelease,
 		Architecture: cfg.Architecture, Created: cfg.Created, Written: now().UTC(),
 	}
@@ -268,7 +278,25 @@ func slotCmdline(base string, s boot.Slot, partUUID, rootHash, statePartUUID, ve
 
 // check does step 1: it opens the artifact and the target device and
 // refuses anything that cannot work, changing nothing.
-func check(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error) {
+func check(ctx context.Context, o *Options) (*artifact.Artifact, string, *os.File, error) {
+	a, dev, err := checkArtifact(ctx, o)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	var signedBy string
+	if o.PublicKey != nil {
+		// After the cheap refusals, before any byte of a layer: a node that
+		// asks for signatures reads nothing of an unsigned root.
+		if _, err := a.VerifySignature(o.PublicKey); err != nil {
+			dev.Close()
+			return nil, "", nil, fmt.Errorf("%w; update.publicKey asks for a signature by key %s", err, signature.KeyID(o.PublicKey))
+		}
+		signedBy = signature.KeyID(o.PublicKey)
+	}
+	return a, signedBy, dev, nil
+}
+
+func checkArtifact(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error) {
 	t := o.Target
 	s := t.Slot
 	switch {

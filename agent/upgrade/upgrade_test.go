@@ -3,6 +3,11 @@ package upgrade
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -23,6 +28,7 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/signature"
 )
 
 // art describes a test artifact.
@@ -317,6 +323,8 @@ func TestUpgrade(t *testing.T) {
 func TestRefused(t *testing.T) {
 	good := makeArtifact(t, art{})
 	arm := makeArtifact(t, art{arch: "arm64"})
+	signed, key := signedArtifact(t)
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
 	for _, c := range []struct {
 		name   string
 		entryA string // slot a's entry (a runs)
@@ -339,6 +347,10 @@ func TestRefused(t *testing.T) {
 			statESP = func(string) (int64, int64, error) { return 4096, 4096, nil }
 		}, nil, "the ESP has 4.0 KiB free (16.0 KiB once slot b's old files are removed); the kernel and initramfs need 36.0 KiB"},
 		{"no such artifact", "slate-a.conf", "oci:/nonexistent", nil, nil, "oci:/nonexistent: not an OCI layout"},
+		{"unsigned", "slate-a.conf", good.ref, func(o *Options) { o.PublicKey = key.Public() }, nil,
+			good.ref + ": not signed"},
+		{"signed by another key", "slate-a.conf", signed.ref, func(o *Options) { o.PublicKey = otherKey.Public() }, nil,
+			"not made by key " + signature.KeyID(otherKey.Public())},
 		{"already running", "slate-a.conf", good.ref, func(o *Options) {
 			rel := boot.Release{Slot: boot.SlotA, Version: "1.0", RootHash: good.cfg.Root.RootHash}
 			put(t, o.ESP.Dir, boot.SlotA.ESPDir()+"/release.json", string(rel.Marshal()))
@@ -479,6 +491,47 @@ func TestSecondUpgrade(t *testing.T) {
 	}
 	if res.Generation != 4 || res.Entry != "slate-b+3.conf" {
 		t.Errorf("result %+v", res)
+	}
+}
+
+// signedArtifact is an artifact signed with a new key.
+func signedArtifact(t *testing.T) (built, crypto.Signer) {
+	t.Helper()
+	_, key, err := ed25519.GenerateKey(cryptorand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := makeArtifact(t, art{version: "2.2"})
+	if _, err := artifact.Sign(b.ref, key, ""); err != nil {
+		t.Fatal(err)
+	}
+	return b, key
+}
+
+// TestSigned: a node with a key installs an artifact that key signed, and
+// its release names the key.
+func TestSigned(t *testing.T) {
+	b, key := signedArtifact(t)
+	n := newNode(t, "slate-a.conf")
+	o := n.options(b.ref)
+	o.PublicKey = key.Public()
+	res, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := signature.KeyID(key.Public())
+	if res.SignedBy != want {
+		t.Errorf("result signed by %q, want %q", res.SignedBy, want)
+	}
+	if len(n.log) == 0 || !strings.HasSuffix(n.log[0], "is signed by key "+want) {
+		t.Errorf("first step logged: %q, want the signature's key", n.log)
+	}
+	infos, err := n.esp.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := infos[boot.SlotB].Release; r == nil || r.SignedBy != want || r.Version != "2.2" {
+		t.Errorf("slot b's release %+v, want version 2.2 signed by %s", r, want)
 	}
 }
 

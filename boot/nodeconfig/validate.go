@@ -1,6 +1,7 @@
 package nodeconfig
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/pem"
@@ -494,34 +495,50 @@ func (u *Update) check() error {
 	return nil
 }
 
-// checkPublicKey accepts one PEM block or base64; which algorithm it holds
-// is the update code's business.
+// PKIX encodings of the two key types slate verifies differ only after a
+// fixed prefix (the algorithm and, for ECDSA, the curve and an uncompressed
+// point), so the init checks keys without an ASN.1 or x509 parser. The
+// agent parses them fully (builder/signature); its tests pin these bytes.
+var (
+	pkixP256Prefix    = []byte{0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04}
+	pkixEd25519Prefix = []byte{0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00}
+)
+
+const (
+	pkixP256Len    = 91
+	pkixEd25519Len = 44
+)
+
+// checkPublicKey accepts one PEM "PUBLIC KEY" block or its base64: a PKIX
+// ECDSA P-256 or Ed25519 key, what update artifacts are signed with.
 func checkPublicKey(k string) error {
 	t := strings.TrimSpace(k)
+	var der []byte
 	if strings.HasPrefix(t, "-----BEGIN ") {
 		b, rest := pem.Decode([]byte(t))
-		if b == nil {
+		switch {
+		case b == nil:
 			return fmt.Errorf("not a valid PEM block")
-		}
-		if strings.TrimSpace(string(rest)) != "" {
+		case strings.TrimSpace(string(rest)) != "":
 			return fmt.Errorf("more than one PEM block, or text after it")
-		}
-		if strings.Contains(b.Type, "PRIVATE") {
+		case strings.Contains(b.Type, "PRIVATE"):
 			return fmt.Errorf("this is a private key: give the public key")
+		case b.Type != "PUBLIC KEY":
+			return fmt.Errorf("a PEM %q block: want \"PUBLIC KEY\"", b.Type)
 		}
-		if len(b.Bytes) == 0 {
-			return fmt.Errorf("the PEM block is empty")
+		der = b.Bytes
+	} else {
+		var err error
+		if der, err = decodeBase64(t); err != nil {
+			return fmt.Errorf("neither a PEM block nor base64: %v", err)
 		}
+	}
+	switch {
+	case len(der) == pkixP256Len && bytes.HasPrefix(der, pkixP256Prefix),
+		len(der) == pkixEd25519Len && bytes.HasPrefix(der, pkixEd25519Prefix):
 		return nil
 	}
-	b, err := decodeBase64(t)
-	if err != nil {
-		return fmt.Errorf("neither a PEM block nor base64: %v", err)
-	}
-	if len(b) == 0 {
-		return fmt.Errorf("empty")
-	}
-	return nil
+	return fmt.Errorf("not an ECDSA P-256 or Ed25519 public key in PKIX form (%d bytes): slate verifies those two, as made by `slate keygen`, cosign or `openssl pkey -pubout`", len(der))
 }
 
 func (h *Health) check() error {

@@ -120,6 +120,9 @@ type Artifact struct {
 	Image v1.Image
 
 	where string // "oci:DIR" or the registry reference, for messages
+	// sigs reads the signature image stored beside the artifact
+	// (signature.Tag), or fails wrapping signature.ErrNoSignature.
+	sigs func() (v1.Image, error)
 }
 
 // Where says where the artifact was read from: "oci:DIR[@DIGEST]" or a

@@ -668,8 +668,8 @@ func TestPushOpenRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != digest {
-		t.Errorf("pushed %s, layout has %s", got, digest)
+	if got.Digest != digest || got.Ref.String() != host+"/slate/node-update:1.4.0" || got.Signed {
+		t.Errorf("pushed %+v, layout has %s (unsigned)", got, digest)
 	}
 	for _, ref := range []string{
 		host + "/slate/node-update:1.4.0",

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,7 +18,10 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/slate-os/slate/builder/signature"
 )
 
 // LayoutPrefix marks an Open reference as an OCI layout directory.
@@ -138,7 +142,9 @@ func openLayout(dir, tag, digest string) (*Artifact, error) {
 		switch {
 		case digest != "" && d.Digest.String() == digest,
 			tag != "" && d.Annotations[AnnotationRefName] == tag,
-			digest == "" && tag == "":
+			// Signatures sit beside the artifact; "the only manifest" is
+			// the only one that is not a signature.
+			digest == "" && tag == "" && !signature.IsTag(d.Annotations[AnnotationRefName]):
 			picked = append(picked, d)
 		}
 	}
@@ -166,7 +172,33 @@ func openLayout(dir, tag, digest string) (*Artifact, error) {
 	}
 	// ggcr's layout reader trusts the blob files: check manifest and
 	// config against their digests here, layers as they are streamed.
-	return newArtifact(img, d.Digest, where, true)
+	a, err := newArtifact(img, d.Digest, where, true)
+	if err != nil {
+		return nil, err
+	}
+	a.sigs = func() (v1.Image, error) {
+		tag := signature.Tag(a.Digest)
+		for _, sd := range idx.Manifests {
+			if sd.Annotations[AnnotationRefName] == tag {
+				img, err := ii.Image(sd.Digest)
+				if err != nil {
+					return nil, fmt.Errorf("%s: signatures %s: %w", LayoutPrefix+dir, tag, err)
+				}
+				// Trust no blob file: the manifest is checked here, the
+				// payloads by signature.Verify.
+				raw, err := img.RawManifest()
+				if err == nil {
+					err = checkBlob(raw, sd.Digest, -1)
+				}
+				if err != nil {
+					return nil, fmt.Errorf("%s: signatures %s: %w", LayoutPrefix+dir, tag, err)
+				}
+				return img, nil
+			}
+		}
+		return nil, fmt.Errorf("%s: %w: index.json has no manifest tagged %s", LayoutPrefix+dir, signature.ErrNoSignature, tag)
+	}
+	return a, nil
 }
 
 func layoutTags(idx *v1.IndexManifest) string {
@@ -216,7 +248,37 @@ func openRemote(s string, o *options) (*Artifact, error) {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 	// ggcr checks what it fetches from a registry against its digest.
-	return newArtifact(img, desc.Digest, where, false)
+	a, err := newArtifact(img, desc.Digest, where, false)
+	if err != nil {
+		return nil, err
+	}
+	repo := ref.Context()
+	a.sigs = func() (v1.Image, error) {
+		img, err := remoteSignatures(repo, a.Digest, o)
+		if err != nil {
+			return nil, err
+		}
+		if img == nil {
+			return nil, fmt.Errorf("%s: %w: no manifest tagged %s", repo, signature.ErrNoSignature, signature.Tag(a.Digest))
+		}
+		return img, nil
+	}
+	return a, nil
+}
+
+// remoteSignatures fetches the signature image of digest in repo; nil if
+// there is none.
+func remoteSignatures(repo name.Repository, digest v1.Hash, o *options) (v1.Image, error) {
+	tag := repo.Tag(signature.Tag(digest))
+	img, err := remote.Image(tag, o.remoteOptions()...)
+	var te *transport.Error
+	if errors.As(err, &te) && te.StatusCode == http.StatusNotFound {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", tag, err)
+	}
+	return img, nil
 }
 
 // newArtifact reads img's manifest and config. It fails on what keeps the
@@ -282,34 +344,45 @@ func checkBlob(b []byte, want v1.Hash, size int64) error {
 	return nil
 }
 
+// Pushed is what Push sent.
+type Pushed struct {
+	Ref    name.Reference // where the artifact is now
+	Digest v1.Hash        // its manifest digest, the same as the layout's
+	Signed bool           // whether the layout's signatures went with it
+}
+
 // Push copies the update artifact in layout dir to the registry reference
-// ref and returns the manifest digest, which is the same as the layout's.
-// ref may omit the tag (registry.example/org/node-update): the artifact's
-// version is the tag then. A ref by digest must name this artifact. The
-// layout must hold one manifest and be valid (see Validate).
-func Push(dir, ref string, opts ...Option) (v1.Hash, error) {
+// ref, and its signatures (see Sign) beside it. ref may omit the tag
+// (registry.example/org/node-update): the artifact's version is the tag
+// then. A ref by digest must name this artifact. The layout must hold one
+// artifact and be valid (see Validate).
+func Push(dir, ref string, opts ...Option) (Pushed, error) {
 	o := makeOptions(opts)
 	a, err := openLayout(dir, "", "")
 	if err == nil {
 		err = a.Validate()
 	}
 	if err != nil {
-		return v1.Hash{}, fmt.Errorf("push: %w", err)
+		return Pushed{}, fmt.Errorf("push: %w", err)
 	}
 
 	var target name.Reference
 	if repo, rerr := name.NewRepository(ref, o.nameOptions()...); rerr == nil {
 		target = repo.Tag(a.Config.Version)
 	} else if target, err = name.ParseReference(ref, o.nameOptions()...); err != nil {
-		return v1.Hash{}, fmt.Errorf("push %s: %q is not a registry reference: %w", dir, ref, err)
+		return Pushed{}, fmt.Errorf("push %s: %q is not a registry reference: %w", dir, ref, err)
 	}
 	if d, ok := target.(name.Digest); ok && d.DigestStr() != a.Digest.String() {
-		return v1.Hash{}, fmt.Errorf("push %s: %s names another manifest than the artifact's %s", dir, ref, a.Digest)
+		return Pushed{}, fmt.Errorf("push %s: %s names another manifest than the artifact's %s", dir, ref, a.Digest)
 	}
 	// Push the layout's own image, so the registry gets the very bytes of
 	// the layout's manifest and blobs.
 	if err := remote.Write(target, a.Image, o.remoteOptions()...); err != nil {
-		return v1.Hash{}, fmt.Errorf("push %s to %s: %w", dir, target, err)
+		return Pushed{}, fmt.Errorf("push %s to %s: %w", dir, target, err)
 	}
-	return a.Digest, nil
+	signed, err := pushSignatures(a, target.Context(), o)
+	if err != nil {
+		return Pushed{}, fmt.Errorf("push %s: %w", dir, err)
+	}
+	return Pushed{Ref: target, Digest: a.Digest, Signed: signed}, nil
 }

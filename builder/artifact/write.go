@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/fsync"
 )
 
@@ -304,7 +305,7 @@ func notSlateLayout(dir string, entries []fs.DirEntry) string {
 		return "index.json: " + err.Error()
 	}
 	for _, d := range idx.Manifests {
-		if d.ArtifactType != ArtifactType {
+		if d.ArtifactType != ArtifactType && !signature.IsTag(d.Annotations[AnnotationRefName]) {
 			return fmt.Sprintf("index.json lists %s of artifact type %q", d.Digest, d.ArtifactType)
 		}
 	}

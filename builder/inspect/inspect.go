@@ -12,10 +12,13 @@ import (
 	"strings"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/disk"
 	"github.com/slate-os/slate/builder/esp"
+	"github.com/slate-os/slate/builder/signature"
 )
 
 // Report describes a disk or an artifact.
@@ -52,6 +55,9 @@ type Slot struct {
 type ArtifactSummary struct {
 	Digest string          `json:"digest"`
 	Config artifact.Config `json:"config"`
+	// Signatures counts the signatures stored beside the artifact (slate
+	// sign, cosign); which keys made them only a key can tell.
+	Signatures int `json:"signatures"`
 }
 
 // Path inspects a disk image file or an artifact (an OCI layout directory,
@@ -72,7 +78,20 @@ func Path(p string) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Report{Kind: "artifact", Path: p, Artifact: &ArtifactSummary{Digest: a.Digest.String(), Config: a.Config}}, nil
+	sum := &ArtifactSummary{Digest: a.Digest.String(), Config: a.Config}
+	sigs, err := a.Signatures()
+	switch {
+	case errors.Is(err, signature.ErrNoSignature):
+	case err != nil:
+		return nil, err
+	default:
+		m, err := sigs.Manifest()
+		if err != nil {
+			return nil, fmt.Errorf("%s: signatures: %w", p, err)
+		}
+		sum.Signatures = len(m.Layers)
+	}
+	return &Report{Kind: "artifact", Path: p, Artifact: sum}, nil
 }
 
 func isQcow2(p string) bool {
@@ -191,6 +210,12 @@ func (r *Report) Text(w io.Writer) {
 		fmt.Fprintf(w, "artifact %s\n  digest   %s\n  version  %s\n  arch     %s/%s\n  kernel   %s\n  root     %d bytes (squashfs %d, verity tree at %d)\n  roothash %s\n  source   %s\n  cmdline  %s\n",
 			r.Path, r.Artifact.Digest, c.Version, c.OS, c.Architecture, c.KernelRelease,
 			c.Root.Size, c.Root.DataSize, c.Root.HashOffset, c.Root.RootHash, c.Source, c.Cmdline)
+		if n := r.Artifact.Signatures; n > 0 {
+			d, _ := v1.NewHash(r.Artifact.Digest)
+			fmt.Fprintf(w, "  signed   %d signature(s), tag %s\n", n, signature.Tag(d))
+		} else {
+			fmt.Fprintf(w, "  signed   no\n")
+		}
 		return
 	}
 	fmt.Fprintf(w, "disk %s (%d MiB, GPT %s)\n", r.Path, r.Disk.Size>>20, r.Disk.GUID)

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -26,6 +27,7 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/nodeconfig"
 	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/progress"
 )
 
@@ -122,8 +124,11 @@ bootable.`,
 			if ref == "" {
 				return errors.New("no artifact: give REF or oci:DIR, or set update.source in the node config")
 			}
+			var pub crypto.PublicKey
 			if cfg.Update.PublicKey != "" {
-				return errors.New("node config update.publicKey is set, but this slate cannot verify artifact signatures yet: refusing rather than upgrading unverified")
+				if pub, err = signature.ParsePublicKey(cfg.Update.PublicKey); err != nil {
+					return fmt.Errorf("node config (%s): update.publicKey: %w", nodeconfig.RecordPath, err)
+				}
 			}
 			opts := []artifact.Option{artifact.WithContext(cmd.Context()), artifact.WithKeychain(authn.DefaultKeychain), artifact.WithPlatform("linux", "amd64")}
 			if cfg.Update.Insecure && sameRegistry(ref, cfg.Update.Source) {
@@ -142,8 +147,9 @@ bootable.`,
 				Log: func(format string, args ...any) {
 					fmt.Printf(format+"\n", args...)
 				},
-				Progress: progress.New(os.Stderr),
-				Now:      time.Now,
+				Progress:  progress.New(os.Stderr),
+				Now:       time.Now,
+				PublicKey: pub,
 			})
 			if errors.Is(err, upgrade.ErrUpToDate) {
 				fmt.Printf("upgrade: %v: nothing to do\n", err)

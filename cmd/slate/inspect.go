@@ -8,6 +8,7 @@ import (
 
 	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/inspect"
+	"github.com/slate-os/slate/builder/signature"
 )
 
 func inspectCmd() *cobra.Command {
@@ -47,11 +48,14 @@ Credentials come from the Docker config (docker login), as with other OCI tools.
 			if insecure {
 				opts = append(opts, artifact.Insecure())
 			}
-			d, err := artifact.Push(args[0], args[1], opts...)
+			p, err := artifact.Push(args[0], args[1], opts...)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("pushed %s@%s\n", args[1], d)
+			fmt.Printf("pushed %s@%s\n", p.Ref, p.Digest)
+			if p.Signed {
+				fmt.Printf("pushed its signatures as %s\n", p.Ref.Context().Tag(signature.Tag(p.Digest)))
+			}
 			return nil
 		},
 	}

@@ -27,7 +27,7 @@ rollback, status and the boot health check.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(buildCmd(), pushCmd(), inspectCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd())
+	root.AddCommand(buildCmd(), keygenCmd(), signCmd(), pushCmd(), inspectCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "slate:", err)
 		os.Exit(1)

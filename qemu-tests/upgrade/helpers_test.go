@@ -1,6 +1,10 @@
 package upgrade_test
 
 import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -8,10 +12,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/qemu-tests/node"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
@@ -52,10 +58,35 @@ network:
 update:
   source: %s
   insecure: true
+  publicKey: |
+%s
 health:
   requiredUnits: [%s]
   timeout: 3m
-`, r.Source(), demoApp)
+`, r.Source(), indent(testPublicKey(), "    "), demoApp)
+}
+
+// testKey signs every artifact the tests push (ECDSA P-256, cosign's
+// default); the nodes' config asks for it, so every upgrade in these tests
+// checks a signature.
+var testKey = sync.OnceValue(func() crypto.Signer {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return k
+})
+
+func testPublicKey() string {
+	b, err := signature.MarshalPublicKey(testKey().Public())
+	if err != nil {
+		panic(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func indent(s, prefix string) string {
+	return prefix + strings.ReplaceAll(s, "\n", "\n"+prefix)
 }
 
 // prelude defines the shell functions the scripts use. It first keeps the

@@ -1,6 +1,9 @@
 package upgrade_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
@@ -9,9 +12,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/qemu-tests/node"
 )
 
@@ -19,6 +26,9 @@ import (
 // refuses a truncated artifact, one whose root does not match its digest,
 // one whose root is larger than the slot and one for another architecture,
 // each with a clear message; the last two before downloading the root.
+// The node's config asks for the test key's signature: an unsigned
+// artifact, one signed by another key and one under a valid signature of
+// another artifact are refused too, before downloading the root.
 // `slate rollback` refuses too (slot B is empty). Status is unchanged and
 // the next boot is still v1.
 func TestRefusals(t *testing.T) {
@@ -58,6 +68,24 @@ func TestRefusals(t *testing.T) {
 	arm.Architecture = "arm64"
 	reg.putCrafted(t, "slate/arm64", arm.Version, arm, m2.Layers)
 
+	// v2 unsigned, signed by another key, and under v1's signature (valid,
+	// by the right key, for another digest).
+	reg.pushSigned(t, v2.Artifact, "slate/unsigned", nil)
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.pushSigned(t, v2.Artifact, "slate/otherkey", other)
+	copied := reg.pushSigned(t, v2.Artifact, "slate/copied", nil)
+	ropts := []remote.Option{remote.WithAuthFromKeychain(authn.NewMultiKeychain())}
+	v1sigs, err := remote.Image(mustTag(t, reg.Host+"/slate/node:"+signature.Tag(v1img.Digest)), ropts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(mustTag(t, reg.Host+"/slate/copied:"+signature.Tag(copied)), v1sigs, ropts...); err != nil {
+		t.Fatal(err)
+	}
+
 	cases := []struct {
 		name, ref string
 		msg       *regexp.Regexp
@@ -67,6 +95,9 @@ func TestRefusals(t *testing.T) {
 		{"corrupt", reg.GuestRef("slate/corrupt:v2"), regexp.MustCompile(`(?i)digest|sha256|checksum`), ""},
 		{"too-big", reg.GuestRef("slate/big:v9-big"), regexp.MustCompile(`(?i)(larger|too (big|large)|does not fit).*slot|slot.*(larger|too (big|large)|does not fit)`), "slate/big"},
 		{"arm64", reg.GuestRef("slate/arm64:v2"), regexp.MustCompile(`arm64.*amd64|amd64.*arm64`), "slate/arm64"},
+		{"unsigned", reg.GuestRef("slate/unsigned:v2"), regexp.MustCompile(`not signed.*update.publicKey`), "slate/unsigned"},
+		{"otherkey", reg.GuestRef("slate/otherkey:v2"), regexp.MustCompile(`not made by key sha256:[0-9a-f]{16}`), "slate/otherkey"},
+		{"copiedsig", reg.GuestRef("slate/copied:v2"), regexp.MustCompile(`signs ` + v1img.Digest.String() + `, not this artifact`), "slate/copied"},
 	}
 	script := probe + "waitnet\nstatus BEFORE\n"
 	for _, c := range cases {
@@ -97,9 +128,9 @@ func TestRefusals(t *testing.T) {
 			t.Errorf("%s: message %q does not say why (want %s)", c.name, msg, c.msg)
 		}
 		if c.noRoot != "" {
-			root := bigLayers[0].Digest
-			if c.name == "arm64" {
-				root = rootDigest
+			root := rootDigest
+			if c.name == "too-big" {
+				root = bigLayers[0].Digest
 			}
 			if n := reg.Gets(c.noRoot, root); n > 0 {
 				t.Errorf("%s: the agent fetched the root layer (%d GETs) before refusing", c.name, n)
@@ -136,4 +167,13 @@ func TestRefusals(t *testing.T) {
 	if st := getStatus(t, b.Script); !reflect.DeepEqual(before.Slots, st.Slots) {
 		t.Errorf("the slots after a reboot: %v, before the refusals %v", st.Slots, before.Slots)
 	}
+}
+
+func mustTag(t *testing.T, s string) name.Tag {
+	t.Helper()
+	tag, err := name.NewTag(s, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tag
 }

@@ -2,6 +2,7 @@ package upgrade_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -170,13 +171,26 @@ func (w *faultWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// push copies an artifact layout to repo, tagged with its version.
+// push copies an artifact layout to repo, tagged with its version, and
+// signs it there with the test key the nodes' config names.
 func (r *testReg) push(t testing.TB, layoutDir, repo string) v1.Hash {
 	t.Helper()
+	return r.pushSigned(t, layoutDir, repo, testKey())
+}
+
+// pushSigned pushes as push does, signed by key; nil leaves it unsigned.
+func (r *testReg) pushSigned(t testing.TB, layoutDir, repo string, key crypto.Signer) v1.Hash {
+	t.Helper()
 	start := time.Now()
-	d, err := artifact.Push(layoutDir, r.Host+"/"+repo, r.opts...)
+	p, err := artifact.Push(layoutDir, r.Host+"/"+repo, r.opts...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	d := p.Digest
+	if key != nil {
+		if _, err := artifact.Sign(p.Ref.String(), key, "", r.opts...); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Logf("pushed %s to %s/%s in %.1fs", filepath.Base(layoutDir), r.Host, repo, time.Since(start).Seconds())
 	return d

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/qemu-tests/node"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
@@ -169,6 +170,10 @@ func TestUpgrade(t *testing.T) {
 	if r := b.Release; r != nil {
 		if r.Artifact != v2.Digest.String() || r.RootHash != v2.RootHash || r.RootSize != v2.RootSize || r.Written.IsZero() {
 			t.Errorf("slot b's release: %+v; want artifact %s, root hash %s, %d bytes, a write time", r, v2.Digest, v2.RootHash, v2.RootSize)
+		}
+		// The config's update.publicKey made the agent check v2's signature.
+		if want := signature.KeyID(testKey().Public()); r.SignedBy != want {
+			t.Errorf("slot b's release is signed by %q, want the test key %s", r.SignedBy, want)
 		}
 	}
 	if r := a.Release; r != nil && (r.RootHash != v1.RootHash || r.Artifact != "") {

@@ -10,14 +10,15 @@ import (
 // The demo's node config must pass the init's validation, or the demo node
 // would boot without its script and the demo would wait in vain.
 func TestNodeConfigValid(t *testing.T) {
-	c, err := nodeconfig.Parse([]byte(nodeConfig("10.0.2.2:5000/slate/demo:demo-2", "demo-2")))
+	pub := "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n"
+	c, err := nodeconfig.Parse([]byte(nodeConfig("10.0.2.2:5000/slate/demo:demo-2", "demo-2", pub)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Update.Source != "10.0.2.2:5000/slate/demo:demo-2" || !c.Update.Insecure {
+	if c.Update.Source != "10.0.2.2:5000/slate/demo:demo-2" || !c.Update.Insecure || c.Update.PublicKey != pub {
 		t.Errorf("update = %+v", c.Update)
 	}
 	if len(c.Files) != 1 || c.Files[0].Contents.Text == nil || !strings.Contains(*c.Files[0].Contents.Text, `if [ "$v" != "demo-2" ]`) {

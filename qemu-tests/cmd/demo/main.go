@@ -25,8 +25,9 @@ func main() {
 	interactive := flag.Bool("interactive", false, "attach the console to this terminal and keep the VM running (quit: Ctrl-a x)")
 	quiet := flag.Bool("quiet", false, "do not copy the console to stdout")
 	art := flag.String("artifact", "", "update artifact (OCI layout) the node upgrades to; empty: no upgrade")
+	pubKey := flag.String("public-key", "", "PEM public key for the node's update.publicKey: the node installs only artifacts it signed (slate sign)")
 	flag.Parse()
-	if err := run(*diskPath, *art, *interactive, *quiet); err != nil {
+	if err := run(*diskPath, *art, *pubKey, *interactive, *quiet); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -36,7 +37,7 @@ func say(format string, a ...any) {
 	fmt.Printf("\n\033[1m==> "+format+"\033[0m\n", a...)
 }
 
-func run(diskPath, art string, interactive, quiet bool) error {
+func run(diskPath, art, pubKeyFile string, interactive, quiet bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := vm.Available(); err != nil {
@@ -57,8 +58,17 @@ func run(diskPath, art string, interactive, quiet bool) error {
 		}
 		defer stopRegistry()
 		say("update artifact %s (version %s) served at %s; the node reaches it as %s", art, version, ref, guestRef(ref))
-		cfg.FwCfgStrings = map[string]string{"opt/slate/config": nodeConfig(guestRef(ref), version)}
-		return upgradeDemo(ctx, cfg, quiet, version)
+		var pubKey string
+		if pubKeyFile != "" {
+			b, err := os.ReadFile(pubKeyFile)
+			if err != nil {
+				return err
+			}
+			pubKey = string(b)
+			say("the node's config asks for artifacts signed by the key in %s", pubKeyFile)
+		}
+		cfg.FwCfgStrings = map[string]string{"opt/slate/config": nodeConfig(guestRef(ref), version, pubKey)}
+		return upgradeDemo(ctx, cfg, quiet, version, pubKey != "")
 	}
 	if !interactive && !quiet {
 		cfg.Console = os.Stdout

@@ -69,9 +69,17 @@ else
 fi
 `
 
-func nodeConfig(ref, version string) string {
-	indent := func(s string) string {
-		return "        " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n        ") + "\n"
+// nodeConfig is the demo node's config: update from ref, and, if pubKey is
+// not empty, only when the artifact is signed by it.
+func nodeConfig(ref, version, pubKey string) string {
+	indentBy := func(n int, s string) string {
+		p := strings.Repeat(" ", n)
+		return p + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n"+p) + "\n"
+	}
+	indent := func(s string) string { return indentBy(8, s) }
+	key := ""
+	if pubKey != "" {
+		key = "  publicKey: |\n" + indentBy(4, pubKey)
 	}
 	return `apiVersion: slate.dev/v1alpha1
 kind: NodeConfig
@@ -86,7 +94,7 @@ network:
 update:
   source: ` + ref + `
   insecure: true
-health:
+` + key + `health:
   requiredUnits: [systemd-networkd.service]
   timeout: 3m
 files:
@@ -114,7 +122,7 @@ files:
 `
 }
 
-func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string) error {
+func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string, signed bool) error {
 	if !quiet {
 		cfg.Console = os.Stdout
 	}
@@ -131,6 +139,7 @@ func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string)
 	}{
 		{`slate-init: slot a, image version`, "", 3 * time.Minute},
 		{`slate health: slot a .* is healthy`, "slot A is healthy; the node upgrades itself from the registry in its config", 4 * time.Minute},
+		{`upgrade: .* is signed by key`, "its signature matches the key in the node config (update.publicKey)", 3 * time.Minute},
 		{`upgrade: writing root of slot b`, "", 3 * time.Minute},
 		{`upgrade: slot b holds`, "slot B written and verified; rebooting into it with 3 tries", 5 * time.Minute},
 		{`slate-init: slot b, image version "` + regexp.QuoteMeta(version) + `"`, "", 4 * time.Minute},
@@ -138,6 +147,9 @@ func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string)
 		{`slate-demo: done`, "", 4 * time.Minute},
 	}
 	for _, s := range steps {
+		if !signed && strings.Contains(s.pattern, "signed by") {
+			continue
+		}
 		if _, err := m.Expect(regexp.MustCompile(s.pattern), vm.Scale(s.timeout)); err != nil {
 			return err
 		}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/signature"
+)
+
+func signCmd() *cobra.Command {
+	var (
+		keyFile, identity string
+		insecure          bool
+	)
+	c := &cobra.Command{
+		Use:   "sign --key KEY (oci:DIR | REF)",
+		Short: "Sign an update artifact, so nodes with update.publicKey accept it",
+		Long: `sign signs the artifact's manifest digest with KEY and stores the signature
+beside it, in cosign's format: in the layout (push sends it along) or in
+the registry, under the tag sha256-<hex>.sig. Nodes whose config sets
+update.publicKey install only artifacts signed by that key; cosign verifies
+these signatures too (cosign verify --key PUB --insecure-ignore-tlog).
+
+KEY is a PEM private key, ECDSA P-256 or Ed25519: from slate keygen, or
+openssl genpkey -algorithm ed25519. Signing again with the same key
+replaces its signature; other keys' signatures are kept. slate build
+replaces a layout whole, signatures included: sign after the last build.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if keyFile == "" {
+				return errors.New("--key is required")
+			}
+			b, err := os.ReadFile(keyFile)
+			if err != nil {
+				return err
+			}
+			key, err := signature.ParsePrivateKey(b)
+			if err != nil {
+				return fmt.Errorf("%s: %w", keyFile, err)
+			}
+			opts := []artifact.Option{artifact.WithContext(cmd.Context())}
+			if insecure {
+				opts = append(opts, artifact.Insecure())
+			}
+			d, err := artifact.Sign(args[0], key, identity, opts...)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("signed %s (%s) with key %s: signatures under the tag %s\n", args[0], d, signature.KeyID(key.Public()), signature.Tag(d))
+			return nil
+		},
+	}
+	c.Flags().StringVar(&keyFile, "key", "", "PEM private key (PKCS #8 or EC), ECDSA P-256 or Ed25519")
+	c.Flags().StringVar(&identity, "identity", "", "repository the signature names (cosign's docker-reference; default: REF's)")
+	c.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
+	return c
+}
+
+func keygenCmd() *cobra.Command {
+	var useEd25519 bool
+	c := &cobra.Command{
+		Use:   "keygen KEY",
+		Short: "Make a signing key: KEY (private, mode 0600) and KEY.pub (for update.publicKey)",
+		Long: `keygen writes a new private key to KEY (PKCS #8 PEM, mode 0600) and its public
+key to KEY.pub (PKIX PEM): give KEY to slate sign and the contents of
+KEY.pub to the nodes as update.publicKey. ECDSA P-256, cosign's default,
+unless --ed25519. It never overwrites a file.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var key crypto.Signer
+			var err error
+			if useEd25519 {
+				_, key, err = ed25519.GenerateKey(rand.Reader)
+			} else {
+				key, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			}
+			if err != nil {
+				return err
+			}
+			der, err := x509.MarshalPKCS8PrivateKey(key)
+			if err != nil {
+				return err
+			}
+			pub, err := signature.MarshalPublicKey(key.Public())
+			if err != nil {
+				return err
+			}
+			priv := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+			if err := writeNew(args[0], priv, 0o600); err != nil {
+				return err
+			}
+			if err := writeNew(args[0]+".pub", pub, 0o644); err != nil {
+				os.Remove(args[0])
+				return err
+			}
+			fmt.Printf("wrote %s and %s (key %s)\n", args[0], args[0]+".pub", signature.KeyID(key.Public()))
+			return nil
+		},
+	}
+	c.Flags().BoolVar(&useEd25519, "ed25519", false, "an Ed25519 key instead of ECDSA P-256")
+	return c
+}
+
+// writeNew writes a file that must not exist yet.
+func writeNew(path string, b []byte, mode fs.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
+}
