@@ -26,6 +26,20 @@ type Status struct {
 	Tainted      bool              `json:"tainted"`
 	// Health is this boot's assessment; nil before slate-health ran.
 	Health *history.Boot `json:"health,omitempty"`
+	// Update is where upgrades come from, by the node config; the caller
+	// fills it (Gather reads no config).
+	Update *Update `json:"update,omitempty"`
+}
+
+// Update is the node config's update policy.
+type Update struct {
+	Source string `json:"source,omitempty"`
+	// Key is the signature.KeyID of update.publicKey: only artifacts it
+	// signed are installed. Empty: unsigned ones are.
+	Key string `json:"key,omitempty"`
+	// KeyError says why update.publicKey cannot be used: every upgrade is
+	// refused then.
+	KeyError string `json:"keyError,omitempty"`
 }
 
 // Running is the booted slot.
@@ -142,6 +156,17 @@ func (st *Status) WriteText(w io.Writer) error {
 			fmt.Fprint(w, ", tainted (breakGlass)")
 		}
 		fmt.Fprintln(w)
+	}
+	if u := st.Update; u != nil {
+		fmt.Fprintf(w, "updates: from %s, ", orDash(u.Source))
+		switch {
+		case u.KeyError != "":
+			fmt.Fprintf(w, "none installed: update.publicKey: %s\n", u.KeyError)
+		case u.Key != "":
+			fmt.Fprintf(w, "signed by key %s only\n", u.Key)
+		default:
+			fmt.Fprintln(w, "unsigned accepted (no update.publicKey)")
+		}
 	}
 	if rb := st.LastRollback; rb != nil {
 		fmt.Fprintf(w, "last rollback: %s slot %s (%s, generation %d) -> slot %s (%s)\n  cause: %s\n",

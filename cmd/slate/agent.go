@@ -110,7 +110,9 @@ reads it back against the verity root hash, writes the slot's kernel and
 initramfs on the ESP and a boot entry with 3 tries, then reboots. If the
 new image does not become good, systemd-boot's counting returns to the
 running slot by itself. A power cut at any step leaves the running slot
-bootable.`,
+bootable. With update.publicKey in the node config, only an artifact
+signed by that key (slate sign, or cosign) is installed: the signature is
+checked before any of the root is read.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := nodeConfig()
@@ -227,6 +229,16 @@ func statusCmd() *cobra.Command {
 			st, err := status.Gather(n, esp, &history.Store{Dir: StateDir})
 			if err != nil {
 				return err
+			}
+			if cfg, err := nodeConfig(); err == nil {
+				st.Update = &status.Update{Source: cfg.Update.Source}
+				if cfg.Update.PublicKey != "" {
+					if k, err := signature.ParsePublicKey(cfg.Update.PublicKey); err != nil {
+						st.Update.KeyError = err.Error()
+					} else {
+						st.Update.Key = signature.KeyID(k)
+					}
+				}
 			}
 			if asJSON {
 				return printJSON(st)

@@ -292,6 +292,10 @@ type status struct {
 		Result string `json:"result"`
 		Reason string `json:"reason"`
 	} `json:"health"`
+	Update *struct {
+		Source string `json:"source"`
+		Key    string `json:"key"`
+	} `json:"update"`
 }
 
 type slotInfo struct {

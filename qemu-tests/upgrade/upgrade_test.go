@@ -185,6 +185,9 @@ func TestUpgrade(t *testing.T) {
 	if st.Config == nil || !st.Config.Applied || st.Config.Source != "fw_cfg" {
 		t.Errorf("status: config %+v, want the fw_cfg config, applied", st.Config)
 	}
+	if u, key := st.Update, signature.KeyID(testKey().Public()); u == nil || u.Key != key || u.Source != testRegistry(t).Source() {
+		t.Errorf("status: update %+v, want source %s and key %s", u, testRegistry(t).Source(), key)
+	}
 
 	// Scenario 7: /var is the state partition, which no upgrade touches.
 	sum := first.Script.Get("VARSUM")
