@@ -127,8 +127,9 @@ func ParsePublicKey(s string) (crypto.PublicKey, error) {
 		}
 		der = b.Bytes
 	} else {
+		// As the node config's check reads it: line breaks allowed.
 		var err error
-		if der, err = base64.StdEncoding.DecodeString(t); err != nil {
+		if der, err = base64.StdEncoding.DecodeString(strings.Join(strings.Fields(t), "")); err != nil {
 			return nil, fmt.Errorf("neither a PEM block nor base64: %v", err)
 		}
 	}

@@ -401,6 +401,7 @@ func TestParsePublicKey(t *testing.T) {
 		{name: "pem p256 with space around", in: "\n  " + pemEncode("PUBLIC KEY", pkix(t, &p256.PublicKey)) + "\n\n", want: &p256.PublicKey},
 		{name: "pem ed25519", in: pemEncode("PUBLIC KEY", pkix(t, ed.Public())), want: ed.Public()},
 		{name: "base64 der", in: base64.StdEncoding.EncodeToString(pkix(t, &p256.PublicKey)), want: &p256.PublicKey},
+		{name: "base64 der, folded", in: fold(base64.StdEncoding.EncodeToString(pkix(t, &p256.PublicKey)), 40), want: &p256.PublicKey},
 		{name: "p384", in: pemEncode("PUBLIC KEY", pkix(t, &newECDSA(t, elliptic.P384()).PublicKey)), err: "P-256"},
 		{name: "rsa", in: pemEncode("PUBLIC KEY", pkix(t, &newRSA(t).PublicKey)), err: "rsa"},
 		{name: "private key pem", in: pemEncode("PRIVATE KEY", pkcs8(t, p256)), err: `"PRIVATE KEY" block`},
@@ -537,4 +538,14 @@ func TestKeyID(t *testing.T) {
 	if want := fmt.Sprintf("sha256:%x", sum[:8]); id1 != want {
 		t.Errorf("KeyID %s, want %s", id1, want)
 	}
+}
+
+// fold breaks s into lines of n characters, as YAML block text may hold a key.
+func fold(s string, n int) string {
+	var b strings.Builder
+	for len(s) > n {
+		b.WriteString(s[:n] + "\n  ")
+		s = s[n:]
+	}
+	return b.String() + s
 }
