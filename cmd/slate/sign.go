@@ -25,7 +25,7 @@ func signCmd() *cobra.Command {
 		insecure          bool
 	)
 	c := &cobra.Command{
-		Use:   "sign --key KEY (oci:DIR | REF)",
+		Use:   "sign --key KEY (LAYOUT | oci:DIR | REF)",
 		Short: "Sign an update artifact, so nodes with update.publicKey accept it",
 		Long: `sign signs the artifact's manifest digest with KEY and stores the signature
 beside it, in cosign's format: in the layout (push sends it along) or in
@@ -54,11 +54,15 @@ replaces a layout whole, signatures included: sign after the last build.`,
 			if insecure {
 				opts = append(opts, artifact.Insecure())
 			}
-			d, err := artifact.Sign(args[0], key, identity, opts...)
+			ref := args[0]
+			if fi, err := os.Stat(ref); err == nil && fi.IsDir() {
+				ref = artifact.LayoutPrefix + ref // as push and inspect take a layout
+			}
+			d, err := artifact.Sign(ref, key, identity, opts...)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("signed %s (%s) with key %s: signatures under the tag %s\n", args[0], d, signature.KeyID(key.Public()), signature.Tag(d))
+			fmt.Printf("signed %s (%s) with key %s: signatures under the tag %s\n", ref, d, signature.KeyID(key.Public()), signature.Tag(d))
 			return nil
 		},
 	}
