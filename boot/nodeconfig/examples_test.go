@@ -41,7 +41,7 @@ func TestExamples(t *testing.T) {
 			}
 		})
 	}
-	for _, want := range []string{"plain.yaml", "units.yaml", "network.yaml", "node.json", "breakglass.yaml"} {
+	for _, want := range []string{"plain.yaml", "units.yaml", "network.yaml", "node.json", "breakglass.yaml", "updates.yaml"} {
 		if !seen[want] {
 			t.Errorf("missing example %s", want)
 		}
@@ -56,6 +56,7 @@ func exampleUnits(t *testing.T, root string) {
 		"systemd-networkd-wait-online.service": "[Service]\nExecStart=/lib/systemd/systemd-networkd-wait-online\n[Install]\nWantedBy=network-online.target\n",
 		"e2scrub_reap.service":                 "[Service]\nExecStart=/sbin/e2scrub_all -A -r\n[Install]\nWantedBy=default.target\n",
 		"systemd-journald.service":             "[Service]\nExecStart=/lib/systemd/systemd-journald\n",
+		"slate-upgrade.timer":                  "[Timer]\nOnBootSec=5min\n[Install]\nWantedBy=timers.target\n",
 	}
 	for name, text := range units {
 		if err := os.WriteFile(filepath.Join(root, "usr/lib/systemd/system", name), []byte(text), 0o644); err != nil {

@@ -20,6 +20,13 @@
 //     a counted boot; the second runs it on every boot, counted or not, and
 //     on images without systemd-bless-boot, where the agent blesses the
 //     entry itself.
+//   - /usr/lib/systemd/system/slate-upgrade.service and .timer: unattended
+//     updates, off unless the node config enables the timer. The service
+//     runs `slate upgrade` (from update.source) only after this boot was
+//     judged and, if on trial, blessed: a slot on trial is no fallback, and
+//     an update that fails (registry down) must not fail the boot's check.
+//     An image already running is a no-op, so the hourly timer reboots a
+//     node only into a new image.
 //   - /usr/lib/systemd/system/systemd-bless-boot.service.d/50-slate.conf:
 //     systemd-bless-boot renames the boot entry on the ESP, which it looks
 //     for at /efi, /boot or /boot/efi; slate mounts the ESP at
@@ -56,6 +63,8 @@ const (
 	HealthRequires  = UnitDir + "/boot-complete.target.requires/slate-health.service"
 	HealthWants     = UnitDir + "/multi-user.target.wants/slate-health.service"
 	BlessBootDropIn = UnitDir + "/systemd-bless-boot.service.d/50-slate.conf"
+	UpgradeUnit     = UnitDir + "/slate-upgrade.service"
+	UpgradeTimer    = UnitDir + "/slate-upgrade.timer"
 	// HealthLink is the target of both enabling symlinks.
 	HealthLink = "../slate-health.service"
 )
@@ -80,6 +89,36 @@ StandardError=journal+console
 # The agent reboots by itself when a counted boot is bad; this is the backstop if it crashes or hangs.
 TimeoutStartSec=20min
 FailureAction=reboot
+`
+
+// UpgradeService is slate-upgrade.service.
+const UpgradeService = `[Unit]
+Description=slate unattended update from update.source
+Documentation=https://github.com/slate-os/slate
+# Requires pulls in boot-complete.target, and so the health check, on every
+# boot; it runs only once they passed, and after a counted boot was blessed.
+Requires=boot-complete.target
+After=boot-complete.target systemd-bless-boot.service network-online.target
+Wants=network-online.target
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/slate upgrade
+StandardOutput=journal+console
+StandardError=journal+console
+`
+
+// UpgradeTimerUnit is slate-upgrade.timer: enabled by the node config
+// (systemd.units: [{name: slate-upgrade.timer, enabled: true}]).
+const UpgradeTimerUnit = `[Unit]
+Description=slate unattended updates: look at update.source hourly
+Documentation=https://github.com/slate-os/slate
+[Timer]
+OnBootSec=5min
+OnUnitInactiveSec=1h
+# Nodes of one fleet should not all reboot at once.
+RandomizedDelaySec=15min
+[Install]
+WantedBy=timers.target
 `
 
 // BlessBootConf is the systemd-bless-boot.service drop-in.
@@ -122,6 +161,8 @@ func tarball(agent []byte, mtime time.Time) ([]byte, error) {
 		HealthRequires:  {typ: tar.TypeSymlink, mode: 0o777, link: HealthLink},
 		HealthWants:     {typ: tar.TypeSymlink, mode: 0o777, link: HealthLink},
 		BlessBootDropIn: {typ: tar.TypeReg, mode: 0o644, body: []byte(BlessBootConf)},
+		UpgradeUnit:     {typ: tar.TypeReg, mode: 0o644, body: []byte(UpgradeService)},
+		UpgradeTimer:    {typ: tar.TypeReg, mode: 0o644, body: []byte(UpgradeTimerUnit)},
 	}
 	// Every parent directory, so the layer stands on its own whatever the
 	// image has; an image's own directory of the same name keeps its contents.

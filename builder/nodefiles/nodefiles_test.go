@@ -79,6 +79,8 @@ func TestLayer(t *testing.T) {
 		{"usr/lib/systemd/system/multi-user.target.wants", tar.TypeDir, 0o755, "", ""},
 		{"usr/lib/systemd/system/multi-user.target.wants/slate-health.service", tar.TypeSymlink, 0o777, "", "../slate-health.service"},
 		{"usr/lib/systemd/system/slate-health.service", tar.TypeReg, 0o644, HealthService, ""},
+		{"usr/lib/systemd/system/slate-upgrade.service", tar.TypeReg, 0o644, UpgradeService, ""},
+		{"usr/lib/systemd/system/slate-upgrade.timer", tar.TypeReg, 0o644, UpgradeTimerUnit, ""},
 		{"usr/lib/systemd/system/systemd-bless-boot.service.d", tar.TypeDir, 0o755, "", ""},
 		{"usr/lib/systemd/system/systemd-bless-boot.service.d/50-slate.conf", tar.TypeReg, 0o644, BlessBootConf, ""},
 	}
@@ -117,6 +119,17 @@ func TestLayer(t *testing.T) {
 		if !strings.Contains(HealthService, "\n"+line+"\n") {
 			t.Errorf("slate-health.service lacks %q", line)
 		}
+	}
+	// Updates wait for the boot's verdict, and for its blessing; the timer
+	// is off until a node config enables it.
+	for _, line := range []string{"Requires=boot-complete.target", "After=boot-complete.target systemd-bless-boot.service network-online.target",
+		"ExecStart=/usr/bin/slate upgrade"} {
+		if !strings.Contains(UpgradeService, "\n"+line+"\n") {
+			t.Errorf("slate-upgrade.service lacks %q", line)
+		}
+	}
+	if !strings.Contains(UpgradeTimerUnit, "\n[Install]\nWantedBy=timers.target\n") {
+		t.Error("slate-upgrade.timer cannot be enabled by a node config: no [Install]")
 	}
 	for _, line := range []string{"Environment=SYSTEMD_ESP_PATH=/run/slate/esp", "ExecStartPre=/usr/bin/slate esp mount"} {
 		if !strings.Contains(BlessBootConf, "\n"+line+"\n") {

@@ -45,7 +45,11 @@ func testDir() string {
 // nodeConfig points the agent at the test registry, requires the demo app
 // for a good boot and gives the guest DHCP on QEMU's user network
 // (10.0.2.15; the host is 10.0.2.2).
-func nodeConfig(r *testReg) string {
+func nodeConfig(r *testReg) string { return nodeConfigFor(r.Source(), "") }
+
+// nodeConfigFor is nodeConfig with update.source source and extra
+// top-level fields.
+func nodeConfigFor(source, extra string) string {
 	return fmt.Sprintf(`apiVersion: slate.dev/v1alpha1
 kind: NodeConfig
 network:
@@ -63,7 +67,7 @@ update:
 health:
   requiredUnits: [%s]
   timeout: 3m
-`, r.Source(), indent(testPublicKey(), "    "), demoApp)
+`, source, indent(testPublicKey(), "    "), demoApp) + extra
 }
 
 // testKey signs every artifact the tests push (ECDSA P-256, cosign's
@@ -145,9 +149,14 @@ waithealth
 // vars is the OVMF variable store to use in place, or "" for a fresh one.
 func startNode(t *testing.T, name, disk, format, vars, script string) *vm.Machine {
 	t.Helper()
+	return startNodeConfig(t, name, disk, format, vars, script, nodeConfig(testRegistry(t)))
+}
+
+func startNodeConfig(t *testing.T, name, disk, format, vars, script, config string) *vm.Machine {
+	t.Helper()
 	return vm.Start(t, vm.Config{
 		Name: name, Disk: disk, DiskFormat: format, Vars: vars, Network: true,
-		FwCfgStrings: map[string]string{node.FwCfgTest: script, FwCfgConfig: nodeConfig(testRegistry(t))},
+		FwCfgStrings: map[string]string{node.FwCfgTest: script, FwCfgConfig: config},
 	})
 }
 

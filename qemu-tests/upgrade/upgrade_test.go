@@ -382,14 +382,42 @@ func TestRollback(t *testing.T) {
 	}
 }
 
+// unattended enables slate-upgrade.timer, firing 1 s after boot; the
+// service waits for the test script and prints its exit status.
+const unattended = `systemd:
+  units:
+    - name: slate-upgrade.timer
+      enabled: true
+      dropins:
+        - name: 10-test.conf
+          contents: |
+            [Timer]
+            OnBootSec=
+            OnBootSec=1s
+            RandomizedDelaySec=0
+    - name: slate-upgrade.service
+      dropins:
+        - name: 10-test.conf
+          contents: |
+            [Unit]
+            After=slate-test.service
+            [Service]
+            ExecStopPost=/bin/sh -c 'echo UPGRADE-EXIT=$$EXIT_STATUS'
+`
+
 // TestPowerCut is scenario 5: the power is cut during the root write,
 // during the ESP writes and right after the boot entry is written; each
 // time the next boot is a good slot, and the upgrade then goes through.
+// The upgrades are unattended (slate-upgrade.timer): a node whose update
+// was cut retries by itself at the next boot.
 func TestPowerCut(t *testing.T) {
 	begin(t)
-	v2 := image(t, "v2")
-	upgrade := probe + "status\nagent UPGRADE slate upgrade " + v2.Ref + "\n"
-	m := freshV1(t, "power-cut", upgrade)
+	v1, v2 := image(t, "v1"), image(t, "v2")
+	// No script upgrades: the node config enables slate-upgrade.timer, as
+	// for unattended updates (firing 1 s after boot here), so every boot
+	// after a cut retries by itself. The test's drop-in waits for the test
+	// script (its STATUS first) and prints the agent's exit status.
+	m := startNodeConfig(t, "power-cut", v1.Disk, "raw", "", probe+"status\n", nodeConfigFor(v2.Ref, unattended))
 	cuts := []struct {
 		name, line string
 		// after: the root write cut waits a little, so that it lands
@@ -424,8 +452,19 @@ func TestPowerCut(t *testing.T) {
 	}
 
 	// The entry was written and synced before the last cut: slot B boots
-	// on trial, passes its health check and is blessed.
-	nextBoot(t, m, probe+"status\n"+node.ThenPoweroff)
+	// on trial, passes its health check and is blessed. Then the timer's
+	// upgrade finds v2 running: a no-op, not a reboot loop (and, as it
+	// refuses a slot on trial, proof that it waited for the blessing).
+	nextBoot(t, m, probe+"status\n")
+	if _, err := m.Expect(regexp.MustCompile(`upgrade: already up to date`), bootTimeout); err != nil {
+		t.Fatalf("the unattended upgrade on v2: %v", err)
+	}
+	if mt, err := m.Expect(regexp.MustCompile(`UPGRADE-EXIT=(\d+)`), bootTimeout); err != nil || mt.Groups[1] != "0" {
+		t.Errorf("the unattended upgrade on v2 ended: %v %v, want exit 0", mt, err)
+	}
+	if err := m.Quit(); err != nil {
+		t.Fatal(err)
+	}
 	b := waitBoot(t, m, exitTimeout)
 	if b.Script == nil || b.Slot != "b" || b.Script.Get("VERSION") != "v2" {
 		t.Fatalf("after the cut after the boot entry: %s; want slot b (v2); console:\n%s", b, tail(b.Lines, 60))
