@@ -41,6 +41,7 @@
 //     and a boot failure without its console is undebuggable.
 //
 // KVM does not work on slate's machines, so QEMU runs with
-// `-accel tcg,thread=multi -cpu max` (removing svm from -cpu max breaks the
-// guest). OVMF alone needs about 4 s to reach its boot manager under TCG.
+// `-accel tcg,thread=single -cpu max` (see args for why one thread;
+// removing svm from -cpu max breaks the guest). OVMF alone needs about 4 s
+// to reach its boot manager under TCG.
 package vm

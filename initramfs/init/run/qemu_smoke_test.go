@@ -411,7 +411,7 @@ func checkBoot(t *testing.T, out string, first bool) *record.Record {
 func qemu(t *testing.T, work, kernel, initrd, disk, cmdline, name string, extra ...string) string {
 	t.Helper()
 	log := filepath.Join(work, name+".log")
-	args := []string{"-machine", "q35", "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "1024",
+	args := []string{"-machine", "q35", "-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2", "-m", "1024",
 		"-display", "none", "-serial", "file:" + log, "-monitor", "none", "-nic", "none", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd, "-append", cmdline,
 		"-drive", "file=" + disk + ",if=virtio,format=raw"}
