@@ -24,4 +24,14 @@ func TestNodeConfigValid(t *testing.T) {
 	if len(c.Files) != 1 || c.Files[0].Contents.Text == nil || !strings.Contains(*c.Files[0].Contents.Text, `if [ "$v" != "demo-2" ]`) {
 		t.Errorf("files = %+v", c.Files)
 	}
+	// The node upgrades itself: the image's timer, enabled.
+	timer := false
+	for _, u := range c.Systemd.Units {
+		if u.Name == "slate-upgrade.timer" && u.Enabled != nil && *u.Enabled {
+			timer = true
+		}
+	}
+	if !timer {
+		t.Errorf("the demo config does not enable slate-upgrade.timer: %+v", c.Systemd.Units)
+	}
 }

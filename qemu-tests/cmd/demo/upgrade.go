@@ -45,8 +45,10 @@ func serve(dir string) (ref, version string, stop func(), err error) {
 func guestRef(ref string) string { return strings.Replace(ref, "127.0.0.1:", "10.0.2.2:", 1) }
 
 // demoScript runs on the node at every boot (a unit from the node config):
-// on the first version it shows the status and upgrades; on the new one it
-// waits for the boot to be blessed, shows the status and powers off.
+// on the first version it shows the status (the upgrade is the node's own:
+// slate-upgrade.timer, enabled by the config, runs after this script); on
+// the new one it waits for the boot to be blessed, shows the status and
+// powers off.
 const demoScript = `#!/bin/sh
 v=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' /run/slate/boot.json)
 echo "slate-demo: running $v"
@@ -58,8 +60,7 @@ while [ $i -lt 600 ]; do
 done
 if [ "$v" != "%[1]s" ]; then
 	slate status
-	echo "slate-demo: slate upgrade (from update.source in the node config)"
-	slate upgrade
+	echo "slate-demo: slate-upgrade.timer will upgrade from update.source in the node config"
 else
 	i=0
 	while [ $i -lt 120 ] && ! systemctl is-active -q systemd-bless-boot.service; do sleep 1; i=$((i+1)); done
@@ -106,11 +107,28 @@ files:
   units:
     - name: systemd-networkd.service
       enabled: true
+    # Unattended updates, as in configs/node/updates.yaml; for the demo the
+    # timer fires at boot rather than 5 minutes in, after the demo script.
+    - name: slate-upgrade.timer
+      enabled: true
+      dropins:
+        - name: 10-demo.conf
+          contents: |
+            [Timer]
+            OnBootSec=
+            OnBootSec=1s
+            RandomizedDelaySec=0
+    - name: slate-upgrade.service
+      dropins:
+        - name: 10-demo.conf
+          contents: |
+            [Unit]
+            After=slate-demo.service
     - name: slate-demo.service
       enabled: true
       contents: |
         [Unit]
-        Description=slate demo: upgrade, then show the status
+        Description=slate demo: show the status
         After=multi-user.target slate-health.service
         [Service]
         Type=oneshot
@@ -138,7 +156,7 @@ func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string,
 		timeout       time.Duration
 	}{
 		{`slate-init: slot a, image version`, "", 3 * time.Minute},
-		{`slate health: slot a .* is healthy`, "slot A is healthy; the node upgrades itself from the registry in its config", 4 * time.Minute},
+		{`slate health: slot a .* is healthy`, "slot A is healthy; slate-upgrade.timer (enabled by the node config) upgrades it from the registry in its config", 4 * time.Minute},
 		{`upgrade: .* is signed by key`, "its signature matches the key in the node config (update.publicKey)", 3 * time.Minute},
 		{`upgrade: writing root of slot b`, "", 3 * time.Minute},
 		{`upgrade: slot b holds`, "slot B written and verified; rebooting into it with 3 tries", 5 * time.Minute},
