@@ -161,7 +161,7 @@ func (st *Status) WriteText(w io.Writer) error {
 		fmt.Fprintf(w, "updates: from %s, ", orDash(u.Source))
 		switch {
 		case u.KeyError != "":
-			fmt.Fprintf(w, "none installed: update.publicKey: %s\n", u.KeyError)
+			fmt.Fprintf(w, "none installed: %s\n", u.KeyError) // the error names update.publicKey
 		case u.Key != "":
 			fmt.Fprintf(w, "signed by key %s only\n", u.Key)
 		default:

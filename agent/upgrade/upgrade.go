@@ -140,11 +140,15 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	s := o.Target.Slot
 
 	// 1. Everything that can refuse, before any change.
-	a, signedBy, dev, err := check(ctx, &o)
+	a, dev, err := check(ctx, &o)
 	if err != nil {
 		return nil, err
 	}
 	defer dev.Close()
+	var signedBy string // check verified the signature when a key was given
+	if o.PublicKey != nil {
+		signedBy = signature.KeyID(o.PublicKey)
+	}
 	cfg := a.Config
 	res := &Result{Slot: s, Version: cfg.Version, Digest: a.Digest.String(), SignedBy: signedBy, RootHash: cfg.Root.RootHash, RootBytes: cfg.Root.Size}
 	if signedBy != "" {
@@ -278,25 +282,7 @@ func slotCmdline(base string, s boot.Slot, partUUID, rootHash, statePartUUID, ve
 
 // check does step 1: it opens the artifact and the target device and
 // refuses anything that cannot work, changing nothing.
-func check(ctx context.Context, o *Options) (*artifact.Artifact, string, *os.File, error) {
-	a, dev, err := checkArtifact(ctx, o)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	var signedBy string
-	if o.PublicKey != nil {
-		// After the cheap refusals, before any byte of a layer: a node that
-		// asks for signatures reads nothing of an unsigned root.
-		if _, err := a.VerifySignature(o.PublicKey); err != nil {
-			dev.Close()
-			return nil, "", nil, fmt.Errorf("%w; update.publicKey asks for a signature by key %s", err, signature.KeyID(o.PublicKey))
-		}
-		signedBy = signature.KeyID(o.PublicKey)
-	}
-	return a, signedBy, dev, nil
-}
-
-func checkArtifact(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error) {
+func check(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error) {
 	t := o.Target
 	s := t.Slot
 	switch {
@@ -365,6 +351,13 @@ func checkArtifact(ctx context.Context, o *Options) (*artifact.Artifact, *os.Fil
 	}
 	if err := checkESPSpace(o, a); err != nil {
 		return nil, nil, err
+	}
+	if o.PublicKey != nil {
+		// After the cheap refusals, before any byte of a layer: a node that
+		// asks for signatures reads nothing of an unsigned root.
+		if _, err := a.VerifySignature(o.PublicKey); err != nil {
+			return nil, nil, fmt.Errorf("%w; update.publicKey asks for a signature by key %s", err, signature.KeyID(o.PublicKey))
+		}
 	}
 
 	// O_EXCL on a block device fails while it is mounted or held by

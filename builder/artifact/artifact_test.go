@@ -210,14 +210,7 @@ func TestWriteOpen(t *testing.T) {
 	}
 
 	// index.json: one manifest, tagged with the version, with artifactType.
-	raw, err := os.ReadFile(filepath.Join(dir, "index.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var idx v1.IndexManifest
-	if err := json.Unmarshal(raw, &idx); err != nil {
-		t.Fatal(err)
-	}
+	idx := readIndex(t, dir)
 	if len(idx.Manifests) != 1 {
 		t.Fatalf("index.json lists %d manifests", len(idx.Manifests))
 	}

@@ -130,8 +130,23 @@ func storeSignatures(dir string, sigs v1.Image, tag string) error {
 		return err
 	}
 	// ggcr writes blobs 0600 through temporary files; a layout is 0644
-	// throughout (see Write), and durable before index.json names it.
-	if err := normalizeAndSync(filepath.Join(dir, "blobs")); err != nil {
+	// throughout (see Write), and durable before index.json names it. Only
+	// the signature image's blobs are new.
+	m, err := sigs.Manifest()
+	if err != nil {
+		return err
+	}
+	blobs := filepath.Join(dir, "blobs", "sha256")
+	for _, d := range append([]v1.Descriptor{*desc, m.Config}, m.Layers...) {
+		p := filepath.Join(blobs, d.Digest.Hex)
+		if err := os.Chmod(p, 0o644); err != nil {
+			return err
+		}
+		if err := fsync.Path(p); err != nil {
+			return err
+		}
+	}
+	if err := fsync.Path(blobs); err != nil {
 		return err
 	}
 	if err := replaceFile(filepath.Join(dir, "index.json"), raw); err != nil {

@@ -90,6 +90,18 @@ func nodeConfig() (*nodeconfig.Config, error) {
 	return c, nil
 }
 
+// updateKey is the node config's update.publicKey; nil when unset.
+func updateKey(cfg *nodeconfig.Config) (crypto.PublicKey, error) {
+	if cfg.Update.PublicKey == "" {
+		return nil, nil
+	}
+	k, err := signature.ParsePublicKey(cfg.Update.PublicKey)
+	if err != nil {
+		return nil, fmt.Errorf("node config (%s): update.publicKey: %w", nodeconfig.RecordPath, err)
+	}
+	return k, nil
+}
+
 func reboot(ctx context.Context) error {
 	sd, err := health.Connect(ctx)
 	if err != nil {
@@ -126,11 +138,9 @@ checked before any of the root is read.`,
 			if ref == "" {
 				return errors.New("no artifact: give REF or oci:DIR, or set update.source in the node config")
 			}
-			var pub crypto.PublicKey
-			if cfg.Update.PublicKey != "" {
-				if pub, err = signature.ParsePublicKey(cfg.Update.PublicKey); err != nil {
-					return fmt.Errorf("node config (%s): update.publicKey: %w", nodeconfig.RecordPath, err)
-				}
+			pub, err := updateKey(cfg)
+			if err != nil {
+				return err
 			}
 			opts := []artifact.Option{artifact.WithContext(cmd.Context()), artifact.WithKeychain(authn.DefaultKeychain), artifact.WithPlatform("linux", "amd64")}
 			if cfg.Update.Insecure && sameRegistry(ref, cfg.Update.Source) {
@@ -232,12 +242,10 @@ func statusCmd() *cobra.Command {
 			}
 			if cfg, err := nodeConfig(); err == nil {
 				st.Update = &status.Update{Source: cfg.Update.Source}
-				if cfg.Update.PublicKey != "" {
-					if k, err := signature.ParsePublicKey(cfg.Update.PublicKey); err != nil {
-						st.Update.KeyError = err.Error()
-					} else {
-						st.Update.Key = signature.KeyID(k)
-					}
+				if k, err := updateKey(cfg); err != nil {
+					st.Update.KeyError = err.Error()
+				} else if k != nil {
+					st.Update.Key = signature.KeyID(k)
 				}
 			}
 			if asJSON {
