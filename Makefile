@@ -5,6 +5,10 @@ export CGO_ENABLED := 0
 BUILD := build
 SLATE := $(BUILD)/slate
 REFERENCE := $(BUILD)/reference
+# The reference matrix: images as a user's debootstrap leaves them
+# (qemu-tests/reference/variants), each booted and upgraded across by the suite.
+MATRIX := $(BUILD)/matrix
+MATRIX_IMAGES := bookworm-generic bookworm-cloud trixie
 DEMO_DISK := $(BUILD)/demo.raw
 DEMO_NEXT := $(BUILD)/demo-2.oci
 DEMO_KEY := $(BUILD)/demo.key
@@ -15,7 +19,7 @@ GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 DEB_PACKAGES := squashfs-tools-ng squashfs-tools cryptsetup-bin qemu-system-x86 qemu-utils ovmf \
 	debootstrap gdisk fdisk dosfstools mtools cpio zstd xz-utils e2fsprogs genisoimage
 
-.PHONY: all slate deps unit test qemu-test bench reference-image init-binary demo run clean vet
+.PHONY: all slate deps unit test qemu-test bench reference-image reference-matrix init-binary demo run clean vet
 
 all: slate
 
@@ -51,10 +55,14 @@ reference-image:
 	@mkdir -p $(BUILD)
 	bash qemu-tests/reference/build.sh $(REFERENCE)
 
+reference-matrix:
+	@mkdir -p $(MATRIX)
+	for v in $(MATRIX_IMAGES); do bash qemu-tests/reference/build.sh -v $$v $(MATRIX)/$$v || exit 1; done
+
 # Every test, the QEMU suite included.
-test: deps reference-image
+test: deps reference-image reference-matrix
 	$(GO) vet ./...
-	SLATE_REFERENCE=$(abspath $(REFERENCE)) SLATE_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 80m ./...
+	SLATE_REFERENCE=$(abspath $(REFERENCE)) SLATE_MATRIX=$(abspath $(MATRIX)) SLATE_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 80m ./...
 
 # Build timings on the reference image, and the upgrade's root write against a plain copy.
 bench: deps reference-image

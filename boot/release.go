@@ -12,17 +12,21 @@ import (
 // The builder writes slot A's on a new disk, the agent a slot's after an
 // upgrade wrote it.
 type Release struct {
-	Slot          Slot      `json:"slot"`
-	Version       string    `json:"version"`
-	Artifact      string    `json:"artifact,omitempty"` // update artifact manifest digest; empty when the builder wrote the slot
-	SignedBy      string    `json:"signedBy,omitempty"` // the key that verified the artifact's signature (sha256:<16 hex> of its PKIX form); empty when none was asked for
-	Source        string    `json:"source"`             // source OCI image digest
-	RootHash      string    `json:"rootHash"`
-	RootSize      int64     `json:"rootSize"`
-	KernelRelease string    `json:"kernelRelease"`
-	Architecture  string    `json:"architecture"`
-	Created       time.Time `json:"created"`
-	Written       time.Time `json:"written,omitzero"` // set by the agent; zero from the builder (reproducible)
+	Slot          Slot   `json:"slot"`
+	Version       string `json:"version"`
+	Artifact      string `json:"artifact,omitempty"` // update artifact manifest digest; empty when the builder wrote the slot
+	SignedBy      string `json:"signedBy,omitempty"` // the key that verified the artifact's signature (sha256:<16 hex> of its PKIX form); empty when none was asked for
+	Source        string `json:"source"`             // source OCI image digest
+	RootHash      string `json:"rootHash"`
+	RootSize      int64  `json:"rootSize"`
+	KernelRelease string `json:"kernelRelease"`
+	// SystemdBootVersion is the version of the systemd-boot the image
+	// carries (its LoaderInfo), whether or not it went onto the ESP: an
+	// upgrade installs it only over an older one. Empty when unknown.
+	SystemdBootVersion string    `json:"systemdBootVersion,omitempty"`
+	Architecture       string    `json:"architecture"`
+	Created            time.Time `json:"created"`
+	Written            time.Time `json:"written,omitzero"` // set by the agent; zero from the builder (reproducible)
 }
 
 // ReleaseName is the release file's name in a slot's ESP directory.

@@ -41,6 +41,20 @@ func TestReleaseRoundTrip(t *testing.T) {
 	if err != nil || *back != r {
 		t.Errorf("round trip with artifact and written: %v %+v", err, back)
 	}
+
+	// The loader version is kept when known, and absent otherwise (older
+	// release files parse as they are).
+	if strings.Contains(string(r.Marshal()), "systemdBoot") {
+		t.Errorf("a release without a systemd-boot version has the key:\n%s", r.Marshal())
+	}
+	r.SystemdBootVersion = "257.9-1~deb13u1"
+	data = r.Marshal()
+	if !strings.Contains(string(data), `"systemdBootVersion": "257.9-1~deb13u1"`) {
+		t.Errorf("systemd-boot version not written:\n%s", data)
+	}
+	if back, err = ParseRelease(data); err != nil || *back != r {
+		t.Errorf("round trip with the systemd-boot version: %v %+v", err, back)
+	}
 }
 
 func TestParseReleaseRefuses(t *testing.T) {

@@ -70,6 +70,14 @@ type Result struct {
 	Plan          disk.Plan     `json:"plan"`
 	Steps         []StepTiming  `json:"steps"`
 	Total         time.Duration `json:"total"`
+
+	// State says how big the state partition is and why.
+	State StateSizing `json:"state"`
+
+	// InitramfsSkipped are the optional modules the kernel lacks;
+	// InitramfsUnresolved the soft dependencies that name nothing it has.
+	InitramfsSkipped    []string `json:"initramfsSkipped,omitempty"`
+	InitramfsUnresolved []string `json:"initramfsUnresolvedSoftdeps,omitempty"`
 }
 
 // StepTiming is one step's wall time.
@@ -246,6 +254,14 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("source %s: %w", s.Source, err)
 	}
 	b.res.KernelRelease = bootFiles.KernelRelease
+	// Checked now, before the slower steps: an explicit disk.stateSize
+	// too small for the first boot's copy of /var fails a disk's build (an
+	// artifact lands on nodes whose /var is already there).
+	state, err := StateSize(bootFiles.Var, int64(s.Disk.StateSize))
+	if err != nil && s.Outputs.Disk != "" {
+		return nil, err
+	}
+	b.res.State = state
 	b.done()
 
 	// 2 and 3, side by side: tar2sqfs had both cores; these are one core each.
@@ -279,9 +295,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if layout.ESPSize == 0 {
 		layout.ESPSize = int64(spec.DefaultESPSize)
 	}
-	if layout.StateSize == 0 {
-		layout.StateSize = int64(spec.DefaultStateSize)
-	}
+	layout.StateSize = state.Size
 	if layout.SlotSize == 0 {
 		layout.SlotSize = DefaultSlotSize(rootInfo.Size)
 	}
@@ -302,6 +316,8 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 				Slot: boot.SlotA, Version: version, Source: digest.String(), RootHash: rootInfo.RootHash, RootSize: rootInfo.Size,
 				KernelRelease: bootFiles.KernelRelease, Architecture: "amd64", Created: created,
 			}
+			// What the ESP's systemd-boot is; "" when it has no readable LoaderInfo.
+			release.SystemdBootVersion, _ = boot.SystemdBootFileVersion(bootFiles.SystemdBoot)
 			if err := writeDisk(raw, plan, seed[:], created, cmdline, release, sqfs, bootFiles, initrd); err != nil {
 				return err
 			}
@@ -322,7 +338,14 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 				Version: version, Architecture: "amd64", OS: "linux", Source: digest.String(),
 				KernelRelease: bootFiles.KernelRelease, Cmdline: cmdline, Root: rootInfo, Created: created,
 			}
-			if _, err := artifact.Write(s.Outputs.Artifact, cfg, artifact.Blob{Path: sqfs}, artifact.Blob{Path: bootFiles.Kernel}, artifact.Blob{Path: initrd}); err != nil {
+			// The image's systemd-boot goes along, so that an upgrade can bring
+			// the node's boot loader up to the image's (see agent/upgrade);
+			// Write puts its version in the config.
+			blobs := artifact.Blobs{
+				Root: artifact.Blob{Path: sqfs}, Kernel: artifact.Blob{Path: bootFiles.Kernel}, Initramfs: artifact.Blob{Path: initrd},
+				SystemdBoot: artifact.Blob{Path: bootFiles.SystemdBoot},
+			}
+			if _, err := artifact.Write(s.Outputs.Artifact, cfg, blobs); err != nil {
 				return fmt.Errorf("artifact %s: %w", s.Outputs.Artifact, err)
 			}
 			b.res.Artifact = s.Outputs.Artifact
@@ -405,10 +428,15 @@ func (b *build) initramfs(out string, bf *rootfs.Boot) (*initramfs.Info, error) 
 		return nil, err
 	}
 	defer f.Close()
-	mods := append(append([]string{}, initramfs.DefaultModules...), b.o.Spec.Initramfs.Modules...)
+	mods := append([]initramfs.Module{}, initramfs.DefaultModules...)
+	for _, m := range b.o.Spec.Initramfs.Modules {
+		mods = append(mods, initramfs.Module{Name: m, Why: "the image spec lists it (initramfs.modules)"})
+	}
 	info, err := initramfs.Build(f, initramfs.Input{
 		Init: initBin, KernelRelease: bf.KernelRelease, KernelConfig: bf.KernelConfig,
-		ModulesDep: bf.ModulesDep, ModulesBuiltin: bf.ModulesBuiltin, Modules: mods,
+		ModulesDep: bf.ModulesDep, ModulesBuiltin: bf.ModulesBuiltin, ModulesBuiltinModinfo: bf.ModulesBuiltinModinfo,
+		ModulesSoftdep: bf.ModulesSoftdep, ModulesWeakdep: bf.ModulesWeakdep, ModulesAlias: bf.ModulesAlias,
+		Modules: mods,
 		OpenModule: func(rel string) (io.ReadCloser, error) {
 			if bf.ModulesDir == "" {
 				return nil, fmt.Errorf("module %s: the image has no module files", rel)
@@ -417,8 +445,10 @@ func (b *build) initramfs(out string, bf *rootfs.Boot) (*initramfs.Info, error) 
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("initramfs: %w", err)
+		return nil, err // initramfs.Build's errors say "initramfs:"
 	}
+	// Written here, by the initramfs step alone (see parallel).
+	b.res.InitramfsSkipped, b.res.InitramfsUnresolved = info.Skipped, info.Unresolved
 	return info, f.Close()
 }
 

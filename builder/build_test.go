@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -154,8 +155,21 @@ func TestBuildDiskAndArtifact(t *testing.T) {
 	if *rel != want || len(a.Problems) != 0 {
 		t.Errorf("slot A release:\n got %+v\nwant %+v\nproblems %v", *rel, want, a.Problems)
 	}
-	if b.Release != nil || len(b.Problems) != 0 {
-		t.Errorf("slot B has a release %+v or problems %v", b.Release, b.Problems)
+	// The initramfs as inspect reads it off the ESP: ext4's crc32c came
+	// through its soft dependency, before it; the optional drivers the
+	// fake kernel lacks are only listed.
+	wantMods := []string{"squashfs", "crc32c_generic", "jbd2", "ext4", "virtio_ring", "virtio", "virtio_pci", "virtio_blk", "efi_pstore"}
+	if a.Initramfs == nil || !reflect.DeepEqual(a.Initramfs.Modules, wantMods) || !reflect.DeepEqual(res.Initramfs, wantMods) || a.Initramfs.KernelRelease != res.KernelRelease {
+		t.Errorf("slot A initramfs %+v, build result %v, want modules %v", a.Initramfs, res.Initramfs, wantMods)
+	}
+	if !reflect.DeepEqual(res.InitramfsSkipped, []string{"ahci", "xen_blkfront", "hv_storvsc", "crypto-sha256"}) {
+		t.Errorf("skipped %v", res.InitramfsSkipped)
+	}
+	if ar, err := inspect.Path(res.Artifact); err != nil || ar.Artifact.Initramfs == nil || !reflect.DeepEqual(ar.Artifact.Initramfs.Modules, wantMods) {
+		t.Errorf("artifact's initramfs: %+v %v", ar, err)
+	}
+	if b.Release != nil || len(b.Problems) != 0 || b.Initramfs != nil {
+		t.Errorf("slot B has a release %+v, an initramfs %+v or problems %v", b.Release, b.Initramfs, b.Problems)
 	}
 	var text strings.Builder
 	rep.Text(&text)
@@ -185,6 +199,20 @@ func TestBuildDiskAndArtifact(t *testing.T) {
 	rc.Close()
 	if !bytes.Equal(layerSum.Sum(nil), sum(t, slotImg)) {
 		t.Error("artifact root layer differs from slot A")
+	}
+	// The image's systemd-boot goes along (the test image's is a fake
+	// without a version: the config names none).
+	if art.SystemdBoot == nil {
+		t.Fatal("the artifact has no systemd-boot layer")
+	}
+	rc, err = art.SystemdBoot.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	loader, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || string(loader) != "MZ fake systemd-boot\n" || art.Config.SystemdBootVersion != "" {
+		t.Errorf("systemd-boot layer %q (%v), version %q", loader, err, art.Config.SystemdBootVersion)
 	}
 }
 

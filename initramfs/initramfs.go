@@ -1,8 +1,14 @@
 // Package initramfs packs slate's initramfs: the init (cmd/slate-init, see
 // package initbin) at /init, the kernel modules the init needs to reach the
-// root and state partitions (the closure of the wanted modules over
-// modules.dep, decompressed), and the list of modules in load order. The
-// builder calls Build once per image; the output is byte-reproducible.
+// root and state partitions, decompressed, and the list of modules in load
+// order. The builder calls Build once per image; the output is
+// byte-reproducible.
+//
+// The module closure is what modprobe would load (modules.dep, soft and weak
+// dependencies, aliases, built-in modules; see modules.go): the initramfs has
+// no modprobe, so whatever the kernel would later ask for through
+// request_module (ext4's crc32c on Debian's generic kernel) is loaded from the
+// list up front.
 //
 // The archive is a newc cpio (u-root's pkg/cpio) with sorted entries, every
 // directory listed, mtime 0 and owner 0:0, compressed with the best method
@@ -28,16 +34,40 @@ import (
 	"github.com/slate-os/slate/initramfs/layout"
 )
 
-// DefaultModules are the modules every slate initramfs carries, by module
-// name ('-' and '_' are the same). Those the kernel has built in are
-// skipped (modules.builtin); dependencies come from modules.dep.
+// Module is a module the initramfs carries, by module name or alias ('-'
+// and '_' are the same), resolved as modprobe resolves it: a module of that
+// name, else every module with a matching alias, else one built in.
+type Module struct {
+	Name string
+	// Optional modules are wanted where the kernel has them: one it has
+	// neither as a module nor built in is left out and listed in
+	// Info.Skipped. A required one missing fails the build.
+	Optional bool
+	// Why says what needs a required module, for the error when it is missing.
+	Why string
+}
+
+// DefaultModules are the modules every slate initramfs carries.
 //
-//   - virtio_pci, virtio_blk: QEMU and KVM clouds' disks;
-//     virtio_scsi, sd_mod: GCE-style virtio-scsi disks; nvme: EC2 Nitro and
-//     other NVMe disks (built in on Debian's cloud kernel).
+// Required, the init cannot boot without them:
 //   - squashfs: the root; dm_verity: the root's hash tree (its dm_mod,
 //     dm_bufio and reed_solomon come along); overlay: /etc over a tmpfs;
-//     ext4: the state partition (built in on Debian's kernels).
+//     ext4: the state partition. ext4's crc32c comes through its soft
+//     dependency on crypto-crc32c (modules on Debian's generic kernel;
+//     the cloud kernel builds ext4 and crc32c_generic in).
+//
+// Optional, wherever the kernel has them; the others are listed in
+// Info.Skipped:
+//   - The disks the init must find the root on: virtio_pci, virtio_blk
+//     (QEMU, KVM clouds); virtio_scsi, sd_mod (GCE-style virtio-scsi); nvme
+//     (EC2 Nitro and other NVMe); ahci (SATA, with libahci and libata);
+//     xen_blkfront (Xen guests, older EC2); hv_storvsc (Hyper-V, Azure; with
+//     hv_vmbus). One for a machine's absent hypervisor refuses to load
+//     (ENODEV): the init skips it and the modules that need it.
+//   - crypto-sha256, crypto-crc32c: the kernel's accelerated sha256 (for
+//     dm-verity) and crc32c (for ext4, whose soft dependency older kernels
+//     lack), as request_module would load them. A CPU without the
+//     instructions refuses them (ENODEV); the generic ones are there.
 //   - efivarfs: the init reads systemd-boot's variables for boot counting.
 //   - efi_pstore: a kernel panic from here on is written to EFI variables
 //     (pstore), so the boot after a rollback can keep the failed boot's
@@ -50,24 +80,24 @@ import (
 //     drive. The init mounts vfat with codepage=437,iocharset=ascii (the
 //     NLS modules it then needs, whatever the kernel's FAT_DEFAULT_*
 //     settings); isofs falls back to the built-in NLS table. sr_mod: a
-//     config drive on a SCSI CD-ROM (virtio-scsi; Debian's cloud kernel
-//     has no AHCI or IDE CD-ROM driver at all).
+//     config drive on a CD-ROM (virtio-scsi, SATA).
 //
-// Every one of them is required: a kernel that has one neither built in
-// nor as a module fails the build, naming it. Debian bookworm's cloud
-// kernel has them all, as modules.
-//
-// Soft dependencies are not followed: ext4 needs a crc32c implementation
-// and dm-verity a sha256 one through the crypto API, which the kernel loads
-// by running modprobe, absent from the initramfs. Debian builds both in;
-// for a kernel that has them as modules, add them to the image spec's
-// extras (crc32c_generic, sha256_generic).
-var DefaultModules = []string{
-	"virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "nvme",
-	"squashfs", "overlay", "dm_verity", "ext4",
-	"efivarfs", "efi_pstore",
-	"qemu_fw_cfg",
-	"vfat", "nls_cp437", "nls_ascii", "isofs", "sr_mod",
+// The image spec's extra modules are required.
+var DefaultModules = []Module{
+	{Name: "squashfs", Why: "slate's init needs it to mount the root"},
+	{Name: "dm_verity", Why: "slate's init needs it to verify the root"},
+	{Name: "overlay", Why: "slate's init needs it for /etc (an overlay on a tmpfs)"},
+	{Name: "ext4", Why: "slate's init needs it for the state partition (/var)"},
+
+	{Name: "virtio_pci", Optional: true}, {Name: "virtio_blk", Optional: true},
+	{Name: "virtio_scsi", Optional: true}, {Name: "sd_mod", Optional: true},
+	{Name: "nvme", Optional: true}, {Name: "ahci", Optional: true},
+	{Name: "xen_blkfront", Optional: true}, {Name: "hv_storvsc", Optional: true},
+	{Name: "crypto-sha256", Optional: true}, {Name: "crypto-crc32c", Optional: true},
+	{Name: "efivarfs", Optional: true}, {Name: "efi_pstore", Optional: true},
+	{Name: "qemu_fw_cfg", Optional: true},
+	{Name: "vfat", Optional: true}, {Name: "nls_cp437", Optional: true}, {Name: "nls_ascii", Optional: true},
+	{Name: "isofs", Optional: true}, {Name: "sr_mod", Optional: true},
 }
 
 // Input is what Build packs.
@@ -79,12 +109,16 @@ type Input struct {
 	// KernelConfig is the image's /boot/config-<release>, nil if absent; it
 	// decides the compression.
 	KernelConfig []byte
-	// ModulesDep and ModulesBuiltin are usr/lib/modules/<release>/modules.dep
-	// and modules.builtin.
-	ModulesDep, ModulesBuiltin []byte
-	// Modules are the wanted module names: DefaultModules plus the image
-	// spec's extras. Duplicates are fine.
-	Modules []string
+	// ModulesDep, ModulesBuiltin, ModulesBuiltinModinfo, ModulesSoftdep,
+	// ModulesWeakdep and ModulesAlias are depmod's files of
+	// usr/lib/modules/<release>/ (modules.dep, modules.builtin, ...); nil
+	// where the image has none. Only modules.dep is needed.
+	ModulesDep, ModulesBuiltin, ModulesBuiltinModinfo []byte
+	ModulesSoftdep, ModulesWeakdep, ModulesAlias      []byte
+	// Modules are the wanted modules, in load order where nothing else
+	// decides it: DefaultModules plus the image spec's extras. Duplicates
+	// are fine; a name both required and optional is required.
+	Modules []Module
 	// OpenModule opens a module by its path as written in modules.dep,
 	// relative to the modules directory, e.g. kernel/fs/squashfs/squashfs.ko
 	// (or .ko.xz, .ko.zst, .ko.gz: compressed modules are decompressed here).
@@ -98,10 +132,17 @@ type Input struct {
 type Info struct {
 	// Compression is "zstd", "xz", "gzip" or "none".
 	Compression string
-	// Modules are the module names in load order (dependencies first).
+	// Modules are the module names in load order: every module after its
+	// dependencies and pre: soft dependencies, before its post: and weak ones.
 	Modules []string
 	// Builtin are the wanted modules the kernel has built in.
 	Builtin []string
+	// Skipped are the optional modules the kernel has neither as a module
+	// nor built in.
+	Skipped []string
+	// Unresolved are the soft and weak dependencies that name nothing the
+	// kernel has, e.g. "ext4 pre: crypto-crc32c": modprobe ignores them too.
+	Unresolved []string
 	// Size is the compressed size in bytes; CPIOSize the uncompressed size.
 	Size, CPIOSize int64
 }
@@ -138,19 +179,22 @@ func Build(w io.Writer, in Input) (*Info, error) {
 		return nil, fmt.Errorf("initramfs: unknown compression %q", comp)
 	}
 
-	db, err := parseModules(in.ModulesDep, in.ModulesBuiltin)
+	db, err := parseModules(modFiles{
+		dep: in.ModulesDep, builtin: in.ModulesBuiltin, builtinModinfo: in.ModulesBuiltinModinfo,
+		softdep: in.ModulesSoftdep, weakdep: in.ModulesWeakdep, alias: in.ModulesAlias,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("initramfs: %w", err)
 	}
-	order, builtin, err := db.closure(in.Modules)
+	p, err := db.closure(in.KernelRelease, in.Modules)
 	if err != nil {
-		return nil, fmt.Errorf("initramfs: kernel %s: %w", in.KernelRelease, err)
+		return nil, fmt.Errorf("initramfs: %w", err)
 	}
-	if len(order) > 0 && in.OpenModule == nil {
+	if len(p.order) > 0 && in.OpenModule == nil {
 		return nil, errors.New("initramfs: modules wanted but no OpenModule")
 	}
 
-	info := &Info{Compression: comp, Builtin: builtin}
+	info := &Info{Compression: comp, Builtin: p.builtin, Skipped: p.skipped, Unresolved: p.unresolved}
 	modDir := path.Join(layout.ModulesDir, in.KernelRelease)
 	recs := []cpio.Record{
 		cpio.StaticRecord(in.Init, cpio.Info{Name: layout.Init, Mode: cpio.S_IFREG | 0o755}),
@@ -162,14 +206,18 @@ func Build(w io.Writer, in Input) (*Info, error) {
 	}
 	var list strings.Builder
 	list.WriteString(layout.KernelLine + in.KernelRelease + "\n")
-	for _, rel := range order {
+	for _, rel := range p.order {
 		data, err := readModule(in.OpenModule, rel)
 		if err != nil {
 			return nil, fmt.Errorf("initramfs: %w", err)
 		}
 		dst := path.Join(modDir, stripCompression(rel))
 		recs = append(recs, cpio.StaticRecord(data, cpio.Info{Name: dst, Mode: cpio.S_IFREG | 0o644}))
-		list.WriteString(dst + "\n")
+		e := layout.LoadEntry{Path: dst}
+		for _, d := range db.deps[rel] {
+			e.Needs = append(e.Needs, moduleName(d))
+		}
+		list.WriteString(e.String() + "\n")
 		info.Modules = append(info.Modules, moduleName(rel))
 	}
 	recs = append(recs, cpio.StaticFile(layout.LoadList, list.String(), 0o644))
@@ -311,133 +359,6 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// --- modules ---
-
-// compressedExts are the module suffixes depmod knows, longest first.
-var compressedExts = []string{".ko.zst", ".ko.xz", ".ko.gz", ".ko"}
-
-func stripCompression(rel string) string {
-	for _, ext := range compressedExts[:3] {
-		if strings.HasSuffix(rel, ext) {
-			return strings.TrimSuffix(rel, ext) + ".ko"
-		}
-	}
-	return rel
-}
-
-// NormalizeModuleName maps a module name or path to the kernel's form:
-// base name without .ko and compression suffix, '-' as '_'.
-func NormalizeModuleName(s string) string {
-	s = path.Base(s)
-	for _, ext := range compressedExts {
-		if strings.HasSuffix(s, ext) {
-			s = strings.TrimSuffix(s, ext)
-			break
-		}
-	}
-	return strings.ReplaceAll(s, "-", "_")
-}
-
-func moduleName(rel string) string { return NormalizeModuleName(rel) }
-
-type modDB struct {
-	byName  map[string]string   // name -> relPath (first in modules.dep wins, as for modprobe)
-	deps    map[string][]string // relPath -> dependency relPaths
-	builtin map[string]bool
-}
-
-func parseModules(dep, builtin []byte) (*modDB, error) {
-	db := &modDB{byName: map[string]string{}, deps: map[string][]string{}, builtin: map[string]bool{}}
-	sc := bufio.NewScanner(bytes.NewReader(dep))
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		mod, rest, ok := strings.Cut(line, ":")
-		if !ok {
-			return nil, fmt.Errorf("modules.dep line %d: no ':' in %q", n, line)
-		}
-		mod = strings.TrimSpace(mod)
-		if _, dup := db.deps[mod]; dup {
-			continue
-		}
-		db.deps[mod] = strings.Fields(rest)
-		name := NormalizeModuleName(mod)
-		if _, seen := db.byName[name]; !seen {
-			db.byName[name] = mod
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("modules.dep: %w", err)
-	}
-	sc = bufio.NewScanner(bytes.NewReader(builtin))
-	for sc.Scan() {
-		if line := strings.TrimSpace(sc.Text()); line != "" && !strings.HasPrefix(line, "#") {
-			db.builtin[NormalizeModuleName(line)] = true
-		}
-	}
-	return db, sc.Err()
-}
-
-// closure returns the relPaths to load, every module after its
-// dependencies, and the wanted names that are built in.
-func (db *modDB) closure(wanted []string) (order, builtin []string, err error) {
-	const (
-		visiting = 1
-		done     = 2
-	)
-	state := map[string]int{}
-	var visit func(rel string, chain []string) error
-	visit = func(rel string, chain []string) error {
-		switch state[rel] {
-		case done:
-			return nil
-		case visiting:
-			return fmt.Errorf("dependency cycle: %s -> %s", strings.Join(chain, " -> "), rel)
-		}
-		deps, ok := db.deps[rel]
-		if !ok {
-			return fmt.Errorf("module %s (needed by %s) is not in modules.dep", rel, strings.Join(chain, " -> "))
-		}
-		state[rel] = visiting
-		// modules.dep lists a module's dependencies so that loading them in
-		// reverse order works (as modprobe does); each one's own
-		// dependencies are visited first anyway.
-		for i := len(deps) - 1; i >= 0; i-- {
-			if err := visit(deps[i], append(chain, rel)); err != nil {
-				return err
-			}
-		}
-		state[rel] = done
-		order = append(order, rel)
-		return nil
-	}
-	seenBuiltin := map[string]bool{}
-	for _, w := range wanted {
-		name := NormalizeModuleName(w)
-		if name == "" {
-			continue
-		}
-		if rel, ok := db.byName[name]; ok {
-			if err := visit(rel, nil); err != nil {
-				return nil, nil, err
-			}
-			continue
-		}
-		if db.builtin[name] {
-			if !seenBuiltin[name] {
-				seenBuiltin[name] = true
-				builtin = append(builtin, name)
-			}
-			continue
-		}
-		return nil, nil, fmt.Errorf("module %q is neither in modules.dep nor built into the kernel (modules.builtin)", w)
-	}
-	return order, builtin, nil
 }
 
 func readModule(open func(string) (io.ReadCloser, error), rel string) ([]byte, error) {

@@ -70,9 +70,13 @@ type fakeTree struct {
 	opened []string
 }
 
-func newFakeTree(t *testing.T) *fakeTree {
+func newFakeTree(t *testing.T) *fakeTree { return fakeTreeOf(t, modulesDep) }
+
+// fakeTreeOf makes a module file for every line of a modules.dep,
+// compressed as its name says.
+func fakeTreeOf(t *testing.T, dep string) *fakeTree {
 	ft := &fakeTree{files: map[string][]byte{}}
-	for _, line := range strings.Split(strings.TrimSpace(modulesDep), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(dep), "\n") {
 		rel, _, _ := strings.Cut(line, ":")
 		ko := fakeKO(NormalizeModuleName(rel))
 		switch {
@@ -110,13 +114,21 @@ func input(t *testing.T, ft *fakeTree, config string, wanted ...string) Input {
 		KernelRelease:  kver,
 		ModulesDep:     []byte(modulesDep),
 		ModulesBuiltin: []byte(modulesBuiltin),
-		Modules:        wanted,
+		Modules:        required(wanted...),
 		OpenModule:     ft.open,
 	}
 	if config != "" {
 		in.KernelConfig = []byte(config)
 	}
 	return in
+}
+
+func required(names ...string) []Module {
+	var mods []Module
+	for _, n := range names {
+		mods = append(mods, Module{Name: n, Why: "the test needs it"})
+	}
+	return mods
 }
 
 var wantOrder = []string{
@@ -143,7 +155,7 @@ func TestClosure(t *testing.T) {
 	}
 	// Every module comes after all of its dependencies (checked against
 	// modules.dep itself, not just the expected list).
-	db, _ := parseModules([]byte(modulesDep), nil)
+	db, _ := parseModules(modFiles{dep: []byte(modulesDep)})
 	pos := map[string]int{}
 	for i, m := range info.Modules {
 		pos[m] = i
@@ -165,7 +177,7 @@ func TestClosure(t *testing.T) {
 func TestUnknownModule(t *testing.T) {
 	ft := newFakeTree(t)
 	_, err := Build(io.Discard, input(t, ft, zstdConfig, "squashfs", "no-such_module"))
-	if err == nil || !strings.Contains(err.Error(), `"no-such_module"`) || !strings.Contains(err.Error(), "neither in modules.dep nor built into") {
+	if err == nil || err.Error() != "initramfs: kernel "+kver+" has no no-such_module (neither built in nor a module): the test needs it" {
 		t.Errorf("err = %v, want one naming no-such_module", err)
 	}
 	_, err = Build(io.Discard, input(t, ft, zstdConfig, "needs_missing"))
@@ -259,6 +271,15 @@ func TestArchive(t *testing.T) {
 			checkListing(t, raw)
 			checkContents(t, raw)
 
+			// What slate inspect shows.
+			c, err := Read(bytes.NewReader(out.Bytes()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Compression != tc.comp || c.Size != info.Size || c.KernelRelease != kver || !reflect.DeepEqual(c.Modules, wantOrder) {
+				t.Errorf("Read = %+v", c)
+			}
+
 			// Byte-reproducible.
 			var again bytes.Buffer
 			if _, err := Build(&again, input(t, newFakeTree(t), tc.config, wanted...)); err != nil {
@@ -345,29 +366,44 @@ func checkContents(t *testing.T, raw []byte) {
 	if !bytes.Equal(files["init"], fakeInit) {
 		t.Error("init differs")
 	}
-	var list []string
-	for i, line := range strings.Split(strings.TrimSpace(string(files[strings.TrimPrefix(layout.LoadList, "/")])), "\n") {
-		if i == 0 {
-			if line != layout.KernelLine+kver {
-				t.Errorf("load list header %q", line)
-			}
-			continue
-		}
-		list = append(list, line)
-		mod := files[strings.TrimPrefix(line, "/")]
-		if want := fakeKO(NormalizeModuleName(line)); !bytes.Equal(mod, want) {
-			t.Errorf("%s: content %q, want %q (decompressed)", line, mod, want)
-		}
-		if !strings.HasPrefix(line, path.Join(layout.ModulesDir, kver)+"/") || !strings.HasSuffix(line, ".ko") {
-			t.Errorf("load list entry %q", line)
-		}
+	list, lkver, err := layout.ParseLoadList(bytes.NewReader(files[strings.TrimPrefix(layout.LoadList, "/")]))
+	if err != nil || lkver != kver {
+		t.Errorf("load list: kernel %q, %v", lkver, err)
 	}
 	var names []string
-	for _, l := range list {
-		names = append(names, NormalizeModuleName(l))
+	for _, e := range list {
+		mod := files[strings.TrimPrefix(e.Path, "/")]
+		if want := fakeKO(NormalizeModuleName(e.Path)); !bytes.Equal(mod, want) {
+			t.Errorf("%s: content %q, want %q (decompressed)", e.Path, mod, want)
+		}
+		if !strings.HasPrefix(e.Path, path.Join(layout.ModulesDir, kver)+"/") || !strings.HasSuffix(e.Path, ".ko") {
+			t.Errorf("load list entry %q", e)
+		}
+		names = append(names, e.Name())
 	}
 	if !reflect.DeepEqual(names, wantOrder) {
 		t.Errorf("load list order %v", names)
+	}
+	// Each entry names its modules.dep line, so the init can skip what
+	// needs a module that refused to load.
+	if e := list[len(list)-1]; e.Name() != "dm_verity" || !reflect.DeepEqual(e.Needs, []string{"dm_bufio", "dm_mod", "reed_solomon"}) {
+		t.Errorf("last entry %q, want dm_verity needing dm_bufio dm_mod reed_solomon", e)
+	}
+}
+
+func TestReadRefuses(t *testing.T) {
+	for _, data := range [][]byte{nil, []byte("MZ not an initramfs"), zstBytes(t, []byte("070701 truncated"))} {
+		if c, err := Read(bytes.NewReader(data)); err == nil {
+			t.Errorf("Read(%q) = %+v", data, c)
+		}
+	}
+	// A cpio without a load list.
+	var raw bytes.Buffer
+	if err := writeCPIO(&raw, []cpio.Record{cpio.StaticFile("init", "x", 0o755)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(&raw); err == nil || !strings.Contains(err.Error(), "no "+layout.LoadList) {
+		t.Errorf("no load list: %v", err)
 	}
 }
 

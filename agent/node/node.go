@@ -173,6 +173,13 @@ func (n *Node) MountESP(dir string) (string, error) {
 	}
 	dev := n.ESP().Device
 	if err := unix.Mount(dev, dir, "vfat", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "umask=0077"); err != nil {
+		// Another agent (slate status beside slate-health) mounted it between
+		// the check and the mount: the kernel refuses the same mount twice.
+		if errors.Is(err, unix.EBUSY) {
+			if again, _ := IsMountPoint(dir); again {
+				return dir, nil
+			}
+		}
 		return "", fmt.Errorf("mounting the ESP (%s) on %s: %w", dev, dir, err)
 	}
 	return dir, nil

@@ -1,7 +1,8 @@
 // Package slots reads and changes what a mounted ESP says about the two root
 // slots: their boot entries (loader/entries/slate-<slot>[+left[-done]].conf,
 // counted down by systemd-boot) and their files under slate/<slot>/ (kernel,
-// initramfs, release.json).
+// initramfs, release.json); and the systemd-boot binaries an upgrade keeps
+// current (loader.go).
 //
 // Every write is made crash-safe for vfat, which has no journal: the new
 // content goes to a temporary name in the same directory, is fsynced,

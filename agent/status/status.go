@@ -1,6 +1,8 @@
 // Package status gathers what `slate status` shows: the running slot, both
-// slots as the ESP has them, the last rollback and its kept logs, the node
-// config in force and this boot's health result.
+// slots as the ESP has them, the last rollback and its kept logs, the
+// init's last failure (kept on the state partition by the init, see
+// record.InitFailure), the node config in force and this boot's health
+// result.
 package status
 
 import (
@@ -22,13 +24,18 @@ type Status struct {
 	Running      Running           `json:"running"`
 	Slots        []Slot            `json:"slots"`
 	LastRollback *history.Rollback `json:"lastRollback,omitempty"`
-	Config       *record.Config    `json:"config,omitempty"`
-	Tainted      bool              `json:"tainted"`
+	// LastInitFailure is the newest failure of the init kept on the state
+	// partition (a boot that failed before systemd started).
+	LastInitFailure *InitFailure   `json:"lastInitFailure,omitempty"`
+	Config          *record.Config `json:"config,omitempty"`
+	Tainted         bool           `json:"tainted"`
 	// Health is this boot's assessment; nil before slate-health ran.
 	Health *history.Boot `json:"health,omitempty"`
 	// Update is where upgrades come from, by the node config; the caller
 	// fills it (Gather reads no config).
 	Update *Update `json:"update,omitempty"`
+	// SystemdBoot is the boot loader on the ESP and the one that booted.
+	SystemdBoot *SystemdBoot `json:"systemdBoot,omitempty"`
 }
 
 // Update is the node config's update policy.
@@ -40,6 +47,14 @@ type Update struct {
 	// KeyError says why update.publicKey cannot be used: every upgrade is
 	// refused then.
 	KeyError string `json:"keyError,omitempty"`
+}
+
+// InitFailure is a boot that failed in the init.
+type InitFailure struct {
+	record.InitFailure
+	// BeforeThisBoot is true when the boot(s) just before this one failed
+	// so (the init moved the failure to the state partition on this boot).
+	BeforeThisBoot bool `json:"beforeThisBoot"`
 }
 
 // Running is the booted slot.
@@ -80,6 +95,8 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 	for _, s := range boot.Slots {
 		st.Slots = append(st.Slots, Slot{Info: *info[s], Running: s == n.Running})
 	}
+	loaderInfo, _ := n.LoaderVar("LoaderInfo")
+	st.SystemdBoot = systemdBoot(esp, loaderInfo)
 	if id, err := node.BootID(); err == nil {
 		st.Running.BootID = id
 		if b, err := store.Boot(id); err == nil {
@@ -89,7 +106,22 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 	if rb, err := store.LastRollback(); err == nil && rb != nil {
 		st.LastRollback = rb
 	}
+	st.LastInitFailure = lastInitFailure(filepath.Join(store.Dir, record.InitFailureDirName), n.Record.PreviousFailure)
 	return st, nil
+}
+
+// lastInitFailure is the newest failure kept in dir; prev is the one this
+// boot's init moved there (the boot record's), which stands in when the
+// init could not write it.
+func lastInitFailure(dir string, prev *record.InitFailure) *InitFailure {
+	f, _ := record.ReadLastInitFailure(dir) // unreadable: left out, as the rest
+	if f == nil && prev != nil {
+		f = prev
+	}
+	if f == nil {
+		return nil
+	}
+	return &InitFailure{InitFailure: *f, BeforeThisBoot: prev != nil && prev.Same(*f)}
 }
 
 // WriteText prints the status for people.
@@ -134,6 +166,9 @@ func (st *Status) WriteText(w io.Writer) error {
 		}
 	}
 	tw.Flush()
+	if sb := st.SystemdBoot; sb != nil {
+		sb.writeText(w)
+	}
 	if h := st.Health; h != nil {
 		fmt.Fprintf(w, "health of this boot: %s", h.Result)
 		if h.Reason != "" {
@@ -166,6 +201,15 @@ func (st *Status) WriteText(w io.Writer) error {
 			fmt.Fprintf(w, "signed by key %s only\n", u.Key)
 		default:
 			fmt.Fprintln(w, "unsigned accepted (no update.publicKey)")
+		}
+	}
+	if f := st.LastInitFailure; f != nil {
+		fmt.Fprintf(w, "last init failure: %s %s\n", f.Time.Format("2006-01-02 15:04:05Z"), f.InitFailure)
+		switch {
+		case f.BeforeThisBoot && f.Count > 1:
+			fmt.Fprintf(w, "  the %d boots before this one failed so\n", f.Count)
+		case f.BeforeThisBoot:
+			fmt.Fprintln(w, "  the boot before this one failed so")
 		}
 	}
 	if rb := st.LastRollback; rb != nil {

@@ -1,6 +1,8 @@
 package status
 
 import (
+	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +28,8 @@ func TestWriteText(t *testing.T) {
 		LastRollback: &history.Rollback{Time: time.Date(2026, 11, 27, 14, 0, 0, 0, time.UTC), FromSlot: boot.SlotA, FromVersion: "v3",
 			FromGeneration: 3, ToSlot: boot.SlotB, ToVersion: "v2", Cause: "kernel panic: Kernel panic - not syncing: Attempted to kill init!",
 			Files: []string{"console.txt", "pstore/dmesg-efi-1", "pstore/dmesg-efi-2"}, Dir: "/var/lib/slate/rollbacks/3-a", ConsoleTail: "line 1\nKernel panic - not syncing: Attempted to kill init!\n"},
+		LastInitFailure: &InitFailure{InitFailure: record.InitFailure{Slot: "a", Step: "state", Error: "state partition /dev/vda4 is damaged", Count: 2,
+			Time: time.Date(2026, 11, 27, 13, 0, 0, 0, time.UTC)}, BeforeThisBoot: true},
 	}
 	var b strings.Builder
 	if err := st.WriteText(&b); err != nil {
@@ -46,9 +50,45 @@ func TestWriteText(t *testing.T) {
 		"kept: /var/lib/slate/rollbacks/3-a/console.txt",
 		"kept: /var/lib/slate/rollbacks/3-a/pstore (2 pstore records)",
 		"    Kernel panic - not syncing",
+		"last init failure: 2026-11-27 13:00:00Z slot a, step state: state partition /dev/vda4 is damaged (2 boots in a row) (the init stopped: it did not reboot)\n  the 2 boots before this one failed so\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status text lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// The init keeps its failures under /var/lib/slate/init-failures; status
+// shows the newest, and whether the boot before this one was it.
+func TestLastInitFailure(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), record.InitFailureDirName)
+	if f := lastInitFailure(dir, nil); f != nil {
+		t.Errorf("nothing kept: %+v", f)
+	}
+	old := record.InitFailure{Slot: "b", Step: "modules", Error: "loading x.ko: no such file", Count: 1, Counted: true, Rebooted: true, Time: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	last := record.InitFailure{Slot: "a", Step: "state", Error: "damaged", Count: 2, Time: time.Date(2026, 1, 3, 3, 4, 5, 0, time.UTC)}
+	for _, f := range []record.InitFailure{old, last} {
+		if _, err := record.WriteInitFailure(dir, f, record.KeepInitFailures); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A later boot: the newest kept failure, not just before this boot.
+	f := lastInitFailure(dir, nil)
+	if f == nil || !f.Same(last) || f.BeforeThisBoot {
+		t.Fatalf("later boot: %+v", f)
+	}
+	// The boot the init moved it on.
+	f = lastInitFailure(dir, &last)
+	if f == nil || !f.Same(last) || !f.BeforeThisBoot {
+		t.Errorf("this boot: %+v", f)
+	}
+	// The init could not write it on the state partition: the record's.
+	f = lastInitFailure(filepath.Join(t.TempDir(), "none"), &old)
+	if f == nil || !f.Same(old) || !f.BeforeThisBoot {
+		t.Errorf("from the record: %+v", f)
+	}
+	b, _ := json.Marshal(&Status{LastInitFailure: f})
+	if !strings.Contains(string(b), `"lastInitFailure":{"slot":"b","step":"modules","error":"loading x.ko: no such file","count":1,"counted":true,"rebooted":true,"time":"2026-01-02T03:04:05Z","beforeThisBoot":true}`) {
+		t.Errorf("JSON: %s", b)
 	}
 }

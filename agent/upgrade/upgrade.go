@@ -1,8 +1,9 @@
 // Package upgrade writes an update artifact into the slot that is not
 // running: its root partition (squashfs and dm-verity tree), its kernel and
-// initramfs on the ESP, and last its boot entry, counted (+3 tries) and of the
-// next generation, so the next boot tries it and systemd-boot falls back to
-// the running slot if it never becomes good.
+// initramfs on the ESP, the image's systemd-boot as the ESP's loader when it
+// is newer than the one there (loader.go), and last its boot entry, counted
+// (+3 tries) and of the next generation, so the next boot tries it and
+// systemd-boot falls back to the running slot if it never becomes good.
 //
 // Everything that can refuse the artifact is checked before anything is
 // changed. From the first change on, the target slot has no boot entry until
@@ -88,10 +89,14 @@ type Result struct {
 	RootHash   string
 	Entry      string // entry file name, slate-b+3.conf
 	Generation int
-	RootBytes  int64
-	RootWrite  time.Duration // stream, write and fdatasync of the root
-	Verify     time.Duration // read-back and dm-verity check
-	Total      time.Duration
+	// SystemdBoot is the systemd-boot version installed on the ESP; empty
+	// when the ESP's loader was kept (as new, newer, unreadable, or none in
+	// the artifact).
+	SystemdBoot string
+	RootBytes   int64
+	RootWrite   time.Duration // stream, write and fdatasync of the root
+	Verify      time.Duration // read-back and dm-verity check
+	Total       time.Duration
 }
 
 // Root write tuning, measured with BenchmarkRootWrite (see writeRoot):
@@ -123,6 +128,8 @@ var statESP = func(dir string) (free, cluster int64, err error) {
 //	upgrade: writing root of slot b (<size>)
 //	upgrade: verifying slot b
 //	upgrade: writing kernel and initramfs of slot b
+//	upgrade: systemd-boot <old> → <new> on the ESP (<path>)   (for each loader it replaces)
+//	upgrade: <why a loader is kept>                          (for each it does not)
 //	upgrade: writing boot entry of slot b
 //	upgrade: slot b holds <version> (generation N, 3 tries); reboot to use it
 //
@@ -140,7 +147,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	s := o.Target.Slot
 
 	// 1. Everything that can refuse, before any change.
-	a, dev, err := check(ctx, &o)
+	a, loader, dev, err := check(ctx, &o)
 	if err != nil {
 		return nil, err
 	}
@@ -218,9 +225,21 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := writeLayer(o.ESP, s.ESPDir()+"/"+boot.InitrdName, a.Initramfs); err != nil {
 		return failed("writing the initramfs", err)
 	}
+	// The loader, once the slot is known whole and before its entry: a
+	// failure or a power cut from here on leaves the ESP's old loader or
+	// the new one, and both boot the running slot's entry.
+	if err := ctx.Err(); err != nil {
+		return failed("before installing systemd-boot", err)
+	}
+	if err := installLoader(&o, loader, logf); err != nil {
+		return failed("installing systemd-boot", err)
+	}
+	if len(loader.installs) > 0 {
+		res.SystemdBoot = loader.version
+	}
 	rel := boot.Release{
 		Slot: s, Version: cfg.Version, Artifact: a.Digest.String(), SignedBy: signedBy, Source: cfg.Source,
-		RootHash: cfg.Root.RootHash, RootSize: cfg.Root.Size, KernelRelease: cfg.KernelRelease,
+		RootHash: cfg.Root.RootHash, RootSize: cfg.Root.Size, KernelRelease: cfg.KernelRelease, SystemdBootVersion: loader.version,
 		Architecture: cfg.Architecture, Created: cfg.Created, Written: now().UTC(),
 	}
 	if err := o.ESP.WriteRelease(rel); err != nil {
@@ -282,82 +301,89 @@ func slotCmdline(base string, s boot.Slot, partUUID, rootHash, statePartUUID, ve
 
 // check does step 1: it opens the artifact and the target device and
 // refuses anything that cannot work, changing nothing.
-func check(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error) {
+func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *os.File, error) {
 	t := o.Target
 	s := t.Slot
 	switch {
 	case o.ESP == nil:
-		return nil, nil, errors.New("upgrade: no ESP given")
+		return nil, nil, nil, errors.New("upgrade: no ESP given")
 	case t.Device == "":
-		return nil, nil, fmt.Errorf("upgrade: no device for slot %s", s)
+		return nil, nil, nil, fmt.Errorf("upgrade: no device for slot %s", s)
 	case t.Size <= 0:
-		return nil, nil, fmt.Errorf("upgrade: slot %s's partition size %d", s, t.Size)
+		return nil, nil, nil, fmt.Errorf("upgrade: slot %s's partition size %d", s, t.Size)
 	case t.PartUUID == "" || t.StatePartUUID == "":
-		return nil, nil, fmt.Errorf("upgrade: slot %s's partition UUID or the state partition's UUID is missing", s)
+		return nil, nil, nil, fmt.Errorf("upgrade: slot %s's partition UUID or the state partition's UUID is missing", s)
 	}
 	if _, err := boot.ParseSlot(string(s)); err != nil {
-		return nil, nil, fmt.Errorf("upgrade: target: %w", err)
+		return nil, nil, nil, fmt.Errorf("upgrade: target: %w", err)
 	}
 	if _, err := boot.ParseSlot(string(o.Running)); err != nil {
-		return nil, nil, fmt.Errorf("upgrade: running slot: %w", err)
+		return nil, nil, nil, fmt.Errorf("upgrade: running slot: %w", err)
 	}
 	if s == o.Running {
-		return nil, nil, fmt.Errorf("slot %s is the running slot; an upgrade writes the other one", s)
+		return nil, nil, nil, fmt.Errorf("slot %s is the running slot; an upgrade writes the other one", s)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 
 	// The running slot is the fallback while the new one is tried: it
 	// must be known good.
 	infos, err := o.ESP.Read()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	switch run := infos[o.Running]; run.State {
 	case slots.Trying:
-		return nil, nil, fmt.Errorf("slot %s is still on trial (%s): an upgrade must wait until its boot has been marked good, or it would be left without a fallback",
+		return nil, nil, nil, fmt.Errorf("slot %s is still on trial (%s): an upgrade must wait until its boot has been marked good, or it would be left without a fallback",
 			o.Running, run.EntryFile)
 	case slots.Bad:
-		return nil, nil, fmt.Errorf("slot %s, the running slot, is marked bad (%s): it is no fallback for an upgrade", o.Running, run.EntryFile)
+		return nil, nil, nil, fmt.Errorf("slot %s, the running slot, is marked bad (%s): it is no fallback for an upgrade", o.Running, run.EntryFile)
 	case slots.Empty:
-		return nil, nil, fmt.Errorf("slot %s, the running slot, has no boot entry: it is no fallback for an upgrade", o.Running)
+		return nil, nil, nil, fmt.Errorf("slot %s, the running slot, has no boot entry: it is no fallback for an upgrade", o.Running)
 	}
 
 	a, err := artifact.Open(o.Ref, append([]artifact.Option{artifact.WithContext(ctx)}, o.Artifact...)...)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	c := a.Config
 	if c.Architecture != NodeArch {
-		return nil, nil, fmt.Errorf("artifact %s is for %s; this node is %s", o.Ref, c.Architecture, NodeArch)
+		return nil, nil, nil, fmt.Errorf("artifact %s is for %s; this node is %s", o.Ref, c.Architecture, NodeArch)
 	}
 	// slate's dm-verity and init fix these; Validate allows what
 	// veritysetup allows.
 	r := c.Root
 	if r.DataBlockSize != verity.BlockSize || r.HashBlockSize != verity.BlockSize || r.Algorithm != verity.Algorithm || r.HashOffset != r.DataSize {
-		return nil, nil, fmt.Errorf("artifact %s: root with %d/%d-byte %s blocks and the hash tree at byte %d of %d: slate nodes need %d-byte sha256 blocks and the tree right after the data",
+		return nil, nil, nil, fmt.Errorf("artifact %s: root with %d/%d-byte %s blocks and the hash tree at byte %d of %d: slate nodes need %d-byte sha256 blocks and the tree right after the data",
 			o.Ref, r.DataBlockSize, r.HashBlockSize, r.Algorithm, r.HashOffset, r.DataSize, verity.BlockSize)
 	}
 	if _, err := hex.DecodeString(r.RootHash); err != nil || r.RootHash == "" {
-		return nil, nil, fmt.Errorf("artifact %s: config.root.rootHash %q is not a hex hash", o.Ref, r.RootHash)
+		return nil, nil, nil, fmt.Errorf("artifact %s: config.root.rootHash %q is not a hex hash", o.Ref, r.RootHash)
 	}
 	if runningRootHash(infos[o.Running]) == r.RootHash {
-		return nil, nil, fmt.Errorf("%w: slot %s already runs %s (root hash %s)", ErrUpToDate, o.Running, c.Version, r.RootHash)
+		return nil, nil, nil, fmt.Errorf("%w: slot %s already runs %s (root hash %s)", ErrUpToDate, o.Running, c.Version, r.RootHash)
 	}
 	if r.Size > t.Size {
-		return nil, nil, fmt.Errorf("artifact %s: the root with its hash tree is %s (%d bytes), larger than slot %s's partition (%s, %d bytes)",
+		return nil, nil, nil, fmt.Errorf("artifact %s: the root with its hash tree is %s (%d bytes), larger than slot %s's partition (%s, %d bytes)",
 			o.Ref, humanSize(r.Size), r.Size, s, humanSize(t.Size), t.Size)
-	}
-	if err := checkESPSpace(o, a); err != nil {
-		return nil, nil, err
 	}
 	if o.PublicKey != nil {
 		// After the cheap refusals, before any byte of a layer: a node that
 		// asks for signatures reads nothing of an unsigned root.
 		if _, err := a.VerifySignature(o.PublicKey); err != nil {
-			return nil, nil, fmt.Errorf("%w; update.publicKey asks for a signature by key %s", err, signature.KeyID(o.PublicKey))
+			return nil, nil, nil, fmt.Errorf("%w; update.publicKey asks for a signature by key %s", err, signature.KeyID(o.PublicKey))
 		}
+	}
+	// The systemd-boot layer is small: read it (and check its digest) now,
+	// so a bad one refuses the artifact before anything changes, and the
+	// space check knows whether it goes onto the ESP.
+	lp, err := planLoader(o, a)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := checkESPSpace(o, a, lp); err != nil {
+		return nil, nil, nil, err
 	}
 
 	// O_EXCL on a block device fails while it is mounted or held by
@@ -366,9 +392,9 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error
 	dev, err := os.OpenFile(t.Device, os.O_WRONLY|os.O_EXCL, 0)
 	if err != nil {
 		if errors.Is(err, unix.EBUSY) {
-			return nil, nil, fmt.Errorf("slot %s's partition %s is in use (mounted or mapped)", s, t.Device)
+			return nil, nil, nil, fmt.Errorf("slot %s's partition %s is in use (mounted or mapped)", s, t.Device)
 		}
-		return nil, nil, fmt.Errorf("slot %s: %w", s, err)
+		return nil, nil, nil, fmt.Errorf("slot %s: %w", s, err)
 	}
 	devSize, err := dev.Seek(0, io.SeekEnd)
 	if err == nil {
@@ -376,13 +402,13 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *os.File, error
 	}
 	if err != nil {
 		dev.Close()
-		return nil, nil, fmt.Errorf("slot %s: %s: %w", s, t.Device, err)
+		return nil, nil, nil, fmt.Errorf("slot %s: %s: %w", s, t.Device, err)
 	}
 	if r.Size > devSize {
 		dev.Close()
-		return nil, nil, fmt.Errorf("artifact %s: the root with its hash tree is %d bytes, larger than %s (%d bytes)", o.Ref, r.Size, t.Device, devSize)
+		return nil, nil, nil, fmt.Errorf("artifact %s: the root with its hash tree is %d bytes, larger than %s (%d bytes)", o.Ref, r.Size, t.Device, devSize)
 	}
-	return a, dev, nil
+	return a, lp, dev, nil
 }
 
 // runningRootHash is the verity root hash the running slot booted with.
@@ -396,9 +422,10 @@ func runningRootHash(in *slots.Info) string {
 	return ""
 }
 
-// checkESPSpace refuses an artifact whose kernel and initramfs would not fit
-// on the ESP once the target slot's old files are removed.
-func checkESPSpace(o *Options, a *artifact.Artifact) error {
+// checkESPSpace refuses an artifact whose kernel and initramfs, and the
+// systemd-boot the plan installs, would not fit on the ESP once the target
+// slot's old files are removed.
+func checkESPSpace(o *Options, a *artifact.Artifact, lp *loaderPlan) error {
 	free, cluster, err := statESP(o.ESP.Dir)
 	if err != nil {
 		return err
@@ -414,14 +441,18 @@ func checkESPSpace(o *Options, a *artifact.Artifact) error {
 		return err
 	}
 	// The release and the entry take a cluster each.
-	need := round(ks) + round(is) + 2*cluster
+	need := round(ks) + round(is) + 2*cluster + lp.espBytes(round)
+	what := "the kernel and initramfs need"
+	if len(lp.installs) > 0 {
+		what = "the kernel, initramfs and systemd-boot need"
+	}
 	old, err := filesSize(filepath.Join(o.ESP.Dir, filepath.FromSlash(o.Target.Slot.ESPDir())), round)
 	if err != nil {
 		return err
 	}
 	if need > free+old {
-		return fmt.Errorf("artifact %s: the ESP has %s free (%s once slot %s's old files are removed); the kernel and initramfs need %s",
-			o.Ref, humanSize(free), humanSize(free+old), o.Target.Slot, humanSize(need))
+		return fmt.Errorf("artifact %s: the ESP has %s free (%s once slot %s's old files are removed); %s %s",
+			o.Ref, humanSize(free), humanSize(free+old), o.Target.Slot, what, humanSize(need))
 	}
 	return nil
 }

@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/static"
+
 	"github.com/slate-os/slate/agent/slots"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/verity"
@@ -39,6 +41,22 @@ type art struct {
 	cmdline    string
 	rootHash   string // overrides the config's root hash (a wrong one)
 	noSquashfs bool   // the data does not start with a squashfs superblock
+	loader     []byte // the systemd-boot layer; nil: trixieLoader
+	noLoader   bool   // no systemd-boot layer, as artifacts before it had
+}
+
+// Fake systemd-boot binaries: what matters is their LoaderInfo.
+var (
+	bookwormLoader = fakeLoader("252.39-1~deb12u1", "bookworm")
+	trixieLoader   = fakeLoader("257.9-1~deb13u1", "trixie")
+)
+
+// fakeLoader is an EFI binary as far as the upgrade can tell: bytes around
+// the LoaderInfo string of systemd-boot's .sdmagic section.
+func fakeLoader(version, filler string) []byte {
+	b := append([]byte("MZ\x90\x00"), bytes.Repeat([]byte(filler+"\x00"), 500)...)
+	b = append(b, "#### LoaderInfo: systemd-boot "+version+" ####\x00"...)
+	return append(b, bytes.Repeat([]byte{0xcc}, 100)...)
 }
 
 // built is an artifact layout and the blobs it holds.
@@ -47,11 +65,25 @@ type built struct {
 	dir                  string
 	cfg                  artifact.Config
 	root, kernel, initrd []byte
+	loader               []byte // nil: no systemd-boot layer
 }
 
 func blobPath(dir string, b []byte) string {
 	sum := sha256.Sum256(b)
 	return filepath.Join(dir, "blobs", "sha256", hex.EncodeToString(sum[:]))
+}
+
+// corrupt flips one bit of the file at byte i.
+func corrupt(t testing.TB, path string, i int) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[i] ^= 1
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // makeArtifact writes an update artifact whose root is a squashfs-like
@@ -111,6 +143,12 @@ func makeArtifact(t testing.TB, a art) built {
 	if a.rootHash != "" {
 		b.cfg.Root.RootHash = a.rootHash
 	}
+	if !a.noLoader {
+		b.loader = a.loader
+		if b.loader == nil {
+			b.loader = trixieLoader
+		}
+	}
 	blob := func(name string, data []byte) artifact.Blob {
 		p := filepath.Join(tmp, name)
 		if err := os.WriteFile(p, data, 0o644); err != nil {
@@ -118,8 +156,15 @@ func makeArtifact(t testing.TB, a art) built {
 		}
 		return artifact.Blob{Path: p}
 	}
-	if _, err := artifact.Write(b.dir, b.cfg, blob("root", b.root), blob("kernel", b.kernel), blob("initrd", b.initrd)); err != nil {
+	blobs := artifact.Blobs{Root: blob("root", b.root), Kernel: blob("kernel", b.kernel), Initramfs: blob("initrd", b.initrd)}
+	if b.loader != nil {
+		blobs.SystemdBoot = blob("systemd-boot", b.loader)
+	}
+	if _, err := artifact.Write(b.dir, b.cfg, blobs); err != nil {
 		t.Fatal(err)
+	}
+	if b.loader != nil {
+		b.cfg.SystemdBootVersion, _ = boot.SystemdBootVersion(b.loader) // as Write does
 	}
 	return b
 }
@@ -131,7 +176,8 @@ const (
 )
 
 // node is a test node running slot a (good, generation 3) with an older
-// good image in slot b (generation 2).
+// good image in slot b (generation 2), and bookworm's systemd-boot as the
+// ESP's fallback loader, as the builder leaves it.
 type node struct {
 	esp    *slots.ESP
 	device string
@@ -170,6 +216,7 @@ func newNode(t testing.TB, entryA string) *node {
 	putSlot(t, esp, boot.SlotA, 3, entryA, "1.0")
 	putSlot(t, esp, boot.SlotB, 2, "slate-b.conf", "0.9")
 	put(t, esp, boot.LoaderConf, "timeout 0\n")
+	put(t, esp, boot.FallbackEFI, string(bookwormLoader))
 	n := &node{esp: slots.Open(esp), device: filepath.Join(dir, "vda3")}
 	if err := os.WriteFile(n.device, bytes.Repeat([]byte{0xee}, devSize), 0o644); err != nil {
 		t.Fatal(err)
@@ -246,6 +293,7 @@ func TestUpgrade(t *testing.T) {
 				fmt.Sprintf("upgrade: writing root of slot b (%s)", humanSize(int64(len(b.root)))),
 				"upgrade: verifying slot b",
 				"upgrade: writing kernel and initramfs of slot b",
+				"upgrade: systemd-boot 252.39-1~deb12u1 → 257.9-1~deb13u1 on the ESP (EFI/BOOT/BOOTX64.EFI)",
 				"upgrade: writing boot entry of slot b",
 				"upgrade: slot b holds 2.0 (generation 4, 3 tries); reboot to use it",
 			}
@@ -255,7 +303,8 @@ func TestUpgrade(t *testing.T) {
 			digest, _ := os.ReadFile(filepath.Join(b.dir, "index.json"))
 			if res.Slot != boot.SlotB || res.Version != "2.0" || res.Entry != "slate-b+3.conf" || res.Generation != 4 ||
 				res.RootBytes != int64(len(b.root)) || res.RootHash != b.cfg.Root.RootHash ||
-				!strings.HasPrefix(res.Digest, "sha256:") || !strings.Contains(string(digest), res.Digest) || res.Total <= 0 {
+				!strings.HasPrefix(res.Digest, "sha256:") || !strings.Contains(string(digest), res.Digest) || res.Total <= 0 ||
+				res.SystemdBoot != "257.9-1~deb13u1" {
 				t.Errorf("result %+v", res)
 			}
 
@@ -275,7 +324,7 @@ func TestUpgrade(t *testing.T) {
 			}
 
 			// The ESP.
-			for rel, want := range map[string][]byte{"slate/b/vmlinuz": b.kernel, "slate/b/initramfs": b.initrd} {
+			for rel, want := range map[string][]byte{"slate/b/vmlinuz": b.kernel, "slate/b/initramfs": b.initrd, boot.FallbackEFI: trixieLoader} {
 				if got, err := os.ReadFile(filepath.Join(n.esp.Dir, rel)); err != nil || !bytes.Equal(got, want) {
 					t.Errorf("%s: %d bytes (%v), want the layer's %d", rel, len(got), err, len(want))
 				}
@@ -298,7 +347,7 @@ func TestUpgrade(t *testing.T) {
 				t.Fatal(err)
 			}
 			wantRel := boot.Release{Slot: boot.SlotB, Version: "2.0", Artifact: res.Digest, Source: b.cfg.Source,
-				RootHash: b.cfg.Root.RootHash, RootSize: int64(len(b.root)), KernelRelease: "6.1.0-18-cloud-amd64",
+				RootHash: b.cfg.Root.RootHash, RootSize: int64(len(b.root)), KernelRelease: "6.1.0-18-cloud-amd64", SystemdBootVersion: "257.9-1~deb13u1",
 				Architecture: "amd64", Created: b.cfg.Created, Written: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)}
 			if rel != wantRel {
 				t.Errorf("release.json %+v\nwant %+v", rel, wantRel)
@@ -325,6 +374,10 @@ func TestRefused(t *testing.T) {
 	arm := makeArtifact(t, art{arch: "arm64"})
 	signed, key := signedArtifact(t)
 	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
+	// A systemd-boot blob that is not what the manifest says: refused
+	// before anything is written, like a bad signature.
+	badLoader := makeArtifact(t, art{version: "2.3"})
+	corrupt(t, blobPath(badLoader.dir, badLoader.loader), 100)
 	for _, c := range []struct {
 		name   string
 		entryA string // slot a's entry (a runs)
@@ -345,7 +398,18 @@ func TestRefused(t *testing.T) {
 			"slot b is the running slot; an upgrade writes the other one"},
 		{"ESP too small", "slate-a.conf", good.ref, func(o *Options) {
 			statESP = func(string) (int64, int64, error) { return 4096, 4096, nil }
-		}, nil, "the ESP has 4.0 KiB free (16.0 KiB once slot b's old files are removed); the kernel and initramfs need 36.0 KiB"},
+		}, nil, "the ESP has 4.0 KiB free (16.0 KiB once slot b's old files are removed); the kernel, initramfs and systemd-boot need 40.0 KiB"},
+		{"ESP too small, no newer systemd-boot", "slate-a.conf", good.ref, func(o *Options) {
+			put(t, o.ESP.Dir, boot.FallbackEFI, string(fakeLoader("258", "newer")))
+			statESP = func(string) (int64, int64, error) { return 4096, 4096, nil }
+		}, nil, "; the kernel and initramfs need 36.0 KiB"},
+		{"bad systemd-boot digest", "slate-a.conf", badLoader.ref, nil, nil, "the artifact's systemd-boot layer: " + badLoader.ref + ": blob sha256:"},
+		{"bad systemd-boot digest, signed", "slate-a.conf", badLoader.ref, func(o *Options) {
+			if _, err := artifact.Sign(badLoader.ref, key, ""); err != nil {
+				t.Fatal(err)
+			}
+			o.PublicKey = key.Public()
+		}, nil, "has digest sha256:"},
 		{"no such artifact", "slate-a.conf", "oci:/nonexistent", nil, nil, "oci:/nonexistent: not an OCI layout"},
 		{"unsigned", "slate-a.conf", good.ref, func(o *Options) { o.PublicKey = key.Public() }, nil,
 			good.ref + ": not signed"},
@@ -425,11 +489,10 @@ func TestFailed(t *testing.T) {
 		{"not a squashfs", art{noSquashfs: true}, nil,
 			"does not start with a squashfs", "upgrade: verifying slot b"},
 		{"corrupted kernel blob", art{}, func(t *testing.T, b built) {
-			p := blobPath(b.dir, b.kernel)
-			data, _ := os.ReadFile(p)
-			data[0] ^= 1
-			os.WriteFile(p, data, 0o644)
+			corrupt(t, blobPath(b.dir, b.kernel), 0)
 		}, "writing the kernel", "upgrade: writing kernel and initramfs of slot b"},
+		// The failure is planted on the node's ESP below.
+		{"systemd-boot not written", art{}, nil, "installing systemd-boot", "upgrade: systemd-boot 252.39-1~deb12u1 → 257.9-1~deb13u1 on the ESP (EFI/BOOT/BOOTX64.EFI)"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			b := makeArtifact(t, c.art)
@@ -437,6 +500,11 @@ func TestFailed(t *testing.T) {
 				c.damage(t, b)
 			}
 			n := newNode(t, "slate-a.conf")
+			if c.name == "systemd-boot not written" {
+				// os.Remove cannot remove a directory that is not empty, so
+				// the write to the loader's temporary name fails.
+				put(t, n.esp.Dir, "EFI/BOOT/.slate-tmp-BOOTX64.EFI.tmp/x", "")
+			}
 			before := n.snapshot(t)
 			_, err := Run(context.Background(), n.options(b.ref))
 			t.Log(err)
@@ -454,7 +522,7 @@ func TestFailed(t *testing.T) {
 			}
 			after := n.snapshot(t)
 			for k, v := range before {
-				if strings.HasPrefix(k, "slate/a/") || k == "loader/entries/slate-a.conf" || k == boot.LoaderConf {
+				if strings.HasPrefix(k, "slate/a/") || k == "loader/entries/slate-a.conf" || k == boot.LoaderConf || k == boot.FallbackEFI {
 					if after[k] != v {
 						t.Errorf("%s changed", k)
 					}
@@ -700,4 +768,146 @@ type endless struct{}
 func (endless) Read(p []byte) (int, error) {
 	time.Sleep(5 * time.Millisecond)
 	return len(p), nil
+}
+
+// TestLoader: the artifact's systemd-boot replaces the ESP's only when it is
+// newer, at each loader path that has a systemd-boot, and never creates one.
+func TestLoader(t *testing.T) {
+	const (
+		fallback = boot.FallbackEFI
+		bootctl  = boot.SystemdBootEFI
+	)
+	trixieOnESP := fakeLoader("257.9-1~deb13u1", "the ESP's own bytes") // same version, other bytes
+	shim := []byte("MZ shim, not systemd-boot")
+	for _, c := range []struct {
+		name    string
+		art     art
+		esp     map[string][]byte // loaders on the ESP before; nil values are absent
+		after   map[string][]byte // and after; absent keys must not exist
+		log     []string          // lines between the kernel's and the entry's
+		version string            // Result.SystemdBoot
+		release string            // release.json's systemdBootVersion
+	}{
+		{"newer, both paths", art{},
+			map[string][]byte{fallback: bookwormLoader, bootctl: bookwormLoader},
+			map[string][]byte{fallback: trixieLoader, bootctl: trixieLoader},
+			[]string{"upgrade: systemd-boot 252.39-1~deb12u1 → 257.9-1~deb13u1 on the ESP (EFI/BOOT/BOOTX64.EFI)",
+				"upgrade: systemd-boot 252.39-1~deb12u1 → 257.9-1~deb13u1 on the ESP (EFI/systemd/systemd-bootx64.efi)"},
+			"257.9-1~deb13u1", "257.9-1~deb13u1"},
+		{"equal: no write", art{},
+			map[string][]byte{fallback: trixieOnESP},
+			map[string][]byte{fallback: trixieOnESP},
+			[]string{"upgrade: systemd-boot 257.9-1~deb13u1 on the ESP (EFI/BOOT/BOOTX64.EFI) is the artifact's"},
+			"", "257.9-1~deb13u1"},
+		{"older: no write (a downgrade keeps the newer loader)", art{loader: bookwormLoader},
+			map[string][]byte{fallback: trixieLoader},
+			map[string][]byte{fallback: trixieLoader},
+			[]string{"upgrade: systemd-boot 257.9-1~deb13u1 on the ESP (EFI/BOOT/BOOTX64.EFI) is newer than the artifact's 252.39-1~deb12u1: kept"},
+			"", "252.39-1~deb12u1"},
+		{"one path older, one newer", art{},
+			map[string][]byte{fallback: bookwormLoader, bootctl: fakeLoader("258.1", "newer")},
+			map[string][]byte{fallback: trixieLoader, bootctl: fakeLoader("258.1", "newer")},
+			[]string{"upgrade: systemd-boot 258.1 on the ESP (EFI/systemd/systemd-bootx64.efi) is newer than the artifact's 257.9-1~deb13u1: kept",
+				"upgrade: systemd-boot 252.39-1~deb12u1 → 257.9-1~deb13u1 on the ESP (EFI/BOOT/BOOTX64.EFI)"},
+			"257.9-1~deb13u1", "257.9-1~deb13u1"},
+		{"artifact's version unreadable", art{loader: []byte("MZ fake systemd-boot\n")},
+			map[string][]byte{fallback: bookwormLoader},
+			map[string][]byte{fallback: bookwormLoader},
+			[]string{"upgrade: the artifact's systemd-boot is not installed: its version cannot be read (no LoaderInfo marker: not a systemd EFI binary)"},
+			"", ""},
+		{"ESP's loader is not systemd-boot", art{},
+			map[string][]byte{fallback: shim},
+			map[string][]byte{fallback: shim},
+			[]string{"upgrade: EFI/BOOT/BOOTX64.EFI on the ESP is left alone: no LoaderInfo marker: not a systemd EFI binary"},
+			"", "257.9-1~deb13u1"},
+		{"no loader on the ESP: none created", art{},
+			map[string][]byte{fallback: nil},
+			map[string][]byte{},
+			[]string{"upgrade: systemd-boot 257.9-1~deb13u1 is not installed: the ESP has no boot loader at EFI/BOOT/BOOTX64.EFI or EFI/systemd/systemd-bootx64.efi"},
+			"", "257.9-1~deb13u1"},
+		{"artifact without systemd-boot", art{noLoader: true},
+			map[string][]byte{fallback: bookwormLoader},
+			map[string][]byte{fallback: bookwormLoader},
+			[]string{"upgrade: the artifact carries no systemd-boot (built before artifacts did); the ESP's is left as it is"},
+			"", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := makeArtifact(t, c.art)
+			n := newNode(t, "slate-a.conf")
+			for rel, data := range c.esp {
+				p := filepath.Join(n.esp.Dir, filepath.FromSlash(rel))
+				if data == nil {
+					if err := os.Remove(p); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				put(t, n.esp.Dir, rel, string(data))
+			}
+			res, err := Run(context.Background(), n.options(b.ref))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.SystemdBoot != c.version || res.Entry != "slate-b+3.conf" {
+				t.Errorf("result: systemd-boot %q, entry %s; want %q", res.SystemdBoot, res.Entry, c.version)
+			}
+			i := slices.Index(n.log, "upgrade: writing kernel and initramfs of slot b")
+			j := slices.Index(n.log, "upgrade: writing boot entry of slot b")
+			if i < 0 || j < i || !slices.Equal(n.log[i+1:j], c.log) {
+				t.Errorf("log:\n%s\nwant between the kernel and the entry:\n%s", strings.Join(n.log, "\n"), strings.Join(c.log, "\n"))
+			}
+			for _, rel := range boot.LoaderPaths {
+				got, err := os.ReadFile(filepath.Join(n.esp.Dir, filepath.FromSlash(rel)))
+				want, ok := c.after[rel]
+				switch {
+				case !ok && err == nil:
+					t.Errorf("%s was created", rel)
+				case ok && !bytes.Equal(got, want):
+					v, _ := boot.SystemdBootVersion(got)
+					t.Errorf("%s: %d bytes (%q, %v), want %d bytes", rel, len(got), v, err, len(want))
+				}
+			}
+			for _, dir := range []string{"EFI/BOOT", "EFI/systemd"} {
+				des, _ := os.ReadDir(filepath.Join(n.esp.Dir, dir))
+				for _, de := range des {
+					if strings.HasPrefix(de.Name(), ".slate-tmp-") {
+						t.Errorf("%s/%s left behind", dir, de.Name())
+					}
+				}
+			}
+			infos, err := n.esp.Read()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := infos[boot.SlotB].Release; r == nil || r.SystemdBootVersion != c.release {
+				t.Errorf("slot b's release %+v, want systemd-boot %q", r, c.release)
+			}
+		})
+	}
+}
+
+// TestPlanLoaderDisagrees: an artifact whose config names another
+// systemd-boot than its layer holds is refused (Write never makes one).
+func TestPlanLoaderDisagrees(t *testing.T) {
+	n := newNode(t, "slate-a.conf")
+	o := n.options("oci:crafted")
+	for _, c := range []struct {
+		config string
+		blob   []byte
+		want   string
+	}{
+		{"257.9-1~deb13u1", bookwormLoader, "config.systemdBootVersion is 257.9-1~deb13u1, but its systemd-boot layer says 252.39-1~deb12u1"},
+		{"257.9-1~deb13u1", []byte("MZ"), "config.systemdBootVersion is 257.9-1~deb13u1, but its systemd-boot layer has no readable version"},
+	} {
+		a := &artifact.Artifact{Config: artifact.Config{SystemdBootVersion: c.config}, SystemdBoot: static.NewLayer(c.blob, artifact.SystemdBootMediaType)}
+		if _, err := planLoader(&o, a); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("error %v\nwant %q", err, c.want)
+		}
+	}
+	// Agreeing, it plans the install.
+	a := &artifact.Artifact{Config: artifact.Config{SystemdBootVersion: "257.9-1~deb13u1"}, SystemdBoot: static.NewLayer(trixieLoader, artifact.SystemdBootMediaType)}
+	p, err := planLoader(&o, a)
+	if err != nil || len(p.installs) != 1 || p.installs[0] != (loaderInstall{boot.FallbackEFI, "252.39-1~deb12u1"}) || p.version != "257.9-1~deb13u1" {
+		t.Errorf("plan %+v, %v", p, err)
+	}
 }

@@ -1,7 +1,8 @@
 // Package gpt reads a GUID Partition Table and grows the partition that ends
 // last to the end of a disk that has become larger: the init does this for the
 // state partition on first boot, when the disk image was written to (or
-// attached as) a disk bigger than the image.
+// attached as) a disk bigger than the image, and on every later boot, for a
+// disk that grew since (a resized cloud volume).
 //
 // It is deliberately small and dependency free (the init links it): it works on
 // any io.ReaderAt / io.WriterAt, so it is tested on sparse files, and the

@@ -46,8 +46,17 @@ type Record struct {
 
 	// FirstBoot is true when this boot formatted the state partition.
 	FirstBoot bool `json:"first_boot"`
-	// StateGrown is true when this boot grew the state partition to the end of the disk.
+	// StateGrown is true when this boot grew the state partition to the
+	// end of the disk: on the first boot, or on any boot after the disk
+	// grew (a resized cloud volume).
 	StateGrown bool `json:"state_grown"`
+	// StateFSGrown is true when this boot grew the state filesystem to
+	// fill its partition, which had grown since the filesystem was made.
+	StateFSGrown bool `json:"state_fs_grown,omitempty"`
+	// StateSize is the state partition's size in bytes; StateFSSize the
+	// size of its filesystem as df shows it, after any growing.
+	StateSize   int64 `json:"state_size,omitempty"`
+	StateFSSize int64 `json:"state_fs_size,omitempty"`
 	// StatePopulated is true when this boot copied the image's /var onto state.
 	StatePopulated bool `json:"state_populated,omitempty"`
 	// StateFsck is e2fsck's exit status on this boot (-1: not run).
@@ -62,9 +71,16 @@ type Record struct {
 	// when it did not get that far.
 	Config *Config `json:"config,omitempty"`
 
+	// PreviousFailure is the init failure the boot(s) before this one
+	// ended in (its Count says how many in a row), moved by this boot from
+	// the EFI variable to the state partition (InitFailureDir); nil when
+	// the previous boot did not fail in the init.
+	PreviousFailure *InitFailure `json:"previous_failure,omitempty"`
+
 	// Warnings are problems that did not stop the boot.
 	Warnings []string `json:"warnings,omitempty"`
-	// Error is the fatal error, if any (the init then reboots).
+	// Error is the fatal error, if any (the init then reboots or stops:
+	// see package initramfs/init/failpolicy).
 	Error string `json:"error,omitempty"`
 }
 

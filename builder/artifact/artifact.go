@@ -10,6 +10,15 @@
 //	layers[0]     application/vnd.slate.rootfs.squashfs-verity.v1  rootfs.img
 //	layers[1]     application/vnd.slate.kernel.v1                  vmlinuz
 //	layers[2]     application/vnd.slate.initramfs.v1               initramfs
+//	layers[3]     application/vnd.slate.systemd-boot.efi.v1        systemd-bootx64.efi
+//
+// layers[3] is the image's systemd-boot (usr/lib/systemd/boot/efi/
+// systemd-bootx64.efi), so that a node's boot loader follows its OS: an
+// upgrade installs it on the ESP when it is newer than the one there
+// (agent/upgrade). Write always writes it when given one, and the builder
+// always gives it; Open accepts artifacts without it (written before it
+// existed), whose upgrades leave the ESP's loader as it is. An agent from
+// before this layer refuses an artifact that has it ("4 layers, want 3").
 //
 // The root layer is the squashfs padded to 4 KiB, then the dm-verity
 // superblock and hash tree, byte for byte what goes into a root partition.
@@ -37,6 +46,9 @@ const (
 	RootMediaType      = types.MediaType("application/vnd.slate.rootfs.squashfs-verity.v1")
 	KernelMediaType    = types.MediaType("application/vnd.slate.kernel.v1")
 	InitramfsMediaType = types.MediaType("application/vnd.slate.initramfs.v1")
+	// SystemdBootMediaType is the optional systemd-boot layer: the EFI
+	// binary as it is, at most boot.MaxSystemdBootSize bytes.
+	SystemdBootMediaType = types.MediaType("application/vnd.slate.systemd-boot.efi.v1")
 )
 
 // Annotation keys and the layer titles Write sets.
@@ -46,9 +58,10 @@ const (
 	// AnnotationRefName tags a manifest in an OCI layout's index.json.
 	AnnotationRefName = "org.opencontainers.image.ref.name"
 
-	RootTitle      = "rootfs.img"
-	KernelTitle    = "vmlinuz"
-	InitramfsTitle = "initramfs"
+	RootTitle        = "rootfs.img"
+	KernelTitle      = "vmlinuz"
+	InitramfsTitle   = "initramfs"
+	SystemdBootTitle = "systemd-bootx64.efi"
 )
 
 // Config is the artifact's config blob. It is marshalled as JSON in field
@@ -67,6 +80,12 @@ type Config struct {
 	Source string `json:"source"`
 	// KernelRelease is the kernel's `uname -r`.
 	KernelRelease string `json:"kernelRelease"`
+	// SystemdBootVersion is the version in the systemd-boot layer's
+	// LoaderInfo ("257.9-1~deb13u1"). Write fills it in from the blob and
+	// refuses a config that disagrees; empty when the artifact has no
+	// systemd-boot layer or its blob has no readable version (a node then
+	// installs none).
+	SystemdBootVersion string `json:"systemdBootVersion,omitempty"`
 	// Cmdline is the slot-independent part of the kernel command line. The
 	// per-slot and per-disk arguments (boot.ArgSlot, ArgRoot, ArgRootHash,
 	// ArgState, ArgVersion) are added by whoever writes the boot entry and
@@ -116,6 +135,9 @@ type Artifact struct {
 	// Root, Kernel and Initramfs are layers 0, 1 and 2 of the manifest;
 	// nil if the manifest lacks them (Validate reports that).
 	Root, Kernel, Initramfs v1.Layer
+	// SystemdBoot is layer 3, the image's systemd-boot; nil for an artifact
+	// written without it, which is valid.
+	SystemdBoot v1.Layer
 	// Image is the underlying OCI image (manifest, config, raw layers).
 	Image v1.Image
 

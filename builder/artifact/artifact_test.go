@@ -34,6 +34,25 @@ import (
 type inputs struct {
 	cfg                     Config
 	root, kernel, initramfs string
+	systemdBoot             string // "": an artifact without the layer
+}
+
+// testLoaderVersion is the version in makeInputs' fake systemd-boot.
+const testLoaderVersion = "257.9-1~deb13u1"
+
+// fakeLoader is a systemd-boot as far as its version goes: bytes around
+// the LoaderInfo marker of its .sdmagic section.
+func fakeLoader(version string) []byte {
+	b := append([]byte("MZ\x90\x00 fake systemd-boot "), bytes.Repeat([]byte{0, 1, 2}, 700)...)
+	return append(b, "#### LoaderInfo: systemd-boot "+version+" ####\x00"...)
+}
+
+func (in inputs) blobs() Blobs {
+	b := Blobs{Root: Blob{Path: in.root}, Kernel: Blob{Path: in.kernel}, Initramfs: Blob{Path: in.initramfs}}
+	if in.systemdBoot != "" {
+		b.SystemdBoot = Blob{Path: in.systemdBoot}
+	}
+	return b
 }
 
 // makeInputs writes a root blob of dataBlocks 4 KiB data blocks plus a
@@ -63,9 +82,10 @@ func makeInputs(t testing.TB, dataBlocks int64, sparse bool) inputs {
 			Root:          ri,
 			Created:       time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC),
 		},
-		root:      filepath.Join(dir, "root.img"),
-		kernel:    filepath.Join(dir, "vmlinuz"),
-		initramfs: filepath.Join(dir, "initramfs"),
+		root:        filepath.Join(dir, "root.img"),
+		kernel:      filepath.Join(dir, "vmlinuz"),
+		initramfs:   filepath.Join(dir, "initramfs"),
+		systemdBoot: filepath.Join(dir, "systemd-bootx64.efi"),
 	}
 	if sparse {
 		f, err := os.Create(in.root)
@@ -83,6 +103,7 @@ func makeInputs(t testing.TB, dataBlocks int64, sparse bool) inputs {
 	}
 	writeFile(t, in.kernel, append([]byte("MZ kernel "), bytes.Repeat([]byte{1, 2, 3}, 1000)...))
 	writeFile(t, in.initramfs, append([]byte{0x1f, 0x8b, 8, 0}, bytes.Repeat([]byte("cpio"), 500)...))
+	writeFile(t, in.systemdBoot, fakeLoader(testLoaderVersion))
 	return in
 }
 
@@ -95,7 +116,7 @@ func writeFile(t testing.TB, path string, b []byte) {
 
 func (in inputs) write(t testing.TB, dir string) v1.Hash {
 	t.Helper()
-	d, err := Write(dir, in.cfg, Blob{Path: in.root}, Blob{Path: in.kernel}, Blob{Path: in.initramfs})
+	d, err := Write(dir, in.cfg, in.blobs())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +159,9 @@ func checkArtifact(t *testing.T, a *Artifact, in inputs, digest v1.Hash) {
 	}
 	want := in.cfg
 	_, want.Root.Size = fileDigest(t, in.root)
+	if in.systemdBoot != "" && want.SystemdBootVersion == "" {
+		want.SystemdBootVersion = testLoaderVersion // Write reads it from the blob
+	}
 	if !reflect.DeepEqual(a.Config, want) {
 		t.Errorf("config\n got %+v\nwant %+v", a.Config, want)
 	}
@@ -148,7 +172,7 @@ func checkArtifact(t *testing.T, a *Artifact, in inputs, digest v1.Hash) {
 	if m.ArtifactType != ArtifactType || m.MediaType != types.OCIManifestSchema1 || m.Config.MediaType != ConfigMediaType {
 		t.Errorf("manifest types: %q %q %q", m.MediaType, m.ArtifactType, m.Config.MediaType)
 	}
-	for i, c := range []struct {
+	layers := []struct {
 		l     v1.Layer
 		path  string
 		mt    types.MediaType
@@ -157,7 +181,21 @@ func checkArtifact(t *testing.T, a *Artifact, in inputs, digest v1.Hash) {
 		{a.Root, in.root, RootMediaType, "rootfs.img"},
 		{a.Kernel, in.kernel, KernelMediaType, "vmlinuz"},
 		{a.Initramfs, in.initramfs, InitramfsMediaType, "initramfs"},
-	} {
+	}
+	if in.systemdBoot != "" {
+		layers = append(layers, struct {
+			l     v1.Layer
+			path  string
+			mt    types.MediaType
+			title string
+		}{a.SystemdBoot, in.systemdBoot, SystemdBootMediaType, "systemd-bootx64.efi"})
+	} else if a.SystemdBoot != nil {
+		t.Error("an artifact written without systemd-boot has a systemd-boot layer")
+	}
+	if len(m.Layers) != len(layers) {
+		t.Fatalf("manifest has %d layers, want %d", len(m.Layers), len(layers))
+	}
+	for i, c := range layers {
 		wantDigest, wantSize := fileDigest(t, c.path)
 		if d, _ := c.l.Digest(); d != wantDigest {
 			t.Errorf("layer %d digest %s, want %s", i, d, wantDigest)
@@ -249,16 +287,16 @@ func TestWriteStreamBlob(t *testing.T) {
 	in := makeInputs(t, 2, false)
 	dir := filepath.Join(t.TempDir(), "out")
 	kernel, _ := os.ReadFile(in.kernel)
-	d1, err := Write(dir, in.cfg, Blob{Path: in.root},
-		Blob{Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(kernel)), nil }},
-		Blob{Path: in.initramfs})
+	streamed := in.blobs()
+	streamed.Kernel = Blob{Open: func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(kernel)), nil }}
+	d1, err := Write(dir, in.cfg, streamed)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d2 := in.write(t, filepath.Join(t.TempDir(), "out")); d1 != d2 {
 		t.Errorf("stream and file give different digests %s, %s", d1, d2)
 	}
-	if _, err := Write(dir, in.cfg, Blob{Path: in.root}, Blob{}, Blob{Path: in.initramfs}); err == nil || !strings.Contains(err.Error(), "kernel layer: neither Path nor Open") {
+	if _, err := Write(dir, in.cfg, Blobs{Root: Blob{Path: in.root}, Initramfs: Blob{Path: in.initramfs}}); err == nil || !strings.Contains(err.Error(), "kernel layer: neither Path nor Open") {
 		t.Errorf("empty Blob: %v", err)
 	}
 }
@@ -312,8 +350,8 @@ func TestReproducible(t *testing.T) {
 	if !reflect.DeepEqual(t1, t2) {
 		t.Errorf("layouts differ:\n%v\n%v", t1, t2)
 	}
-	// ., oci-layout, index.json, blobs, blobs/sha256, 3 layers + config + manifest.
-	if len(t1) != 10 {
+	// ., oci-layout, index.json, blobs, blobs/sha256, 4 layers + config + manifest.
+	if len(t1) != 11 {
 		t.Errorf("layout has %d entries: %v", len(t1), t1)
 	}
 	for p, v := range t1 {
@@ -353,7 +391,7 @@ func TestWriteReplace(t *testing.T) {
 	other := filepath.Join(parent, "other")
 	os.Mkdir(other, 0o755)
 	writeFile(t, filepath.Join(other, "precious.txt"), []byte("keep me"))
-	_, err = Write(other, in.cfg, Blob{Path: in.root}, Blob{Path: in.kernel}, Blob{Path: in.initramfs})
+	_, err = Write(other, in.cfg, in.blobs())
 	if err == nil || !strings.Contains(err.Error(), `not a slate update artifact (it holds "precious.txt"); refusing to replace it`) {
 		t.Errorf("non-artifact dir: %v", err)
 	}
@@ -365,13 +403,13 @@ func TestWriteReplace(t *testing.T) {
 	ociDir := filepath.Join(parent, "image")
 	lp, _ := layout.Write(ociDir, empty.Index)
 	lp.AppendImage(img)
-	_, err = Write(ociDir, in.cfg, Blob{Path: in.root}, Blob{Path: in.kernel}, Blob{Path: in.initramfs})
+	_, err = Write(ociDir, in.cfg, in.blobs())
 	if err == nil || !strings.Contains(err.Error(), "refusing to replace") {
 		t.Errorf("image layout: %v", err)
 	}
 	file := filepath.Join(parent, "file")
 	writeFile(t, file, nil)
-	if _, err = Write(file, in.cfg, Blob{Path: in.root}, Blob{Path: in.kernel}, Blob{Path: in.initramfs}); err == nil || !strings.Contains(err.Error(), "not a directory") {
+	if _, err = Write(file, in.cfg, in.blobs()); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Errorf("file: %v", err)
 	}
 	for _, e := range mustReadDir(t, parent) {
@@ -422,7 +460,7 @@ func TestWriteBadConfig(t *testing.T) {
 			cfg := in.cfg
 			c.edit(&cfg)
 			dir := filepath.Join(t.TempDir(), "out")
-			_, err := Write(dir, cfg, Blob{Path: in.root}, Blob{Path: in.kernel}, Blob{Path: in.initramfs})
+			_, err := Write(dir, cfg, in.blobs())
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -512,6 +550,21 @@ func TestOpenBroken(t *testing.T) {
 			delete(cfg, "version")
 			cfg["os"] = "windows"
 		}, []string{"config.version: missing", `config.os: "windows", want "linux"`}},
+		{"systemd-boot media type", func(m, cfg map[string]any) {
+			m["layers"].([]any)[3].(map[string]any)["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
+		}, []string{`manifest.layers[3].mediaType: "application/vnd.oci.image.layer.v1.tar", want "application/vnd.slate.systemd-boot.efi.v1" (systemd-boot)`}},
+		{"five layers", func(m, cfg map[string]any) {
+			m["layers"] = append(m["layers"].([]any), m["layers"].([]any)[1])
+		}, []string{"manifest.layers: 5 layers, want 3 (root, kernel, initramfs) or 4 (and systemd-boot)"}},
+		{"systemd-boot too big", func(m, cfg map[string]any) {
+			m["layers"].([]any)[3].(map[string]any)["size"] = 9 << 20
+		}, []string{"manifest.layers[3].size: 9437184 bytes, more than a systemd-boot layer may be (8388608)"}},
+		{"systemd-boot version without the layer", func(m, cfg map[string]any) {
+			m["layers"] = m["layers"].([]any)[:3]
+		}, []string{`config.systemdBootVersion: "257.9-1~deb13u1", but the artifact has no systemd-boot layer`}},
+		{"systemd-boot version", func(m, cfg map[string]any) {
+			cfg["systemdBootVersion"] = "257 9"
+		}, []string{`config.systemdBootVersion: "257 9" is not a systemd-boot version`}},
 		{"config not json", func(m, cfg map[string]any) {
 			cfg["root"] = "nope"
 		}, []string{"config sha256:", "cannot unmarshal"}},
@@ -591,6 +644,43 @@ func TestOpenBroken(t *testing.T) {
 		dir := t.TempDir()
 		if _, err := Open("oci:" + dir); err == nil || !strings.Contains(err.Error(), "not an OCI layout (no oci-layout file)") {
 			t.Errorf("error %v", err)
+		}
+	})
+
+	t.Run("without systemd-boot", func(t *testing.T) {
+		// An artifact from before the layer: valid, SystemdBoot nil.
+		dir := filepath.Join(t.TempDir(), "old")
+		copyDir(t, good, dir)
+		rewrite(t, dir, func(m, cfg map[string]any) {
+			m["layers"] = m["layers"].([]any)[:3]
+			delete(cfg, "systemdBootVersion")
+		})
+		a, err := Open("oci:" + dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.SystemdBoot != nil || a.Config.SystemdBootVersion != "" || a.Initramfs == nil {
+			t.Errorf("systemd-boot layer %v, version %q", a.SystemdBoot, a.Config.SystemdBootVersion)
+		}
+	})
+
+	t.Run("tampered systemd-boot blob", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "tampered")
+		copyDir(t, good, dir)
+		a, err := Open("oci:" + dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := a.SystemdBoot.Digest()
+		path := filepath.Join(dir, "blobs", "sha256", d.Hex)
+		b, _ := os.ReadFile(path)
+		b[10] ^= 1
+		writeFile(t, path, b)
+		rc, _ := a.SystemdBoot.Compressed()
+		_, err = io.Copy(io.Discard, rc)
+		rc.Close()
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("blob %s has digest sha256:", d)) {
+			t.Errorf("tampered systemd-boot streamed with error %v", err)
 		}
 	})
 
@@ -746,5 +836,86 @@ func TestWriteMemoryFlat(t *testing.T) {
 	}
 	if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 8<<20 {
 		t.Errorf("streaming the root allocated %d bytes", allocated)
+	}
+}
+
+// TestWriteSystemdBoot: the systemd-boot layer is optional, its version in
+// the config always agrees with the blob, and its size is bounded.
+func TestWriteSystemdBoot(t *testing.T) {
+	in := makeInputs(t, 2, false)
+
+	t.Run("without", func(t *testing.T) {
+		old := in
+		old.systemdBoot = ""
+		dir := filepath.Join(t.TempDir(), "out")
+		d := old.write(t, dir)
+		a, err := Open("oci:" + dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkArtifact(t, a, old, d)
+		if a.SystemdBoot != nil || a.Config.SystemdBootVersion != "" {
+			t.Errorf("systemd-boot %v %q", a.SystemdBoot, a.Config.SystemdBootVersion)
+		}
+	})
+
+	t.Run("version given", func(t *testing.T) {
+		cfg := in.cfg
+		cfg.SystemdBootVersion = testLoaderVersion
+		dir := filepath.Join(t.TempDir(), "out")
+		if _, err := Write(dir, cfg, in.blobs()); err != nil {
+			t.Fatal(err)
+		}
+		if a, err := Open("oci:" + dir); err != nil || a.Config.SystemdBootVersion != testLoaderVersion {
+			t.Errorf("%v", err)
+		}
+	})
+
+	unreadable := filepath.Join(t.TempDir(), "fake.efi")
+	writeFile(t, unreadable, []byte("MZ fake systemd-boot\n"))
+	t.Run("no readable version", func(t *testing.T) {
+		// Written (the builder's test images have such fakes), without a
+		// version: nodes will not install it.
+		fake := in
+		fake.systemdBoot = unreadable
+		dir := filepath.Join(t.TempDir(), "out")
+		fake.write(t, dir)
+		a, err := Open("oci:" + dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.SystemdBoot == nil || a.Config.SystemdBootVersion != "" {
+			t.Errorf("systemd-boot %v %q", a.SystemdBoot, a.Config.SystemdBootVersion)
+		}
+	})
+
+	big := filepath.Join(t.TempDir(), "big.efi")
+	bigBlob := append(make([]byte, 8<<20), fakeLoader("257")...)
+	writeFile(t, big, bigBlob)
+	for _, c := range []struct {
+		name    string
+		version string
+		loader  string
+		want    string
+	}{
+		{"other version", "252.39-1~deb12u2", in.systemdBoot, `config.systemdBootVersion: "252.39-1~deb12u2", but the systemd-boot blob says "257.9-1~deb13u1"`},
+		{"version of an unreadable blob", testLoaderVersion, unreadable, "but the systemd-boot blob has no readable version"},
+		{"version without a blob", testLoaderVersion, "", `config.systemdBootVersion: "257.9-1~deb13u1", but no systemd-boot blob was given`},
+		{"too big", "", big, fmt.Sprintf("systemd-boot layer: %d bytes, more than a systemd-boot may be (8388608)", len(bigBlob))},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := in.cfg
+			cfg.SystemdBootVersion = c.version
+			bad := in
+			bad.systemdBoot = c.loader
+			dir := filepath.Join(t.TempDir(), "out")
+			_, err := Write(dir, cfg, bad.blobs())
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %v\nwant %q", err, c.want)
+			}
+			if names := mustReadDir(t, filepath.Dir(dir)); len(names) != 0 {
+				t.Errorf("left behind: %v", names)
+			}
+		})
 	}
 }

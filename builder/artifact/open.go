@@ -324,6 +324,8 @@ func newArtifact(img v1.Image, digest v1.Hash, where string, verify bool) (*Arti
 			a.Kernel = rl
 		case 2:
 			a.Initramfs = rl
+		case 3:
+			a.SystemdBoot = rl
 		}
 	}
 	return a, nil

@@ -32,8 +32,9 @@ func (e *ValidationError) Error() string {
 }
 
 // Validate checks that a is a slate update artifact this code understands:
-// the manifest's media types and its three layers in order, every config
-// field, and that the config agrees with the root layer's size. The error,
+// the manifest's media types and its three layers in order (and the
+// optional systemd-boot layer after them), every config field, and that
+// the config agrees with the root layer's size. The error,
 // a *ValidationError, lists every problem found. Open calls it.
 func (a *Artifact) Validate() error {
 	var problems []string
@@ -49,10 +50,13 @@ func (a *Artifact) Validate() error {
 				a.Config.Root.Size, m.Layers[0].Size))
 		}
 	}
-	for i, l := range []v1.Layer{a.Root, a.Kernel, a.Initramfs} {
-		if l == nil {
+	for i, l := range []v1.Layer{a.Root, a.Kernel, a.Initramfs, a.SystemdBoot} {
+		if l == nil && !layerRoles[i].optional {
 			problems = append(problems, fmt.Sprintf("%s layer: missing", layerRoles[i].name))
 		}
+	}
+	if a.SystemdBoot == nil && a.Config.SystemdBootVersion != "" {
+		problems = append(problems, fmt.Sprintf("config.systemdBootVersion: %q, but the artifact has no systemd-boot layer", a.Config.SystemdBootVersion))
 	}
 	problems = append(problems, checkConfig(a.Config)...)
 	if len(problems) > 0 {
@@ -61,15 +65,24 @@ func (a *Artifact) Validate() error {
 	return nil
 }
 
+// layerRoles are the layers by position. Optional ones come last: a
+// manifest may end before them.
 var layerRoles = []struct {
 	name      string
 	mediaType types.MediaType
 	title     string
+	optional  bool
+	maxSize   int64 // 0: no limit but the slot's (root) or the ESP's
 }{
-	{"root", RootMediaType, RootTitle},
-	{"kernel", KernelMediaType, KernelTitle},
-	{"initramfs", InitramfsMediaType, InitramfsTitle},
+	{"root", RootMediaType, RootTitle, false, 0},
+	{"kernel", KernelMediaType, KernelTitle, false, 0},
+	{"initramfs", InitramfsMediaType, InitramfsTitle, false, 0},
+	// Read whole into memory by the agent to find its version.
+	{"systemd-boot", SystemdBootMediaType, SystemdBootTitle, true, boot.MaxSystemdBootSize},
 }
+
+// requiredLayers is how many layers every artifact has.
+const requiredLayers = 3
 
 // checkManifest checks what makes a manifest a slate update artifact. An
 // empty result means the config and layers can be read by position.
@@ -87,8 +100,8 @@ func checkManifest(m *v1.Manifest) []string {
 	if m.Config.MediaType != ConfigMediaType {
 		p = append(p, fmt.Sprintf("manifest.config.mediaType: %q, want %q", m.Config.MediaType, ConfigMediaType))
 	}
-	if len(m.Layers) != len(layerRoles) {
-		p = append(p, fmt.Sprintf("manifest.layers: %d layers, want 3 (root, kernel, initramfs)", len(m.Layers)))
+	if len(m.Layers) < requiredLayers || len(m.Layers) > len(layerRoles) {
+		p = append(p, fmt.Sprintf("manifest.layers: %d layers, want 3 (root, kernel, initramfs) or 4 (and systemd-boot)", len(m.Layers)))
 	}
 	for i, l := range m.Layers {
 		if i >= len(layerRoles) {
@@ -107,8 +120,15 @@ func checkManifest(m *v1.Manifest) []string {
 func checkLayerSizes(m *v1.Manifest) []string {
 	var p []string
 	for i, l := range m.Layers {
-		if i < len(layerRoles) && l.Size <= 0 {
-			p = append(p, fmt.Sprintf("manifest.layers[%d].size: %d, the %s layer is empty", i, l.Size, layerRoles[i].name))
+		if i >= len(layerRoles) {
+			break
+		}
+		role := layerRoles[i]
+		switch {
+		case l.Size <= 0:
+			p = append(p, fmt.Sprintf("manifest.layers[%d].size: %d, the %s layer is empty", i, l.Size, role.name))
+		case role.maxSize > 0 && l.Size > role.maxSize:
+			p = append(p, fmt.Sprintf("manifest.layers[%d].size: %d bytes, more than a %s layer may be (%d)", i, l.Size, role.name, role.maxSize))
 		}
 	}
 	return p
@@ -119,6 +139,8 @@ var (
 	sha256RE   = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	rootHashRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 	saltRE     = regexp.MustCompile(`^([0-9a-f]{2}){0,256}$`)
+	// loaderVersionRE: what boot.ParseLoaderInfo accepts as a version.
+	loaderVersionRE = regexp.MustCompile(`^[!-~]{1,128}$`)
 )
 
 // architectures are the OCI/GOARCH names of Linux architectures.
@@ -165,6 +187,9 @@ func checkConfig(c Config) []string {
 		bad("kernelRelease", "missing")
 	} else if strings.ContainsAny(c.KernelRelease, "/ \t\n") {
 		bad("kernelRelease", "%q has a slash or white space", c.KernelRelease)
+	}
+	if v := c.SystemdBootVersion; v != "" && !loaderVersionRE.MatchString(v) {
+		bad("systemdBootVersion", "%q is not a systemd-boot version (printable ASCII without spaces, at most 128 characters)", v)
 	}
 	if strings.ContainsFunc(c.Cmdline, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		bad("cmdline", "has a control character (newline?)")

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/fsync"
 )
@@ -44,12 +45,25 @@ func (b Blob) open() (io.ReadCloser, string, error) {
 	return nil, "", errors.New("neither Path nor Open is set")
 }
 
+// Blobs are the layers Write puts in the artifact. SystemdBoot may be left
+// zero (neither Path nor Open): the artifact then has no systemd-boot layer,
+// like those written before it existed. The builder always gives it.
+type Blobs struct {
+	Root, Kernel, Initramfs, SystemdBoot Blob
+}
+
+func (b Blob) isZero() bool { return b.Path == "" && b.Open == nil }
+
 // Write writes the update artifact as an OCI image layout at dir and
 // returns its manifest digest. The layout's index.json lists the one
 // manifest, tagged with cfg.Version (org.opencontainers.image.ref.name).
 //
 // cfg.Root.Size may be left zero: Write sets it to the root blob's size;
-// when set, it must match. cfg.Created is stored in UTC. Write refuses a
+// when set, it must match. cfg.SystemdBootVersion may be left empty: Write
+// sets it to the version in the systemd-boot blob's LoaderInfo, if it has
+// one; when set, it must match. A systemd-boot blob without a readable
+// version is still written (its nodes will not install it).
+// cfg.Created is stored in UTC. Write refuses a
 // config that Validate would refuse, before it reads any blob.
 //
 // The same inputs give a byte-identical directory (file modes included:
@@ -63,7 +77,7 @@ func (b Blob) open() (io.ReadCloser, string, error) {
 // anything else is left alone and Write fails. On replacing, the old
 // layout is moved aside to dir+".old-*" and removed once the new one is in
 // place. A crash may leave those siblings behind, never a partial dir.
-func Write(dir string, cfg Config, root, kernel, initramfs Blob) (v1.Hash, error) {
+func Write(dir string, cfg Config, blobs Blobs) (v1.Hash, error) {
 	dir = filepath.Clean(dir)
 	fail := func(err error) (v1.Hash, error) {
 		return v1.Hash{}, fmt.Errorf("write update artifact %s: %w", dir, err)
@@ -77,7 +91,11 @@ func Write(dir string, cfg Config, root, kernel, initramfs Blob) (v1.Hash, error
 	if pre.Root.Size == 0 {
 		pre.Root.Size = rootMinSize(pre.Root)
 	}
-	if p := checkConfig(pre); len(p) > 0 {
+	p := checkConfig(pre)
+	if cfg.SystemdBootVersion != "" && blobs.SystemdBoot.isZero() {
+		p = append(p, fmt.Sprintf("config.systemdBootVersion: %q, but no systemd-boot blob was given", cfg.SystemdBootVersion))
+	}
+	if len(p) > 0 {
 		return fail(&ValidationError{Problems: p})
 	}
 	replace, err := checkOutputDir(dir)
@@ -100,7 +118,7 @@ func Write(dir string, cfg Config, root, kernel, initramfs Blob) (v1.Hash, error
 		}
 	}()
 
-	digest, err := writeLayout(tmp, &cfg, root, kernel, initramfs)
+	digest, err := writeLayout(tmp, &cfg, blobs)
 	if err != nil {
 		return fail(err)
 	}
@@ -115,13 +133,13 @@ func Write(dir string, cfg Config, root, kernel, initramfs Blob) (v1.Hash, error
 }
 
 // writeLayout writes the whole layout into the empty directory tmp.
-func writeLayout(tmp string, cfg *Config, root, kernel, initramfs Blob) (v1.Hash, error) {
+func writeLayout(tmp string, cfg *Config, blobs Blobs) (v1.Hash, error) {
 	lp, err := layout.Write(tmp, empty.Index)
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	blobs := filepath.Join(tmp, "blobs", "sha256")
-	if err := os.MkdirAll(blobs, 0o755); err != nil {
+	blobDir := filepath.Join(tmp, "blobs", "sha256")
+	if err := os.MkdirAll(blobDir, 0o755); err != nil {
 		return v1.Hash{}, err
 	}
 
@@ -130,17 +148,28 @@ func writeLayout(tmp string, cfg *Config, root, kernel, initramfs Blob) (v1.Hash
 	// them there (right name, right size) and only writes the config,
 	// the manifest and index.json.
 	img := &image{}
-	for i, b := range []Blob{root, kernel, initramfs} {
+	for i, b := range []Blob{blobs.Root, blobs.Kernel, blobs.Initramfs, blobs.SystemdBoot} {
 		role := layerRoles[i]
-		l, err := stageBlob(blobs, b)
+		if role.optional && b.isZero() {
+			break // optional layers come last
+		}
+		l, err := stageBlob(blobDir, b)
 		if err != nil {
 			return v1.Hash{}, fmt.Errorf("%s layer: %w", role.name, err)
 		}
 		if l.size == 0 {
 			return v1.Hash{}, fmt.Errorf("%s layer: empty", role.name)
 		}
+		if role.maxSize > 0 && l.size > role.maxSize {
+			return v1.Hash{}, fmt.Errorf("%s layer: %d bytes, more than a %s may be (%d)", role.name, l.size, role.name, role.maxSize)
+		}
 		l.mediaType = role.mediaType
 		img.layers = append(img.layers, l)
+	}
+	if len(img.layers) > requiredLayers { // Write refused a version without the blob
+		if err := setSystemdBootVersion(cfg, img.layers[requiredLayers].path); err != nil {
+			return v1.Hash{}, err
+		}
 	}
 
 	rootSize := img.layers[0].size
@@ -191,6 +220,28 @@ func writeLayout(tmp string, cfg *Config, root, kernel, initramfs Blob) (v1.Hash
 		return v1.Hash{}, err
 	}
 	return vimg.Digest()
+}
+
+// setSystemdBootVersion fills in or checks cfg.SystemdBootVersion from the
+// staged systemd-boot blob at path, so that the config says what the blob
+// holds (the agent checks the blob itself before installing it).
+func setSystemdBootVersion(cfg *Config, path string) error {
+	b, err := os.ReadFile(path) // at most boot.MaxSystemdBootSize
+	if err != nil {
+		return err
+	}
+	v, verr := boot.SystemdBootVersion(b)
+	switch {
+	case cfg.SystemdBootVersion == "":
+		cfg.SystemdBootVersion = v // "" when unreadable
+	case verr != nil:
+		return &ValidationError{Problems: []string{
+			fmt.Sprintf("config.systemdBootVersion: %q, but the systemd-boot blob has no readable version: %v", cfg.SystemdBootVersion, verr)}}
+	case v != cfg.SystemdBootVersion:
+		return &ValidationError{Problems: []string{
+			fmt.Sprintf("config.systemdBootVersion: %q, but the systemd-boot blob says %q", cfg.SystemdBootVersion, v)}}
+	}
+	return nil
 }
 
 // stageBlob copies b into dir under its sha256 name.

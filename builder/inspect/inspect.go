@@ -1,8 +1,11 @@
 // Package inspect reads back what the builder wrote: a disk image's
-// partitions, boot entries and slots, or an update artifact's config.
+// partitions, boot entries and slots, or an update artifact's config, and
+// the modules each initramfs loads (read from the initramfs itself, so what
+// is shown is what the node boots with).
 package inspect
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +22,7 @@ import (
 	"github.com/slate-os/slate/builder/disk"
 	"github.com/slate-os/slate/builder/esp"
 	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/initramfs"
 )
 
 // Report describes a disk or an artifact.
@@ -46,6 +50,8 @@ type Slot struct {
 	Cmdline    string `json:"cmdline,omitempty"`
 	// Release is slate/<slot>/release.json: what the slot's partition holds.
 	Release *boot.Release `json:"release,omitempty"`
+	// Initramfs is slate/<slot>/initramfs's load list; nil for an empty slot.
+	Initramfs *initramfs.Contents `json:"initramfs,omitempty"`
 	// Problems are what does not add up: an unreadable release, or one that
 	// disagrees with the entry.
 	Problems []string `json:"problems,omitempty"`
@@ -55,9 +61,16 @@ type Slot struct {
 type ArtifactSummary struct {
 	Digest string          `json:"digest"`
 	Config artifact.Config `json:"config"`
+	// SystemdBootSize is the size of the systemd-boot layer; 0 when the
+	// artifact has none (written before artifacts carried it).
+	SystemdBootSize int64 `json:"systemdBootSize,omitempty"`
 	// Signatures counts the signatures stored beside the artifact (slate
 	// sign, cosign); which keys made them only a key can tell.
 	Signatures int `json:"signatures"`
+	// Initramfs is the initramfs layer's load list.
+	Initramfs *initramfs.Contents `json:"initramfs,omitempty"`
+	// Problems are what could not be read (the initramfs layer).
+	Problems []string `json:"problems,omitempty"`
 }
 
 // Path inspects a disk image file or an artifact (an OCI layout directory,
@@ -79,6 +92,9 @@ func Path(p string) (*Report, error) {
 		return nil, err
 	}
 	sum := &ArtifactSummary{Digest: a.Digest.String(), Config: a.Config}
+	if a.SystemdBoot != nil {
+		sum.SystemdBootSize, _ = a.SystemdBoot.Size()
+	}
 	sigs, err := a.Signatures()
 	switch {
 	case errors.Is(err, signature.ErrNoSignature):
@@ -91,7 +107,26 @@ func Path(p string) (*Report, error) {
 		}
 		sum.Signatures = len(m.Layers)
 	}
+	if c, err := readLayer(a.Initramfs); err != nil {
+		sum.Problems = append(sum.Problems, fmt.Sprintf("initramfs layer: %v", err))
+	} else {
+		sum.Initramfs = c
+	}
 	return &Report{Kind: "artifact", Path: p, Artifact: sum}, nil
+}
+
+// readLayer reads an initramfs layer (its bytes as stored, checked against
+// its digest as they stream).
+func readLayer(l v1.Layer) (*initramfs.Contents, error) {
+	if l == nil {
+		return nil, errors.New("missing")
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	return initramfs.Read(rc)
 }
 
 func isQcow2(p string) bool {
@@ -171,6 +206,7 @@ func Disk(path string) (*Report, error) {
 			}
 		}
 		readRelease(fs, s, &slot)
+		readInitramfs(fs, s, &slot)
 		r.Slots = append(r.Slots, slot)
 	}
 	return r, nil
@@ -203,6 +239,37 @@ func readRelease(fs *esp.FS, s boot.Slot, slot *Slot) {
 	}
 }
 
+// readInitramfs adds the load list of the slot's initramfs, if it has one;
+// a bad one is a problem of the slot.
+func readInitramfs(fs *esp.FS, s boot.Slot, slot *Slot) {
+	names, err := fs.ReadDir(s.ESPDir())
+	if err != nil || !slices.Contains(names, boot.InitrdName) {
+		return
+	}
+	data, err := fs.ReadFile(s.InitrdPath())
+	if err != nil {
+		slot.Problems = append(slot.Problems, fmt.Sprintf("%s: %v", s.InitrdPath(), err))
+		return
+	}
+	if len(data) == 0 {
+		return // an empty slot's placeholder
+	}
+	c, err := initramfs.Read(bytes.NewReader(data))
+	if err != nil {
+		slot.Problems = append(slot.Problems, fmt.Sprintf("%s: %v", s.InitrdPath(), err))
+		return
+	}
+	slot.Initramfs = c
+	if slot.Release != nil && c.KernelRelease != slot.Release.KernelRelease {
+		slot.Problems = append(slot.Problems, fmt.Sprintf("%s has modules for kernel %s, the release says kernel %s", s.InitrdPath(), c.KernelRelease, slot.Release.KernelRelease))
+	}
+}
+
+// initramfsLine is the text output's line for an initramfs.
+func initramfsLine(w io.Writer, c *initramfs.Contents) {
+	fmt.Fprintf(w, "  initrd   %d KiB %s, %d modules: %s\n", c.Size>>10, c.Compression, len(c.Modules), strings.Join(c.Modules, " "))
+}
+
 // Text renders a report for people.
 func (r *Report) Text(w io.Writer) {
 	if r.Artifact != nil {
@@ -210,11 +277,25 @@ func (r *Report) Text(w io.Writer) {
 		fmt.Fprintf(w, "artifact %s\n  digest   %s\n  version  %s\n  arch     %s/%s\n  kernel   %s\n  root     %d bytes (squashfs %d, verity tree at %d)\n  roothash %s\n  source   %s\n  cmdline  %s\n",
 			r.Path, r.Artifact.Digest, c.Version, c.OS, c.Architecture, c.KernelRelease,
 			c.Root.Size, c.Root.DataSize, c.Root.HashOffset, c.Root.RootHash, c.Source, c.Cmdline)
+		switch n := r.Artifact.SystemdBootSize; {
+		case n > 0 && c.SystemdBootVersion != "":
+			fmt.Fprintf(w, "  loader   systemd-boot %s, %d bytes\n", c.SystemdBootVersion, n)
+		case n > 0:
+			fmt.Fprintf(w, "  loader   %d bytes without a systemd-boot version: nodes do not install it\n", n)
+		default:
+			fmt.Fprintf(w, "  loader   none: upgrades leave the node's systemd-boot as it is\n")
+		}
 		if n := r.Artifact.Signatures; n > 0 {
 			d, _ := v1.NewHash(r.Artifact.Digest)
 			fmt.Fprintf(w, "  signed   %d signature(s), tag %s\n", n, signature.Tag(d))
 		} else {
 			fmt.Fprintf(w, "  signed   no\n")
+		}
+		if c := r.Artifact.Initramfs; c != nil {
+			initramfsLine(w, c)
+		}
+		for _, p := range r.Artifact.Problems {
+			fmt.Fprintf(w, "  problem: %s\n", p)
 		}
 		return
 	}
@@ -236,12 +317,18 @@ func (r *Report) Text(w io.Writer) {
 		if rel := s.Release; rel != nil {
 			fmt.Fprintf(w, "  release  %s, kernel %s, root %d bytes, created %s\n", rel.Version, rel.KernelRelease, rel.RootSize, rel.Created.Format(time.RFC3339))
 			fmt.Fprintf(w, "  source   %s\n", rel.Source)
+			if rel.SystemdBootVersion != "" {
+				fmt.Fprintf(w, "  loader   systemd-boot %s\n", rel.SystemdBootVersion)
+			}
 			if rel.Artifact != "" {
 				fmt.Fprintf(w, "  artifact %s\n", rel.Artifact)
 			}
 			if !rel.Written.IsZero() {
 				fmt.Fprintf(w, "  written  %s\n", rel.Written.Format(time.RFC3339))
 			}
+		}
+		if c := s.Initramfs; c != nil {
+			initramfsLine(w, c)
 		}
 		for _, p := range s.Problems {
 			fmt.Fprintf(w, "  problem: %s\n", p)

@@ -54,6 +54,10 @@ type Boot struct {
 	KernelConfig []byte
 	// ModulesDep and ModulesBuiltin come from the kernel's modules directory.
 	ModulesDep, ModulesBuiltin []byte
+	// ModulesSoftdep, ModulesWeakdep, ModulesAlias and ModulesBuiltinModinfo
+	// too, nil where absent: the initramfs's closure follows them as
+	// modprobe would (ext4's crc32c is a soft dependency, through an alias).
+	ModulesSoftdep, ModulesWeakdep, ModulesAlias, ModulesBuiltinModinfo []byte
 	// ModulesDir holds the kernel's module files at the paths modules.dep uses.
 	ModulesDir string
 	// OSRelease is the image's os-release, nil if absent.
@@ -63,6 +67,9 @@ type Boot struct {
 	// DroppedXattrs counts extended attributes squashfs cannot hold
 	// (system.*, e.g. POSIX ACLs), dropped from the root.
 	DroppedXattrs int
+	// Var is what the image's /var takes: the first boot copies it onto
+	// the state partition, which the builder sizes to hold it.
+	Var VarUsage
 }
 
 // Kernel and bootloader locations, as the error for a missing one lists them.
@@ -129,6 +136,7 @@ func Build(ctx context.Context, r io.Reader, out string, opt Options) (*Boot, er
 		return nil, err
 	}
 	b.StreamSize = cw.n
+	b.Var = s.vars.u
 	return b, nil
 }
 
@@ -160,7 +168,11 @@ type scanner struct {
 	osRelease     []byte
 	usrRelease    []byte
 	spilled       map[string]string // tar path -> spilled file, for hard links
+	vars          varCounter        // what lands under var/
 	moduleRoots   map[string]string // kver -> spill dir
+
+	// kver -> modules.softdep, .weakdep, .alias and .builtin.modinfo
+	modMeta map[string]map[string][]byte
 }
 
 // clean makes a tar entry name relative to the root: "./usr/x" -> "usr/x".
@@ -231,6 +243,7 @@ func (s *scanner) scan(r io.Reader, tw *tar.Writer) error {
 			return fmt.Errorf("/%s: %w", clean(h.Name), err)
 		}
 		p := clean(h.Name)
+		s.vars.add(p, h)
 		if h.Typeflag == tar.TypeReg {
 			// The entry's data goes to tar2sqfs and, for boot files, to disk.
 			if err := s.entry(p, io.TeeReader(tr, tw)); err != nil {
@@ -302,6 +315,16 @@ func (s *scanner) entry(p string, r io.Reader) error {
 		return readSmall(r, func(b []byte) { s.deps[kver] = b })
 	case rest == "modules.builtin":
 		return readSmall(r, func(b []byte) { s.builtin[kver] = b })
+	case rest == "modules.softdep" || rest == "modules.weakdep" || rest == "modules.alias" || rest == "modules.builtin.modinfo":
+		return readSmall(r, func(b []byte) {
+			if s.modMeta == nil {
+				s.modMeta = map[string]map[string][]byte{}
+			}
+			if s.modMeta[kver] == nil {
+				s.modMeta[kver] = map[string][]byte{}
+			}
+			s.modMeta[kver][rest] = b
+		})
 	case isModule(rest):
 		root := filepath.Join(s.opt.WorkDir, "modules", kver)
 		s.moduleRoots[kver] = root
@@ -367,6 +390,11 @@ func (s *scanner) boot() (*Boot, error) {
 		ModulesDir:     s.moduleRoots[kver],
 		OSRelease:      osr,
 		DroppedXattrs:  s.droppedXattrs,
+
+		ModulesSoftdep:        s.modMeta[kver]["modules.softdep"],
+		ModulesWeakdep:        s.modMeta[kver]["modules.weakdep"],
+		ModulesAlias:          s.modMeta[kver]["modules.alias"],
+		ModulesBuiltinModinfo: s.modMeta[kver]["modules.builtin.modinfo"],
 	}, nil
 }
 

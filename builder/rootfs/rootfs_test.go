@@ -51,8 +51,11 @@ func TestBuildKeepsEverything(t *testing.T) {
 	if sd, _ := os.ReadFile(b.SystemdBoot); !strings.HasPrefix(string(sd), "MZ") {
 		t.Errorf("systemd-boot content %q", sd)
 	}
-	if !bytes.Contains(b.ModulesDep, []byte("virtio_blk.ko")) || !bytes.Contains(b.ModulesBuiltin, []byte("ext4.ko")) {
+	if !bytes.Contains(b.ModulesDep, []byte("virtio_blk.ko")) || !bytes.Contains(b.ModulesBuiltin, []byte("overlay.ko")) {
 		t.Error("modules.dep or modules.builtin missing")
+	}
+	if !bytes.Contains(b.ModulesSoftdep, []byte("softdep ext4 pre: crypto-crc32c")) || !bytes.Contains(b.ModulesAlias, []byte("alias crypto-crc32c crc32c_generic")) {
+		t.Errorf("modules.softdep %q or modules.alias %q missing", b.ModulesSoftdep, b.ModulesAlias)
 	}
 	if _, err := os.Stat(filepath.Join(b.ModulesDir, "kernel/drivers/virtio_blk.ko")); err != nil {
 		t.Error(err)

@@ -206,24 +206,39 @@ func (s *Spec) CompressionLevelOrDefault() int {
 // kernel panics would never be rolled back.
 const DefaultPanic = "panic=10"
 
+// NoGPTAuto turns systemd-gpt-auto-generator off. slate mounts every
+// partition of its disk itself (the slot through dm-verity, the state
+// partition on /var, the ESP at /run/slate/esp when the agent needs it);
+// the generator would act on the same partitions by their discoverable
+// partition types, and on a read-only root it fails: systemd 257 sets up
+// efi.automount for /efi, which an image's root need not have, leaving a
+// failed unit on every boot (so every boot unhealthy); older versions mount
+// the ESP on an empty /efi or /boot, a second writer beside the agent's.
+const NoGPTAuto = "systemd.gpt_auto=0"
+
 // Cmdline is the slot-independent kernel command line: the console
-// arguments (DefaultCmdline or kernel.cmdline), DefaultPanic unless the
-// spec sets its own panic=, then kernel.extraCmdline.
+// arguments (DefaultCmdline or kernel.cmdline), DefaultPanic and NoGPTAuto
+// unless the spec sets its own panic= or systemd.gpt_auto=, then
+// kernel.extraCmdline. It travels in the update artifact, so an upgrade
+// keeps it whichever agent installs it.
 func (s *Spec) Cmdline() string {
 	base := DefaultCmdline
 	if len(s.Kernel.Cmdline) > 0 {
 		base = s.Kernel.Cmdline
 	}
 	args := append([]string{}, base...)
-	if !s.setsPanic() {
-		args = append(args, DefaultPanic)
+	for _, d := range []string{DefaultPanic, NoGPTAuto} {
+		if name, _, _ := strings.Cut(d, "="); !s.sets(name) {
+			args = append(args, d)
+		}
 	}
 	return strings.Join(append(args, s.Kernel.ExtraCmdline...), " ")
 }
 
-func (s *Spec) setsPanic() bool {
+// sets says whether the spec's own arguments set the parameter name.
+func (s *Spec) sets(name string) bool {
 	for _, a := range append(append([]string{}, s.Kernel.Cmdline...), s.Kernel.ExtraCmdline...) {
-		if strings.HasPrefix(a, "panic=") {
+		if a == name || strings.HasPrefix(a, name+"=") {
 			return true
 		}
 	}

@@ -35,7 +35,7 @@ func TestParseGood(t *testing.T) {
 		s.CompressionOrDefault() != "xz" || len(s.Initramfs.Modules) != 2 || s.Outputs.Format != "qcow2" {
 		t.Errorf("parsed wrongly: %+v", s)
 	}
-	if got, want := s.Cmdline(), "console=tty0 console=ttyS0,115200 ro panic=10 quiet"; got != want {
+	if got, want := s.Cmdline(), "console=tty0 console=ttyS0,115200 ro panic=10 systemd.gpt_auto=0 quiet"; got != want {
 		t.Errorf("Cmdline = %q, want %q", got, want)
 	}
 }
@@ -46,12 +46,14 @@ func TestCmdlinePanic(t *testing.T) {
 		cmdline, ext []string
 		want         string
 	}{
-		{"defaults", nil, nil, "console=tty0 console=ttyS0,115200 ro panic=10"},
-		{"own console", []string{"console=ttyS1"}, nil, "console=ttyS1 panic=10"},
-		{"own panic in cmdline", []string{"console=ttyS1", "panic=0"}, []string{"quiet"}, "console=ttyS1 panic=0 quiet"},
-		{"own panic in extras", nil, []string{"panic=-1"}, "console=tty0 console=ttyS0,115200 ro panic=-1"},
+		{"defaults", nil, nil, "console=tty0 console=ttyS0,115200 ro panic=10 systemd.gpt_auto=0"},
+		{"own console", []string{"console=ttyS1"}, nil, "console=ttyS1 panic=10 systemd.gpt_auto=0"},
+		{"own panic in cmdline", []string{"console=ttyS1", "panic=0"}, []string{"quiet"}, "console=ttyS1 panic=0 systemd.gpt_auto=0 quiet"},
+		{"own panic in extras", nil, []string{"panic=-1"}, "console=tty0 console=ttyS0,115200 ro systemd.gpt_auto=0 panic=-1"},
 		// panic_on_oops= and panic_print= are other parameters: the timeout is still needed.
-		{"panic_on_oops", nil, []string{"panic_on_oops=1"}, "console=tty0 console=ttyS0,115200 ro panic=10 panic_on_oops=1"},
+		{"panic_on_oops", nil, []string{"panic_on_oops=1"}, "console=tty0 console=ttyS0,115200 ro panic=10 systemd.gpt_auto=0 panic_on_oops=1"},
+		{"own gpt_auto", nil, []string{"systemd.gpt_auto=1"}, "console=tty0 console=ttyS0,115200 ro panic=10 systemd.gpt_auto=1"},
+		{"systemd.gpt_auto_x is another parameter", nil, []string{"systemd.gpt_auto_x=1"}, "console=tty0 console=ttyS0,115200 ro panic=10 systemd.gpt_auto=0 systemd.gpt_auto_x=1"},
 	} {
 		s := Spec{Kernel: Kernel{Cmdline: tc.cmdline, ExtraCmdline: tc.ext}}
 		if got := s.Cmdline(); got != tc.want {

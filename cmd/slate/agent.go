@@ -119,7 +119,8 @@ func upgradeCmd() *cobra.Command {
 		Long: `upgrade resolves the artifact (REF, or update.source of the node config) to a
 digest, writes its root into the inactive slot while checking the digest,
 reads it back against the verity root hash, writes the slot's kernel and
-initramfs on the ESP and a boot entry with 3 tries, then reboots. If the
+initramfs on the ESP, the image's systemd-boot where it is newer than the
+ESP's (never an older one), and a boot entry with 3 tries, then reboots. If the
 new image does not become good, systemd-boot's counting returns to the
 running slot by itself. A power cut at any step leaves the running slot
 bootable. With update.publicKey in the node config, only an artifact
@@ -229,7 +230,7 @@ func statusCmd() *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "status",
-		Short: "Show both slots, the running one, the last rollback and the node config",
+		Short: "Show both slots, the running one, the last rollback, the init's last failure and the node config",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, esp, err := agentNode()

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -82,8 +83,16 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			fmt.Printf("built %s from %s in %.1fs\n", res.Version, res.Source, res.Total.Seconds())
 			fmt.Printf("  kernel    %s\n  roothash  %s\n  root      %d MiB, initramfs %d KiB (%d modules)\n",
 				res.KernelRelease, res.RootHash, res.RootSize>>20, res.InitramfsSize>>10, len(res.Initramfs))
+			fmt.Printf("  modules   %s\n", strings.Join(res.Initramfs, " "))
+			if len(res.InitramfsSkipped) > 0 {
+				fmt.Printf("  skipped   %s (optional, not in this kernel)\n", strings.Join(res.InitramfsSkipped, " "))
+			}
+			if len(res.InitramfsUnresolved) > 0 {
+				fmt.Printf("  softdeps  %s: not in this kernel, ignored as modprobe would\n", strings.Join(res.InitramfsUnresolved, ", "))
+			}
 			if res.Disk != "" {
 				fmt.Printf("  disk      %s (%d MiB)\n", res.Disk, res.Plan.Size>>20)
+				fmt.Printf("  state     %d MiB: %s; grows to the end of the disk at boot\n", res.State.Size>>20, res.State.Reason)
 			}
 			if res.Artifact != "" {
 				fmt.Printf("  artifact  %s\n", res.Artifact)
@@ -104,7 +113,7 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 	f.StringVar(&compression, "compression", "", "squashfs compressor: zstd (default), xz, gzip, lz4, lzo, lzma")
 	f.Var(&slotSize, "slot-size", "size of each root slot, e.g. 2GiB (default: twice the root, at least 1GiB)")
 	f.Var(&espSize, "esp-size", "size of the EFI system partition (default 256MiB)")
-	f.Var(&stateSize, "state-size", "initial size of the state partition; it grows to the disk's end at first boot (default 64MiB)")
+	f.Var(&stateSize, "state-size", "initial size of the state partition; it grows to the disk's end at boot (default: 64MiB, more if the image's /var needs it)")
 	f.StringSliceVar(&cmdline, "cmdline", nil, "extra kernel command line argument (repeatable)")
 	f.StringSliceVar(&modules, "module", nil, "extra kernel module for the initramfs (repeatable)")
 	f.StringVar(&initBin, "init", "", "use this init binary instead of the embedded one (development)")

@@ -122,11 +122,19 @@ func Base(o Options) []Entry {
 			File(kmod+"kernel/drivers/virtio_pci.ko", "\x7fELF virtio_pci"),
 			File(kmod+"kernel/drivers/squashfs.ko", "\x7fELF squashfs"),
 			File(kmod+"kernel/drivers/efi-pstore.ko", "\x7fELF efi-pstore"),
+			// ext4 as on Debian's generic kernel: its crc32c only through
+			// modules.softdep and modules.alias.
+			File(kmod+"kernel/drivers/ext4.ko", "\x7fELF ext4"),
+			File(kmod+"kernel/drivers/jbd2.ko", "\x7fELF jbd2"),
+			File(kmod+"kernel/drivers/crc32c_generic.ko", "\x7fELF crc32c_generic"),
+			File(kmod+"modules.softdep", "softdep ext4 pre: crypto-crc32c\nsoftdep jbd2 pre: crypto-crc32c\n"),
+			File(kmod+"modules.alias", "alias crypto-crc32c crc32c_generic\nalias fs-ext4 ext4\n"),
 			File(kmod+"modules.dep", "kernel/drivers/virtio_ring.ko:\nkernel/drivers/virtio.ko: kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/virtio_blk.ko: kernel/drivers/virtio.ko kernel/drivers/virtio_ring.ko\n"+
 				"kernel/drivers/virtio_pci.ko: kernel/drivers/virtio.ko kernel/drivers/virtio_ring.ko\n"+
-				"kernel/drivers/squashfs.ko:\nkernel/drivers/efi-pstore.ko:\n"),
-			File(kmod+"modules.builtin", "kernel/fs/ext4/ext4.ko\nkernel/fs/overlayfs/overlay.ko\nkernel/drivers/md/dm-verity.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/block/sd_mod.ko\nkernel/fs/efivarfs/efivarfs.ko\nkernel/drivers/firmware/qemu_fw_cfg.ko\nkernel/fs/fat/vfat.ko\nkernel/fs/nls/nls_cp437.ko\nkernel/fs/nls/nls_ascii.ko\nkernel/fs/isofs/isofs.ko\nkernel/drivers/scsi/sr_mod.ko\n"),
+				"kernel/drivers/squashfs.ko:\nkernel/drivers/efi-pstore.ko:\n"+
+				"kernel/drivers/ext4.ko: kernel/drivers/jbd2.ko\nkernel/drivers/jbd2.ko:\nkernel/drivers/crc32c_generic.ko:\n"),
+			File(kmod+"modules.builtin", "kernel/fs/overlayfs/overlay.ko\nkernel/drivers/md/dm-verity.ko\nkernel/drivers/scsi/virtio_scsi.ko\nkernel/drivers/nvme/host/nvme.ko\nkernel/drivers/block/sd_mod.ko\nkernel/fs/efivarfs/efivarfs.ko\nkernel/drivers/firmware/qemu_fw_cfg.ko\nkernel/fs/fat/vfat.ko\nkernel/fs/nls/nls_cp437.ko\nkernel/fs/nls/nls_ascii.ko\nkernel/fs/isofs/isofs.ko\nkernel/drivers/scsi/sr_mod.ko\n"),
 		)
 	}
 	if o.BigFile > 0 {

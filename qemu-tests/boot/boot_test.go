@@ -139,8 +139,9 @@ echo "VARSIZE=$(df -B1 --output=size /var | tail -n1 | tr -d ' ')"
 }
 
 // TestDamagedStateIsNotFormatted: once the state partition holds data, a
-// broken filesystem there stops the boot (and reboots) instead of being
-// formatted away.
+// broken filesystem there stops the boot instead of being formatted away.
+// The first such failure of an uncounted boot reboots once (what a second
+// one does is TestInitFailureStopsLoop's).
 func TestDamagedStateIsNotFormatted(t *testing.T) {
 	d := node.Disk(t, "plain", nil)
 	m := node.Boot(t, d.Disk, "mkdir -p /var/lib/precious && echo data > /var/lib/precious/x && sync"+node.ThenPoweroff, nil)

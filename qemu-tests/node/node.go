@@ -118,6 +118,33 @@ func Reference(tb testing.TB) v1.Image {
 	return img
 }
 
+// MatrixImages are the reference matrix: images as a user's debootstrap
+// leaves them, each built by `make reference-matrix` from
+// qemu-tests/reference/variants/NAME.
+var MatrixImages = []string{"bookworm-generic", "bookworm-cloud", "trixie"}
+
+// Matrix opens the reference matrix's image name from $SLATE_MATRIX/NAME
+// (else build/matrix/NAME). Like Reference, it skips the test when the
+// image is not there and SLATE_MATRIX is unset, and fails when
+// SLATE_MATRIX is set (as in make test and CI) but the image is missing.
+func Matrix(tb testing.TB, name string) v1.Image {
+	tb.Helper()
+	Reference(tb) // the same reasons to skip
+	dir := os.Getenv("SLATE_MATRIX")
+	p := filepath.Join(dir, name)
+	if dir == "" {
+		p = filepath.Join(ModuleRoot(), "build", "matrix", name)
+		if _, err := os.Stat(filepath.Join(p, "index.json")); err != nil {
+			tb.Skipf("no %s image of the reference matrix: run make reference-matrix (or make test)", name)
+		}
+	}
+	img, err := source.Open("oci:"+p, source.Options{})
+	if err != nil {
+		tb.Fatalf("reference matrix image %s: %v", name, err)
+	}
+	return img
+}
+
 var (
 	diskMu sync.Mutex
 	disks  = map[string]*builder.Result{}

@@ -32,6 +32,9 @@ type Variant struct {
 	Disk bool
 	// Tweak edits the spec before the build.
 	Tweak func(*spec.Spec)
+	// Base is the image the variant is made from: "" for the reference
+	// image, or one of the reference matrix's images (see [Matrix]).
+	Base string
 }
 
 var (
@@ -49,7 +52,11 @@ func BuildVariant(tb testing.TB, v Variant) *builder.Result {
 	if r, ok := variants[v.Name]; ok {
 		return r
 	}
-	img, err := WithRunner(Reference(tb))
+	base := Reference(tb)
+	if v.Base != "" {
+		base = Matrix(tb, v.Base)
+	}
+	img, err := WithRunner(base)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Build the reference node image: Debian bookworm by debootstrap, turned into a
+# Build a reference node image: Debian by debootstrap, turned into a
 # one-layer OCI image layout by ./dir2oci, cached by its inputs.
 #
-#   qemu-tests/reference/build.sh OUTDIR_LINK      (as root; `make reference-image`)
+#   qemu-tests/reference/build.sh [-v VARIANT] OUTDIR_LINK   (as root; `make reference-image`)
+#
+# VARIANT names a file in ./variants (default: reference, the image the QEMU
+# suite and the demo use; the others are the reference matrix, `make
+# reference-matrix`): its '@suite' line is the Debian suite, its '@prepare'
+# line what is done to the tree after debootstrap ('clean' below, or 'none':
+# the tree exactly as debootstrap leaves it, as a user's image would be), and
+# its other lines the packages.
 #
 # OUTDIR_LINK (e.g. build/reference) becomes a symlink to the layout in
 # ${SLATE_CACHE:-$HOME/.cache/slate}/reference/<key>/oci. The key is the
-# sha256 of: the package list (./packages), this script, dir2oci's source, the
+# sha256 of: the variant file, this script, dir2oci's source, the
 # Go version and the versions of the modules dir2oci links. Same key: the cached
 # layout is linked and nothing is built (seconds). Downloaded .debs are kept in
 # .../reference/debs for the next build.
@@ -20,7 +27,7 @@
 #   CI=true         or stderr not a terminal: no progress, only the result line
 #                   (and the log's tail on failure)
 #
-# The tree is made fit for a read-only root, and nothing slate-specific is
+# '@prepare clean': the tree is made fit for a read-only root, and nothing slate-specific is
 # added: /etc/machine-id is an empty file (the init bind-mounts the node's
 # persistent machine-id over it, so the file must exist; an empty one is also
 # what systemd expects in an image), /var/lib/dbus/machine-id is removed (dbus
@@ -38,14 +45,24 @@ export LC_ALL=C
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-suite=bookworm
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
-if [[ $# -ne 1 || $1 == -* ]]; then
-	echo "usage: $0 OUTDIR_LINK" >&2
-	exit 2
+usage() { echo "usage: $0 [-v VARIANT] OUTDIR_LINK (variants: $(ls "$here/variants" | paste -sd' '))" >&2; exit 2; }
+variant=reference
+if [[ ${1:-} == -v ]]; then
+	[[ $# -ge 2 ]] || usage
+	variant=$2
+	shift 2
 fi
+if [[ $# -ne 1 || $1 == -* ]]; then usage; fi
 link=$1
+vfile=$here/variants/$variant
+[[ $variant =~ ^[a-z0-9-]+$ && -f $vfile ]] || { echo "build.sh: no variant '$variant' in $here/variants" >&2; usage; }
+directive() { sed -n -e "s/^@$1[[:space:]]\+\([^[:space:]#]*\).*/\1/p" "$vfile" | tail -n 1; }
+suite=$(directive suite)
+prepare=$(directive prepare)
+[[ $suite =~ ^[a-z]+$ ]] || { echo "build.sh: $vfile: no '@suite NAME' line" >&2; exit 2; }
+[[ $prepare == clean || $prepare == none ]] || { echo "build.sh: $vfile: '@prepare' must be clean or none" >&2; exit 2; }
 cache_root=${SLATE_CACHE:-${HOME:?}/.cache/slate}/reference
 
 interactive=0
@@ -63,7 +80,7 @@ cache_root=$(cd "$cache_root" && pwd)
 key_text() {
 	(
 		cd "$repo"
-		sha256sum qemu-tests/reference/packages qemu-tests/reference/build.sh
+		sha256sum "qemu-tests/reference/variants/$variant" qemu-tests/reference/build.sh
 		find qemu-tests/reference/dir2oci -maxdepth 1 -name '*.go' ! -name '*_test.go' -print0 |
 			LC_ALL=C sort -z | xargs -0 sha256sum
 		echo "go $(go env GOVERSION)"
@@ -161,21 +178,25 @@ clean_env=(env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C DEBIAN_
 in_root() { "${clean_env[@]}" chroot "$rootfs" "$@"; }
 
 printf '%s\n' "$keytxt" >"$work/key.txt"
-pkgs=$(sed -e 's/#.*//' -e 's/[[:space:]]//g' -e '/^$/d' "$here/packages" | paste -sd, -)
-[[ -n $pkgs ]] || die "no packages in $here/packages"
+pkgs=$(sed -e 's/#.*//' -e '/^@/d' -e 's/[[:space:]]//g' -e '/^$/d' "$vfile" | paste -sd, -)
+[[ -n $pkgs ]] || die "no packages in $vfile"
 
-say "debootstrap $suite ($key): $pkgs"
+say "debootstrap $suite ($variant, $key): $pkgs"
 t0=$(now)
-# INITRD=No: Debian's kernel hook then builds no initrd (see the header).
-run "${clean_env[@]}" INITRD=No debootstrap --variant=minbase --merged-usr --include="$pkgs" \
+# INITRD=No: Debian's kernel hook then builds no initrd (see the header); a
+# tree left as debootstrap leaves it keeps Debian's own.
+initrd=()
+if [[ $prepare == clean ]]; then initrd=(INITRD=No); fi
+run "${clean_env[@]}" "${initrd[@]}" debootstrap --variant=minbase --merged-usr --include="$pkgs" \
 	--cache-dir="$cache_root/debs" "$suite" "$rootfs" "$mirror"
 t_debootstrap=$(since "$t0")
 [[ -z $(mounts_under "$rootfs") ]] || die "debootstrap left mounts under $rootfs: $(mounts_under "$rootfs")"
 
-say "preparing the tree"
+say "preparing the tree ($prepare)"
 t0=$(now)
-run in_root systemctl enable systemd-networkd.service
 in_root dpkg-query -W -f '${Package} ${Version} ${Architecture}\n' >"$work/packages.lock"
+if [[ $prepare == clean ]]; then
+run in_root systemctl enable systemd-networkd.service
 in_root apt-get clean
 
 (
@@ -194,13 +215,16 @@ in_root apt-get clean
 	: >etc/resolv.conf
 	chmod 0644 etc/hostname etc/resolv.conf # debootstrap copied the host's, mode and all
 )
+fi
 # The newest package's date: dpkg keeps the .debs' mtimes, which Debian's
 # reproducible builds set from each package's changelog.
 epoch=$(find "$rootfs/usr/share/doc" -name changelog.Debian.gz -type f -printf '%T@\n' | sort -n | tail -n 1)
 epoch=${epoch%.*}
 [[ $epoch =~ ^[0-9]+$ && $epoch -gt 1600000000 ]] || die "cannot derive SOURCE_DATE_EPOCH (got '$epoch')"
 days=$((epoch / 86400))
-sed -i -E "s/^([^:]*:[^:]*:)[0-9]+:/\1$days:/" "$rootfs/etc/shadow" "$rootfs/etc/shadow-"
+if [[ $prepare == clean ]]; then
+	sed -i -E "s/^([^:]*:[^:]*:)[0-9]+:/\1$days:/" "$rootfs/etc/shadow" "$rootfs/etc/shadow-"
+fi
 kvers=$(ls "$rootfs/usr/lib/modules")
 t_prepare=$(since "$t0")
 
@@ -210,11 +234,13 @@ t0=$(now)
 progress=()
 if ((interactive)); then progress=(-progress); fi
 (cd "$repo" && go run ./qemu-tests/reference/dir2oci -epoch "$epoch" -o "$work/oci" "${progress[@]}" \
-	-created-by "debootstrap --variant=minbase $suite + qemu-tests/reference/packages" "$rootfs") \
+	-created-by "debootstrap --variant=minbase $suite + qemu-tests/reference/variants/$variant" "$rootfs") \
 	>"$work/dir2oci.txt" 2> >(tee -a "$log" >&2)
 t_convert=$(since "$t0")
 
-(cd "$repo" && go run ./qemu-tests/reference/check "$work/oci") >"$work/check.txt" 2> >(tee -a "$log" >&2)
+prepared=true
+if [[ $prepare == none ]]; then prepared=false; fi
+(cd "$repo" && go run ./qemu-tests/reference/check -prepared=$prepared "$work/oci") >"$work/check.txt" 2> >(tee -a "$log" >&2)
 
 if [[ ${KEEP_ROOTFS:-} != 1 ]]; then
 	remove_rootfs
@@ -222,7 +248,9 @@ fi
 layout_bytes=$(du -sb "$work/oci" | cut -f1)
 cat >"$work/build-info.txt" <<EOF
 key $key
+variant $variant
 suite $suite
+prepare $prepare
 mirror $mirror
 source_date_epoch $epoch
 kernel $kvers

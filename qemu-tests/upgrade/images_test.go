@@ -65,7 +65,15 @@ var variants = map[string]node.Variant{
 		testimage.File("usr/lib/systemd/.wh.systemd-bless-boot", ""),
 		testimage.Dir("usr/lib/systemd/system-generators"),
 		testimage.File("usr/lib/systemd/system-generators/.wh.systemd-bless-boot-generator", ""))},
+	// Across the reference matrix: images as debootstrap leaves them, the
+	// kernel, systemd and systemd-boot of another Debian release.
+	"bookworm": {Name: "bookworm", Version: "bookworm", Base: "bookworm-generic", Entries: appLayer("bookworm", "/bin/true"), Disk: true, Tweak: matrixSizes},
+	"trixie":   {Name: "trixie", Version: "trixie", Base: "trixie", Entries: appLayer("trixie", "/bin/true"), Tweak: matrixSizes},
 }
+
+// matrixSizes: slots that hold either release's root (the images keep
+// apt's downloads); the state partition as the builder sizes it.
+func matrixSizes(s *spec.Spec) { s.Disk.SlotSize = 2 << 30 }
 
 // sizes: 1 GiB slots, whatever the root (so the too-big artifact's claim is
 // plainly too big), and room on /var for the journal and kept logs.

@@ -42,8 +42,11 @@ type Config struct {
 	// DiskSize, if not 0, is the overlay's size in bytes, for a guest that
 	// grows its last partition to the end of the disk. 0 keeps the base's.
 	DiskSize int64
-	// Disks are further disks, attached after Disk in order. All disks are
-	// virtio; their QEMU drive ids are disk0, disk1... in that order (for
+	// DiskBus is the controller Disk is attached to: BusVirtio (the
+	// default), BusSCSI, BusNVMe or BusSATA.
+	DiskBus Bus
+	// Disks are further disks, attached after Disk in order, each on its
+	// own Bus; their QEMU drive ids are disk0, disk1... in that order (for
 	// QMP commands that name a drive).
 	Disks []Disk
 
@@ -111,6 +114,48 @@ type Disk struct {
 	// scratch disk the test inspects afterwards). By default the disk gets
 	// an overlay and Path is never written, like Config.Disk.
 	InPlace bool
+	// Bus is the controller; empty means BusVirtio.
+	Bus Bus
+}
+
+// Bus is a disk controller, as the guest sees it. Firmware (OVMF) boots
+// from each; the guest's kernel needs its driver (virtio_blk,
+// virtio_scsi + sd_mod, nvme, ahci + sd_mod).
+type Bus string
+
+const (
+	BusVirtio Bus = "virtio" // virtio-blk-pci: /dev/vda
+	BusSCSI   Bus = "scsi"   // scsi-hd on a virtio-scsi-pci controller: /dev/sda
+	BusNVMe   Bus = "nvme"   // an NVMe controller per disk: /dev/nvme0n1
+	BusSATA   Bus = "sata"   // ide-hd on q35's built-in AHCI controller: /dev/sda
+)
+
+// driveArgs are the QEMU arguments that attach drive id (its -drive options
+// in opts, without if=) on bus b; sata counts the SATA ports used so far,
+// scsi says whether the virtio-scsi controller is there yet.
+func driveArgs(b Bus, id, opts string, sata *int, scsi *bool) ([]string, error) {
+	switch b {
+	case "", BusVirtio:
+		return []string{"-drive", opts + ",if=virtio,id=" + id}, nil
+	case BusSCSI:
+		a := []string{"-drive", opts + ",if=none,id=" + id}
+		if !*scsi {
+			*scsi = true
+			a = append(a, "-device", "virtio-scsi-pci,id=scsi0")
+		}
+		return append(a, "-device", "scsi-hd,bus=scsi0.0,drive="+id), nil
+	case BusNVMe:
+		return []string{"-drive", opts + ",if=none,id=" + id, "-device", "nvme,serial=slate-" + id + ",drive=" + id}, nil
+	case BusSATA:
+		// q35's ICH9 AHCI controller has six ports, ide.0 to ide.5.
+		if *sata >= 6 {
+			return nil, errors.New("more than 6 SATA disks")
+		}
+		a := []string{"-drive", opts + ",if=none,id=" + id, "-device", fmt.Sprintf("ide-hd,bus=ide.%d,drive=%s", *sata, id)}
+		*sata++
+		return a, nil
+	}
+	return nil, fmt.Errorf("unknown disk bus %q", b)
 }
 
 // Forward exposes a guest port on the host.
@@ -151,7 +196,7 @@ type Machine struct {
 	ownDir bool
 
 	overlay    string   // first disk as attached ("" if none)
-	drives     []string // -drive arguments
+	drives     []string // the disks' -drive and -device arguments
 	vars       string
 	consoleLog string
 	qemuLog    string
@@ -315,8 +360,9 @@ func newMachine(cfg Config, dir string, ownDir bool) (*Machine, error) {
 	}
 	var disks []disk
 	if cfg.Disk != "" {
-		disks = append(disks, disk{Disk{Path: cfg.Disk, Format: cfg.DiskFormat}, cfg.DiskSize})
+		disks = append(disks, disk{Disk{Path: cfg.Disk, Format: cfg.DiskFormat, Bus: cfg.DiskBus}, cfg.DiskSize})
 	}
+	sataPorts, scsiController := 0, false
 	for _, d := range cfg.Disks {
 		disks = append(disks, disk{d, 0})
 	}
@@ -349,7 +395,11 @@ func newMachine(cfg Config, dir string, ownDir bool) (*Machine, error) {
 		// guest's sync then cannot queue behind another test's gigabytes of
 		// writes (in CI a shutdown took 2 min so); a power cut is still the
 		// guest's (QMP quit), and QEMU writes out what it holds when it quits.
-		m.drives = append(m.drives, fmt.Sprintf("file=%s,if=virtio,format=%s,id=disk%d,cache=unsafe", optEscape(path), format, i))
+		a, err := driveArgs(d.Bus, fmt.Sprintf("disk%d", i), fmt.Sprintf("file=%s,format=%s,cache=unsafe", optEscape(path), format), &sataPorts, &scsiController)
+		if err != nil {
+			return nil, err
+		}
+		m.drives = append(m.drives, a...)
 	}
 
 	// EFI variables.
@@ -627,9 +677,7 @@ func (m *Machine) args() []string {
 	a = append(a,
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+optEscape(fw),
 		"-drive", "if=pflash,format=raw,unit=1,file="+optEscape(m.vars))
-	for _, d := range m.drives {
-		a = append(a, "-drive", d)
-	}
+	a = append(a, m.drives...)
 	for _, f := range m.fwcfg {
 		a = append(a, "-fw_cfg", f)
 	}

@@ -1,12 +1,12 @@
 package run
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -15,7 +15,10 @@ import (
 )
 
 // loadModules loads the modules listed in the initramfs's load list, in
-// order (the packer put every module after its dependencies).
+// order (the packer put every module after its dependencies). A module for
+// hardware this machine lacks refuses to load (ENODEV) and is skipped, and
+// so is every module that needs a skipped one: it would only fail on
+// unknown symbols (hv_storvsc without Hyper-V's hv_vmbus).
 func (in *initProc) loadModules() error {
 	f, err := os.Open(layout.LoadList)
 	if errors.Is(err, os.ErrNotExist) {
@@ -26,7 +29,7 @@ func (in *initProc) loadModules() error {
 		return err
 	}
 	defer f.Close()
-	mods, kver, err := ReadLoadList(f)
+	mods, kver, err := layout.ParseLoadList(f)
 	if err != nil {
 		return fmt.Errorf("%s: %w", layout.LoadList, err)
 	}
@@ -34,19 +37,26 @@ func (in *initProc) loadModules() error {
 		return fmt.Errorf("the initramfs's modules are for kernel %s but kernel %s is running", kver, in.rec.KernelRelease)
 	}
 	var names []string
+	skipped := map[string]bool{}
 	for _, m := range mods {
-		existed, err := loadModule(m)
+		if need := slices.IndexFunc(m.Needs, func(n string) bool { return skipped[n] }); need >= 0 {
+			in.log.Infof("module %s: needs %s, skipped", m.Name(), m.Needs[need])
+			skipped[m.Name()] = true
+			continue
+		}
+		existed, err := loadModule(m.Path)
 		switch {
 		case errors.Is(err, unix.ENODEV):
 			// A driver for something this machine lacks refuses to load
 			// (efivarfs without UEFI): not a problem for the boot.
-			in.log.Infof("module %s: no such device here, skipped", path.Base(m))
+			in.log.Infof("module %s: no such device here, skipped", m.Name())
+			skipped[m.Name()] = true
 			continue
 		case err != nil:
-			return fmt.Errorf("loading %s: %w", m, err)
+			return fmt.Errorf("loading %s: %w", m.Path, err)
 		}
-		in.rec.Modules = append(in.rec.Modules, m)
-		name := strings.TrimSuffix(path.Base(m), ".ko")
+		in.rec.Modules = append(in.rec.Modules, m.Path)
+		name := strings.TrimSuffix(path.Base(m.Path), ".ko")
 		if existed {
 			name += " (already loaded)"
 		}
@@ -58,23 +68,14 @@ func (in *initProc) loadModules() error {
 	return nil
 }
 
-// ReadLoadList parses the load list: absolute module paths, one a line, and
-// the kernel release from the header line.
+// ReadLoadList parses the load list (see layout.LoadEntry): the modules'
+// absolute paths and the kernel release from the header line.
 func ReadLoadList(r io.Reader) (mods []string, kver string, err error) {
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		switch {
-		case strings.HasPrefix(line, layout.KernelLine):
-			kver = strings.TrimSpace(strings.TrimPrefix(line, layout.KernelLine))
-		case line == "" || strings.HasPrefix(line, "#"):
-		case !strings.HasPrefix(line, "/"):
-			return nil, "", fmt.Errorf("module path %q is not absolute", line)
-		default:
-			mods = append(mods, line)
-		}
+	entries, kver, err := layout.ParseLoadList(r)
+	for _, e := range entries {
+		mods = append(mods, e.Path)
 	}
-	return mods, kver, sc.Err()
+	return mods, kver, err
 }
 
 // loadModule loads an uncompressed module with finit_module(2) (the

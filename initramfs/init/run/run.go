@@ -7,8 +7,30 @@
 // configsrc), writes the boot record and switches root to the image's init.
 //
 // Every step is timed and logged. Any failure (or panic) prints one line
-// naming the step and the cause, and reboots after slate.reboot_delay: a
-// reboot spends one of systemd-boot's tries, a hang spends nothing.
+// naming the step and the cause ("FATAL: state: ..."), then reboots or
+// stops, by the policy of package failpolicy, so that a failure no reboot
+// can cure never reboots forever:
+//
+//   - a counted boot (systemd-boot's entry had tries left:
+//     LoaderBootCountPath is set) reboots after slate.reboot_delay,
+//     spending a try; when they are spent systemd-boot boots the other
+//     slot, which is how a bad upgrade rolls back;
+//   - an uncounted boot (a blessed entry, slate-a.conf) keeps the failure
+//     in the EFI variable SlateInitFailure-b3297508-91e8-4c73-a7e1-81d6f47d4769
+//     and reboots once; when the boot before it failed at the same step of
+//     the same slot (or it is the third failed boot of the slot in a row)
+//     it stops instead: "...; not rebooting: <why>", repeated every minute
+//     on the console, and waits;
+//   - an uncounted boot with nowhere to keep the failure (no UEFI) stops at
+//     the first failure; a UEFI boot whose variables cannot be read at all
+//     reboots as a counted one would.
+//
+// To know all that the init mounts efivarfs itself (step "efivars", right
+// after the modules, or from fatal for an earlier failure). A later boot
+// that gets the state partition mounted moves the kept failure to
+// /var/lib/slate/init-failures/ (the newest 10), deletes the variable and
+// names it in the boot record (previous_failure); `slate status` shows it.
+// See failure.go.
 package run
 
 import (
@@ -29,6 +51,8 @@ import (
 	"github.com/slate-os/slate/initramfs/init/blockdev"
 	"github.com/slate-os/slate/initramfs/init/cmdline"
 	"github.com/slate-os/slate/initramfs/init/dm"
+	"github.com/slate-os/slate/initramfs/init/efivar"
+	"github.com/slate-os/slate/initramfs/init/failpolicy"
 	"github.com/slate-os/slate/initramfs/init/klog"
 	"github.com/slate-os/slate/initramfs/layout"
 )
@@ -61,6 +85,11 @@ type initProc struct {
 	rebootDelay time.Duration
 	current     string // the step running
 	dying       bool
+	// efiStore is where efivarfs is mounted; efi what was read from it.
+	efiStore efivar.Store
+	efi      efiState
+	// verdict is the failure policy's, once fatal asked it.
+	verdict *failpolicy.Verdict
 
 	cmdline   string
 	params    *cmdline.Params
@@ -83,6 +112,7 @@ func Main() {
 		start:       time.Now(),
 		log:         &klog.Logger{},
 		rebootDelay: cmdline.DefaultRebootDelay,
+		efiStore:    efivar.System,
 	}
 	in.rec.FormatVersion = record.FormatVersion
 	in.rec.StateFsck = -1
@@ -104,9 +134,11 @@ func (in *initProc) run() {
 	in.step("cmdline", in.readCmdline)
 	in.step("modules", in.loadModules)
 	in.devicesSince = time.Now()
+	in.step("efivars", in.setupEFIVars) // never fails
 	in.step("find-partitions", in.findPartitions)
 	in.step("mount-root", in.mountRoot)
 	in.step("state", in.setupState)
+	in.keepPreviousFailure() // never fails
 	in.step("etc", in.setupEtc)
 	in.step("config", in.applyConfig) // never fails: a bad config applies nothing
 	in.step("record", in.writeRecord)
@@ -132,10 +164,14 @@ func (in *initProc) warn(format string, args ...any) {
 	in.log.Warnf("%s", msg)
 }
 
-// fatal reports err as the current step's failure and reboots after the
-// delay. It never returns.
+// fatal reports err as the current step's failure, then reboots after the
+// delay or stops, as the failure policy says (see failure.go). It never
+// returns.
 func (in *initProc) fatal(err error) {
-	if in.dying { // a failure while failing: reboot now
+	if in.dying { // a failure while failing: follow the verdict, else reboot now
+		if in.verdict != nil && !in.verdict.Reboot {
+			in.hold(fmt.Sprintf("FATAL: %s: %v; not rebooting: %s", in.current, err, in.verdict.Why))
+		}
 		unix.Sync()
 		unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 		os.Exit(1)
@@ -147,8 +183,21 @@ func (in *initProc) fatal(err error) {
 	}
 	msg := strings.ReplaceAll(err.Error(), "\n", "; ")
 	in.rec.Error = step + ": " + msg
-	in.log.Critf("FATAL: %s: %s; rebooting in %s", step, msg, in.rebootDelay)
 	in.rec.TotalMS = time.Since(in.start).Milliseconds()
+	v := in.failureVerdict(step, msg)
+	in.verdict = &v
+	if !v.Reboot {
+		line := fmt.Sprintf("FATAL: %s: %s; not rebooting: %s", step, msg, v.Why)
+		in.rec.Write(boot.BootRecord) // best effort: /run may not be mounted yet
+		unix.Sync()
+		hint := "fix the cause, then reset the machine"
+		if in.efi.kept {
+			hint += "; slate status shows this failure at the next good boot"
+		}
+		in.hold(line, hint)
+	}
+	in.log.Critf("FATAL: %s: %s; rebooting in %s", step, msg, in.rebootDelay)
+	in.log.Infof("%s", v.Why)
 	in.rec.Write(boot.BootRecord) // best effort: /run may not be mounted yet
 	unix.Sync()
 	time.Sleep(in.rebootDelay)

@@ -13,6 +13,7 @@ import (
 	"github.com/u-root/u-root/pkg/mount"
 	"golang.org/x/sys/unix"
 
+	"github.com/slate-os/slate/initramfs/init/blockdev"
 	"github.com/slate-os/slate/initramfs/init/state"
 )
 
@@ -21,7 +22,9 @@ import (
 //   - The builder's marker: first boot. Grow the partition to the end of
 //     the disk, create ext4 with the image's own mkfs.ext4, copy the
 //     image's /var into it.
-//   - ext4: e2fsck -p with the image's e2fsck, then mount.
+//   - ext4: grow the partition if the disk grew since (safe to repeat),
+//     e2fsck -p with the image's e2fsck, mount, and grow the filesystem
+//     online to a partition larger than it.
 //   - Anything else, or a filesystem that will not check or mount: fatal.
 //     The partition holds the node's data: it is never formatted unless
 //     the builder's marker says it is empty.
@@ -91,6 +94,15 @@ func (in *initProc) setupState() error {
 		in.log.Infof("first boot: created ext4 %q on %s", "slate-state", p.Dev)
 
 	case state.Ext4:
+		// A disk grown since the first boot (a resized cloud volume) is
+		// taken in at the next boot. Not fatal: the node runs on the
+		// space it had.
+		if g, err := in.finder.Grow(p); err != nil {
+			in.warn("growing the state partition %s to the end of the disk: %v", p.Dev, err)
+		} else if g.TableChanged || g.KernelChanged {
+			in.rec.StateGrown = true
+			in.log.Infof("the disk grew: grew %s from %s to %s (end of the disk)", p.Dev, mib(g.OldSize), mib(g.NewSize))
+		}
 		code, out, err := imageTool(sysroot, "e2fsck", "-p", p.Dev)
 		if err != nil {
 			return fmt.Errorf("e2fsck %s: %w", p.Dev, err)
@@ -120,10 +132,26 @@ func (in *initProc) setupState() error {
 		}
 	}()
 
+	in.growStateFS(p)
+
 	// The image's /var seeds the state filesystem, on the first boot and
 	// after a first boot that was cut short (the stamp is written last).
 	if !state.Populated(stateMount) {
-		st, err := state.CopyTree(filepath.Join(sysroot, "var"), stateMount)
+		// Checked first: a copy that runs out of space half way says
+		// only "no space left on device".
+		src := filepath.Join(sysroot, "var")
+		free, err := state.FreeSpace(stateMount)
+		if err != nil {
+			return err
+		}
+		need, err := state.Needs(src, stateMount, free.BlockSize)
+		if err != nil {
+			return fmt.Errorf("measuring the image's /var: %w", err)
+		}
+		if err := state.CheckFits(p.Dev, need, free); err != nil {
+			return err
+		}
+		st, err := state.CopyTree(src, stateMount)
 		if err != nil {
 			return fmt.Errorf("copying the image's /var to %s: %w", p.Dev, err)
 		}
@@ -158,6 +186,55 @@ func (in *initProc) setupState() error {
 		in.warn("%s: %v", utab, err)
 	}
 	return nil
+}
+
+// growStateFS grows the mounted state filesystem to its partition when the
+// partition is larger (the disk grew after the filesystem was made), online
+// through EXT4_IOC_RESIZE_FS, and records the sizes. A failure is a
+// warning: the filesystem is still good, only smaller than it could be.
+func (in *initProc) growStateFS(p blockdev.Partition) {
+	f, err := os.Open(p.Dev)
+	if err != nil {
+		in.warn("state partition %s: %v", p.Dev, err)
+		return
+	}
+	part, err := blockdev.Size(f)
+	var bs int64
+	var blocks uint64
+	if err == nil {
+		bs, blocks, err = state.Ext4Blocks(f)
+	}
+	f.Close()
+	if err != nil {
+		in.warn("state partition %s: %v", p.Dev, err)
+		return
+	}
+	in.rec.StateSize = part
+	before, err := state.FreeSpace(stateMount)
+	if err != nil {
+		in.warn("%v", err)
+		return
+	}
+	in.rec.StateFSSize = before.Size
+	want := uint64(part / bs)
+	if want <= blocks {
+		return
+	}
+	if err := state.ResizeFS(stateMount, want); err != nil {
+		in.warn("growing the state filesystem on %s from %d to %d blocks: %v", p.Dev, blocks, want, err)
+		return
+	}
+	after, err := state.FreeSpace(stateMount)
+	if err != nil {
+		in.warn("%v", err)
+		return
+	}
+	// The kernel leaves out a last block group too small to hold its own
+	// metadata: then nothing grew, and every boot asks again, quietly.
+	if after.Size > before.Size {
+		in.rec.StateFSGrown, in.rec.StateFSSize = true, after.Size
+		in.log.Infof("grew the state filesystem from %s to %s", mib(before.Size), mib(after.Size))
+	}
 }
 
 // utab is libmount's table of userspace mount options; it lives on /run,

@@ -1,7 +1,7 @@
 // Package state is what the init knows about the state partition (mounted
 // on /var): how to tell an unformatted partition from a filesystem and from
-// damage, the copy of the image's /var onto a new filesystem, and the
-// machine ID kept there.
+// damage, the copy of the image's /var onto a new filesystem (and whether
+// it fits), growing the filesystem online, and the machine ID kept there.
 package state
 
 import (

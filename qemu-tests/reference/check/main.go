@@ -38,12 +38,13 @@ type node struct {
 
 func main() {
 	ref := flag.String("ref", "latest", "org.opencontainers.image.ref.name to read")
+	prepared := flag.Bool("prepared", true, "check build.sh's '@prepare clean' too (identity emptied, systemd-networkd enabled); false for a tree as debootstrap leaves it")
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: check [-ref NAME] OCI_LAYOUT")
 		os.Exit(2)
 	}
-	problems, err := run(os.Stdout, flag.Arg(0), *ref)
+	problems, err := run(os.Stdout, flag.Arg(0), *ref, *prepared)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "check:", err)
 		os.Exit(1)
@@ -56,7 +57,7 @@ func main() {
 	}
 }
 
-func run(w io.Writer, dir, ref string) (problems []string, err error) {
+func run(w io.Writer, dir, ref string, prepared bool) (problems []string, err error) {
 	lp, err := layout.FromPath(dir)
 	if err != nil {
 		return nil, err
@@ -217,28 +218,29 @@ func run(w io.Writer, dir, ref string) (problems []string, err error) {
 	if target == nil || target.hdr.Typeflag != tar.TypeReg || target.hdr.Mode&0o111 == 0 {
 		problems = append(problems, "/sbin/init is not an executable file")
 	}
-
-	if n := files["/etc/machine-id"]; n == nil || n.hdr.Typeflag != tar.TypeReg || n.hdr.Size != 0 {
-		problems = append(problems, "/etc/machine-id is not an empty file")
-	} else {
-		fmt.Fprintf(w, "/etc/machine-id: empty file, mode %#o\n", n.hdr.Mode)
-	}
-	if n := files["/var/lib/dbus/machine-id"]; n != nil {
-		problems = append(problems, "/var/lib/dbus/machine-id still there")
-	}
-	if n := files["/etc/hostname"]; n == nil || string(n.data) != "slate\n" {
-		problems = append(problems, `/etc/hostname is not "slate"`)
-	}
-	wants := []string{"/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
-		"/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"}
-	enabled := true
-	for _, p := range wants {
-		if n := files[p]; n == nil || n.hdr.Typeflag != tar.TypeSymlink {
-			problems = append(problems, p+" (systemd-networkd not enabled)")
-			enabled = false
+	if prepared {
+		if n := files["/etc/machine-id"]; n == nil || n.hdr.Typeflag != tar.TypeReg || n.hdr.Size != 0 {
+			problems = append(problems, "/etc/machine-id is not an empty file")
+		} else {
+			fmt.Fprintf(w, "/etc/machine-id: empty file, mode %#o\n", n.hdr.Mode)
 		}
+		if n := files["/var/lib/dbus/machine-id"]; n != nil {
+			problems = append(problems, "/var/lib/dbus/machine-id still there")
+		}
+		if n := files["/etc/hostname"]; n == nil || string(n.data) != "slate\n" {
+			problems = append(problems, `/etc/hostname is not "slate"`)
+		}
+		wants := []string{"/etc/systemd/system/multi-user.target.wants/systemd-networkd.service",
+			"/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"}
+		enabled := true
+		for _, p := range wants {
+			if n := files[p]; n == nil || n.hdr.Typeflag != tar.TypeSymlink {
+				problems = append(problems, p+" (systemd-networkd not enabled)")
+				enabled = false
+			}
+		}
+		fmt.Fprintf(w, "systemd-networkd enabled: %v\n", enabled)
 	}
-	fmt.Fprintf(w, "systemd-networkd enabled: %v\n", enabled)
 	if n := files["/etc/os-release"]; n != nil {
 		fmt.Fprintf(w, "/etc/os-release -> %s\n", n.hdr.Linkname)
 	}
