@@ -33,7 +33,10 @@ varsum
 status
 agent UPGRADE slate upgrade ` + to.Ref + "\n"
 	start := time.Now()
-	m := startNode(t, "bookworm-to-trixie", from.Disk, "raw", "", first)
+	// An image as debootstrap leaves it enables no network service: the
+	// config does, as a user's would.
+	const networkd = "systemd:\n  units:\n    - name: systemd-networkd.service\n      enabled: true\n"
+	m := startNodeConfig(t, "bookworm-to-trixie", from.Disk, "raw", "", first, nodeConfigFor(testRegistry(t).Source(), networkd))
 	expectStep(t, m, "upgrade: slot b holds", upgradeTimeout)
 	b1 := waitBoot(t, m, exitTimeout)
 	if b1.Script == nil {
