@@ -17,7 +17,7 @@ GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 
 # Debian packages the tests and the demo need.
 DEB_PACKAGES := squashfs-tools-ng squashfs-tools cryptsetup-bin qemu-system-x86 qemu-utils ovmf \
-	debootstrap gdisk fdisk dosfstools mtools cpio zstd xz-utils e2fsprogs genisoimage
+	debootstrap gdisk fdisk dosfstools mtools cpio zstd xz-utils e2fsprogs genisoimage umoci
 
 .PHONY: all slate deps unit test qemu-test bench reference-image reference-matrix init-binary demo run clean vet
 
@@ -69,21 +69,23 @@ bench: deps reference-image
 	SLATE_REFERENCE=$(abspath $(REFERENCE)) $(GO) test -run '^$$' -bench . -benchtime 1x ./builder/
 	$(GO) test -run '^$$' -bench RootWrite -benchtime 5x ./agent/upgrade/
 
-$(DEMO_DISK): slate reference-image
-	$(SLATE) build --source oci:$(REFERENCE) --output $(DEMO_DISK) --version demo
+# The demo image trusts the demo key's public half (baked into its root):
+# its node accepts only artifacts that key signed.
+$(DEMO_DISK): slate reference-image $(DEMO_KEY)
+	$(SLATE) build --source oci:$(REFERENCE) --output $(DEMO_DISK) --version demo --update-key $(DEMO_KEY).pub
 
-# The key that signs the demo's artifact; the demo node's config names its
-# public half (update.publicKey).
+# The key that signs the demo's artifact.
 $(DEMO_KEY): | slate
 	$(SLATE) keygen $(DEMO_KEY)
 
-# The version the demo node upgrades to: the same image, a new version, signed.
+# The version the demo node upgrades to: the same image, a new version,
+# trusting the same key, signed by it.
 $(DEMO_NEXT): slate reference-image $(DEMO_KEY)
-	$(SLATE) build --source oci:$(REFERENCE) --artifact $(DEMO_NEXT) --version demo-2
+	$(SLATE) build --source oci:$(REFERENCE) --artifact $(DEMO_NEXT) --version demo-2 --update-key $(DEMO_KEY).pub
 	$(SLATE) sign --key $(DEMO_KEY) oci:$(DEMO_NEXT)
 
 demo: deps $(DEMO_DISK) $(DEMO_NEXT)
-	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --artifact $(DEMO_NEXT) --public-key $(DEMO_KEY).pub
+	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --artifact $(DEMO_NEXT)
 
 run: deps $(DEMO_DISK)
 	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --interactive

@@ -17,21 +17,23 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/disk"
 	"github.com/slate-os/slate/builder/esp"
+	"github.com/slate-os/slate/builder/flatten"
 	"github.com/slate-os/slate/builder/nodefiles"
 	"github.com/slate-os/slate/builder/rootfs"
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/initramfs"
@@ -73,6 +75,13 @@ type Result struct {
 
 	// State says how big the state partition is and why.
 	State StateSizing `json:"state"`
+
+	// UpdateKeys are the keys (signature.KeyID) the image trusts for
+	// updates, baked into its root; AllowUnsigned is the spec's
+	// update.allowUnsigned. With neither, the image's agent refuses every
+	// upgrade unless a node config adds a key or allows unsigned ones.
+	UpdateKeys    []string `json:"updateKeys"`
+	AllowUnsigned bool     `json:"allowUnsigned,omitempty"`
 
 	// InitramfsSkipped are the optional modules the kernel lacks;
 	// InitramfsUnresolved the soft dependencies that name nothing it has.
@@ -188,6 +197,26 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err := nodefiles.CheckAgent(b.o.AgentBinary); err != nil {
 		return nil, err
 	}
+	// So are the update keys: read, parsed, and written back in one form.
+	keys, err := s.UpdatePublicKeys()
+	if err != nil {
+		return nil, err
+	}
+	var keyPEMs [][]byte
+	b.res.UpdateKeys = []string{}
+	for _, k := range keys {
+		id := signature.KeyID(k)
+		if slices.Contains(b.res.UpdateKeys, id) {
+			continue // named twice (the spec and --update-key): once is enough
+		}
+		pem, err := signature.MarshalPublicKey(k)
+		if err != nil {
+			return nil, fmt.Errorf("update key %s: %w", id, err)
+		}
+		keyPEMs = append(keyPEMs, pem)
+		b.res.UpdateKeys = append(b.res.UpdateKeys, id)
+	}
+	b.res.AllowUnsigned = s.Update.AllowUnsigned
 	img := b.o.Image
 	if img == nil {
 		if s.Source == "" {
@@ -236,20 +265,24 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	// 1. One pass over the flattened image, slate's node files on top (an
 	// image's own /usr/bin/slate loses): squashfs and boot files.
 	b.step("rootfs")
-	nodeLayer, err := nodefiles.Layer(b.o.AgentBinary, created)
+	nodeLayer, err := nodefiles.Layer(b.o.AgentBinary, created, nodefiles.Image{
+		Info:       boot.ImageInfo{Version: version, Source: digest.String(), Created: created, AllowUnsigned: s.Update.AllowUnsigned},
+		UpdateKeys: keyPEMs,
+	})
 	if err != nil {
 		return nil, err
 	}
-	root, err := mutate.AppendLayers(img, nodeLayer)
-	if err != nil {
-		return nil, fmt.Errorf("source %s: adding slate's files: %w", s.Source, err)
-	}
 	sqfs := filepath.Join(b.work, "root.img")
-	stream := mutate.Extract(root)
-	bootFiles, err := rootfs.Build(ctx, stream, sqfs, rootfs.Options{
-		Compression: s.CompressionOrDefault(), Level: s.CompressionLevelOrDefault(), ModTime: created, WorkDir: b.work, Progress: b.p.Bytes,
-	})
-	stream.Close()
+	// The image checked against its digests and flattened by the OCI layer
+	// rules (package flatten); rootfs.Build may run twice, see there.
+	var bootFiles *rootfs.Boot
+	err = flatten.Stream(ctx, img, flatten.Options{Upper: []v1.Layer{nodeLayer}, SlotSize: int64(s.Disk.SlotSize), WorkDir: b.work, ModTime: created},
+		func(ctx context.Context, stream io.Reader) (err error) {
+			bootFiles, err = rootfs.Build(ctx, stream, sqfs, rootfs.Options{
+				Compression: s.CompressionOrDefault(), Level: s.CompressionLevelOrDefault(), ModTime: created, WorkDir: b.work, Progress: b.p.Bytes,
+			})
+			return err
+		})
 	if err != nil {
 		return nil, fmt.Errorf("source %s: %w", s.Source, err)
 	}

@@ -3,6 +3,9 @@ package builder
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"io"
 	"os"
@@ -10,6 +13,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -20,6 +24,7 @@ import (
 	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/inspect"
 	"github.com/slate-os/slate/builder/nodefiles"
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/internal/testimage"
 )
@@ -79,9 +84,25 @@ func TestBuildDiskAndArtifact(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	res, err := buildImage(t, img, testSpec(dir))
+	// One update key, named twice (a file and the same key inline): baked
+	// into the root once.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
+	}
+	keyPEM, _ := signature.MarshalPublicKey(key.Public())
+	keyFile := filepath.Join(dir, "release.pub")
+	if err := os.WriteFile(keyFile, keyPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ts := testSpec(dir)
+	ts.Update.PublicKeys = []string{keyFile, string(keyPEM)}
+	res, err := buildImage(t, img, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{signature.KeyID(key.Public())}; !slices.Equal(res.UpdateKeys, want) || res.AllowUnsigned {
+		t.Errorf("update keys %q (allow unsigned %v), want %q", res.UpdateKeys, res.AllowUnsigned, want)
 	}
 	raw := res.Disk
 	if res.Version != "1.0.0" {
@@ -144,6 +165,17 @@ func TestBuildDiskAndArtifact(t *testing.T) {
 		t.Errorf("slot A squashfs lacks /usr/bin/su")
 	}
 	checkNodeFiles(t, slotImg, testimage.StaticBinary(t))
+	// What the image's agent trusts, in the root.
+	info, err := boot.ParseImageInfo([]byte(run(t, "unsquashfs", "-cat", slotImg, boot.ImageInfoFile)))
+	if err != nil || info.Version != "1.0.0" || !info.Created.Equal(rootCfg.Created) || info.Source != rootCfg.Source || info.AllowUnsigned {
+		t.Errorf("image.json: %+v (%v); want version 1.0.0 created %s from %s", info, err, rootCfg.Created, rootCfg.Source)
+	}
+	if got := run(t, "unsquashfs", "-cat", slotImg, nodefiles.UpdateKeyPath(0)); got != string(keyPEM) {
+		t.Errorf("%s: %q, want the key", nodefiles.UpdateKeyPath(0), got)
+	}
+	if ls := run(t, "unsquashfs", "-lln", slotImg); strings.Contains(ls, "update-keys/02.pub") {
+		t.Error("a key named twice was baked in twice")
+	}
 
 	// Slot A's release on the ESP says what the slot holds.
 	rel := a.Release
@@ -322,7 +354,8 @@ func TestBuildErrorsLeaveNothing(t *testing.T) {
 	}
 	noKernel, _ := testimage.Node(testimage.Options{NoKernel: true})
 	noBoot, _ := testimage.Node(testimage.Options{NoSystemdBoot: true})
-	small := func(s *spec.Spec) { s.Disk.SlotSize = 1 << 20 }
+	small := func(s *spec.Spec) { s.Disk.SlotSize = 2 << 20 } // the image expands to less than 4 times that
+	tiny := func(s *spec.Spec) { s.Disk.SlotSize = 1 << 20 }
 	for _, tc := range []struct {
 		name  string
 		img   v1.Image
@@ -330,6 +363,7 @@ func TestBuildErrorsLeaveNothing(t *testing.T) {
 		want  string
 	}{
 		{"slot too small", big, small, "disk.slotSize: the root image with its hash tree is"},
+		{"image expands past the bound", big, tiny, "the image expands to more than 4MiB, 4 × disk.slotSize (1MiB)"},
 		{"no kernel", noKernel, nil, "no kernel in the image"},
 		{"no systemd-boot", noBoot, nil, "no systemd-boot in the image"},
 		{"unreadable source", nil, func(s *spec.Spec) { s.Source = "oci:/nonexistent/layout" }, "/nonexistent/layout is not an OCI layout"},

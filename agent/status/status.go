@@ -1,8 +1,9 @@
 // Package status gathers what `slate status` shows: the running slot, both
 // slots as the ESP has them, the last rollback and its kept logs, the
 // init's last failure (kept on the state partition by the init, see
-// record.InitFailure), the node config in force and this boot's health
-// result.
+// record.InitFailure), the node config in force, whether the node is
+// tainted (a config used access.breakGlass since it was imaged: see
+// record.Taint) and this boot's health result.
 package status
 
 import (
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/node"
@@ -28,7 +30,15 @@ type Status struct {
 	// partition (a boot that failed before systemd started).
 	LastInitFailure *InitFailure   `json:"lastInitFailure,omitempty"`
 	Config          *record.Config `json:"config,omitempty"`
-	Tainted         bool           `json:"tainted"`
+	// Tainted is true when the node booted with a node config that used
+	// access.breakGlass, on this boot or any since it was imaged: the init
+	// keeps the taint on the state partition (record.TaintFile) until the
+	// node is re-imaged. Taint says since when and by which config;
+	// TaintError why the kept taint could not be read (the node counts as
+	// tainted then).
+	Tainted    bool          `json:"tainted"`
+	Taint      *record.Taint `json:"taint,omitempty"`
+	TaintError string        `json:"taintError,omitempty"`
 	// Health is this boot's assessment; nil before slate-health ran.
 	Health *history.Boot `json:"health,omitempty"`
 	// Update is where upgrades come from, by the node config; the caller
@@ -38,15 +48,44 @@ type Status struct {
 	SystemdBoot *SystemdBoot `json:"systemdBoot,omitempty"`
 }
 
-// Update is the node config's update policy.
+// Update is the update policy in force (see agent/upgrade, Policy): whom
+// `slate upgrade` trusts, and from where.
 type Update struct {
+	// Source is the node config's update.source.
 	Source string `json:"source,omitempty"`
-	// Key is the signature.KeyID of update.publicKey: only artifacts it
-	// signed are installed. Empty: unsigned ones are.
-	Key string `json:"key,omitempty"`
-	// KeyError says why update.publicKey cannot be used: every upgrade is
-	// refused then.
-	KeyError string `json:"keyError,omitempty"`
+	// Policy is PolicySigned, PolicyUnsigned or PolicyRefused.
+	Policy string `json:"policy"`
+	// Keys are the trusted keys: the image's, then those the node config adds.
+	Keys []UpdateKey `json:"keys,omitempty"`
+	// AllowUnsigned names what allows unsigned artifacts: "image" (its
+	// spec's update.allowUnsigned), "node config" (update.allowUnsigned).
+	AllowUnsigned []string `json:"allowUnsigned,omitempty"`
+	// Error says why every upgrade is refused (PolicyRefused).
+	Error string `json:"error,omitempty"`
+	// NotBefore is the running image's creation time (its image.json): an
+	// artifact created before it is a downgrade, refused unless asked for.
+	NotBefore time.Time `json:"notBefore,omitzero"`
+}
+
+// Update policies.
+const (
+	// PolicySigned installs only artifacts signed by one of the keys.
+	PolicySigned = "signed"
+	// PolicyUnsigned installs unsigned artifacts too (development).
+	PolicyUnsigned = "unsigned-allowed"
+	// PolicyRefused refuses every upgrade: no key is trusted and unsigned
+	// artifacts are not allowed, or the policy cannot be read.
+	PolicyRefused = "refused"
+)
+
+// UpdateKey is a trusted key.
+type UpdateKey struct {
+	// ID is sha256:<16 hex> of the key's PKIX form.
+	ID string `json:"id"`
+	// From is "image" or "node config"; Where the key's file in the image
+	// or the config's field.
+	From  string `json:"from"`
+	Where string `json:"where"`
 }
 
 // InitFailure is a boot that failed in the init.
@@ -85,6 +124,10 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 	if n.Record.Config != nil {
 		st.Tainted = n.Record.Config.Tainted
 	}
+	st.Taint, st.TaintError = nodeTaint(filepath.Join(store.Dir, record.TaintFileName), n.Record.Taint)
+	if st.Taint != nil || st.TaintError != "" {
+		st.Tainted = true
+	}
 	// systemd-boot sets LoaderBootCountPath only on a counted boot.
 	if sel, _ := n.LoaderVar("LoaderBootCountPath"); sel != "" {
 		st.Running.Counted = true
@@ -108,6 +151,20 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 	}
 	st.LastInitFailure = lastInitFailure(filepath.Join(store.Dir, record.InitFailureDirName), n.Record.PreviousFailure)
 	return st, nil
+}
+
+// nodeTaint is the taint kept at path; the boot record's (fromRecord, as
+// the init found it) stands in when the file is gone. An unreadable file
+// is an error: the node counts as tainted.
+func nodeTaint(path string, fromRecord *record.Taint) (*record.Taint, string) {
+	t, err := record.ReadTaint(path)
+	if err != nil {
+		return fromRecord, err.Error()
+	}
+	if t == nil {
+		t = fromRecord
+	}
+	return t, ""
 }
 
 // lastInitFailure is the newest failure kept in dir; prev is the one this
@@ -192,16 +249,19 @@ func (st *Status) WriteText(w io.Writer) error {
 		}
 		fmt.Fprintln(w)
 	}
+	switch {
+	case st.Taint != nil:
+		fmt.Fprintf(w, "TAINTED %s (access.breakGlass): until the node is re-imaged\n", st.Taint)
+	case st.TaintError != "":
+		fmt.Fprintf(w, "TAINTED (access.breakGlass): the taint record is unreadable: %s\n", st.TaintError)
+	case st.Tainted:
+		fmt.Fprintln(w, "TAINTED by this boot's config (access.breakGlass)")
+	}
+	if st.Taint != nil && st.TaintError != "" {
+		fmt.Fprintf(w, "  the taint record is unreadable: %s\n", st.TaintError)
+	}
 	if u := st.Update; u != nil {
-		fmt.Fprintf(w, "updates: from %s, ", orDash(u.Source))
-		switch {
-		case u.KeyError != "":
-			fmt.Fprintf(w, "none installed: %s\n", u.KeyError) // the error names update.publicKey
-		case u.Key != "":
-			fmt.Fprintf(w, "signed by key %s only\n", u.Key)
-		default:
-			fmt.Fprintln(w, "unsigned accepted (no update.publicKey)")
-		}
+		u.writeText(w)
 	}
 	if f := st.LastInitFailure; f != nil {
 		fmt.Fprintf(w, "last init failure: %s %s\n", f.Time.Format("2006-01-02 15:04:05Z"), f.InitFailure)
@@ -235,6 +295,24 @@ func (st *Status) WriteText(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+func (u *Update) writeText(w io.Writer) {
+	fmt.Fprintf(w, "updates: from %s: ", orDash(u.Source))
+	switch u.Policy {
+	case PolicyRefused:
+		fmt.Fprintf(w, "every upgrade REFUSED: %s\n", u.Error)
+	case PolicyUnsigned:
+		fmt.Fprintf(w, "UNSIGNED artifacts accepted (update.allowUnsigned in the %s)\n", strings.Join(u.AllowUnsigned, " and the "))
+	default:
+		fmt.Fprintln(w, "only artifacts signed by a trusted key")
+	}
+	for _, k := range u.Keys {
+		fmt.Fprintf(w, "  trusted key %s  %s (%s)\n", k.ID, k.From, k.Where)
+	}
+	if !u.NotBefore.IsZero() {
+		fmt.Fprintf(w, "  no downgrade: artifacts created before %s (the running image) are refused\n", u.NotBefore.UTC().Format("2006-01-02 15:04:05Z"))
+	}
 }
 
 func orDash(s string) string {

@@ -2,6 +2,7 @@ package status
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,7 +25,9 @@ func TestWriteText(t *testing.T) {
 		},
 		Config: &record.Config{Source: "fw_cfg", SHA256: strings.Repeat("12", 32), Applied: true},
 		Health: &history.Boot{Result: history.ResultGood},
-		Update: &Update{Source: "registry.example/org/node:stable", Key: "sha256:0123456789abcdef"},
+		Update: &Update{Source: "registry.example/org/node:stable", Policy: PolicySigned, NotBefore: time.Date(2026, 6, 26, 13, 13, 13, 0, time.UTC), Keys: []UpdateKey{
+			{ID: "sha256:0123456789abcdef", From: "image", Where: "/usr/lib/slate/update-keys/01.pub"},
+			{ID: "sha256:fedcba9876543210", From: "node config", Where: "update.publicKey"}}},
 		LastRollback: &history.Rollback{Time: time.Date(2026, 11, 27, 14, 0, 0, 0, time.UTC), FromSlot: boot.SlotA, FromVersion: "v3",
 			FromGeneration: 3, ToSlot: boot.SlotB, ToVersion: "v2", Cause: "kernel panic: Kernel panic - not syncing: Attempted to kill init!",
 			Files: []string{"console.txt", "pstore/dmesg-efi-1", "pstore/dmesg-efi-2"}, Dir: "/var/lib/slate/rollbacks/3-a", ConsoleTail: "line 1\nKernel panic - not syncing: Attempted to kill init!\n"},
@@ -43,7 +46,10 @@ func TestWriteText(t *testing.T) {
 		"sha256:cdcdcdcdcdcd…  sha256:0123456789abcdef",
 		"built in",
 		"health of this boot: good",
-		"updates: from registry.example/org/node:stable, signed by key sha256:0123456789abcdef only",
+		"updates: from registry.example/org/node:stable: only artifacts signed by a trusted key\n" +
+			"  trusted key sha256:0123456789abcdef  image (/usr/lib/slate/update-keys/01.pub)\n" +
+			"  trusted key sha256:fedcba9876543210  node config (update.publicKey)\n" +
+			"  no downgrade: artifacts created before 2026-06-26 13:13:13Z (the running image) are refused\n",
 		"config: fw_cfg sha256:121212121212…, applied",
 		"slot a (v3, generation 3) -> slot b (v2)",
 		"cause: kernel panic",
@@ -90,5 +96,82 @@ func TestLastInitFailure(t *testing.T) {
 	b, _ := json.Marshal(&Status{LastInitFailure: f})
 	if !strings.Contains(string(b), `"lastInitFailure":{"slot":"b","step":"modules","error":"loading x.ko: no such file","count":1,"counted":true,"rebooted":true,"time":"2026-01-02T03:04:05Z","beforeThisBoot":true}`) {
 		t.Errorf("JSON: %s", b)
+	}
+}
+
+// The taint the init keeps on the state partition is shown after a reboot
+// with a clean config, in text and JSON: since when, by which config.
+func TestTaint(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, record.TaintFileName)
+	if tt, e := nodeTaint(path, nil); tt != nil || e != "" {
+		t.Errorf("never tainted: %+v %q", tt, e)
+	}
+	since := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	if _, err := record.MarkTainted(path, since, strings.Repeat("ab", 32), "fw_cfg"); err != nil {
+		t.Fatal(err)
+	}
+	tt, e := nodeTaint(path, nil)
+	if tt == nil || e != "" || !tt.Since.Equal(since) {
+		t.Fatalf("tainted: %+v %q", tt, e)
+	}
+	// This boot's config is clean: the node is tainted still.
+	st := &Status{Running: Running{Slot: boot.SlotA}, Config: &record.Config{Source: "fw_cfg", SHA256: strings.Repeat("12", 32), Applied: true},
+		Tainted: true, Taint: tt}
+	var b strings.Builder
+	st.WriteText(&b)
+	if want := "TAINTED since 2026-03-01 10:00:00Z, by config sha256:abababababab… from fw_cfg (access.breakGlass): until the node is re-imaged\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("text lacks %q:\n%s", want, b.String())
+	}
+	if strings.Contains(b.String(), "tainted (breakGlass)") {
+		t.Errorf("this boot's config is not tainted:\n%s", b.String())
+	}
+	raw, _ := json.Marshal(st)
+	if want := `"tainted":true,"taint":{"since":"2026-03-01T10:00:00Z","config_sha256":"abab`; !strings.Contains(string(raw), want) {
+		t.Errorf("JSON lacks %s: %s", want, raw)
+	}
+
+	// The file gone (it never is but by hand): the boot record's.
+	if tt2, e := nodeTaint(filepath.Join(dir, "none"), tt); tt2 != tt || e != "" {
+		t.Errorf("from the record: %+v %q", tt2, e)
+	}
+	// Unreadable: tainted, and why.
+	os.WriteFile(path, []byte("{"), 0o644)
+	tt, e = nodeTaint(path, nil)
+	if tt != nil || e == "" {
+		t.Errorf("unreadable: %+v %q", tt, e)
+	}
+	b.Reset()
+	(&Status{TaintError: e, Tainted: true}).WriteText(&b)
+	if !strings.Contains(b.String(), "TAINTED (access.breakGlass): the taint record is unreadable: ") {
+		t.Errorf("text: %s", b.String())
+	}
+}
+
+// The update policy, as text and JSON, in each of its states.
+func TestUpdateText(t *testing.T) {
+	for _, c := range []struct {
+		u    Update
+		text string
+		json string
+	}{
+		{Update{Policy: PolicyRefused, Error: "no update is trusted: build the image with update.publicKeys"},
+			"updates: from -: every upgrade REFUSED: no update is trusted: build the image with update.publicKeys\n",
+			`{"policy":"refused","error":"no update is trusted: build the image with update.publicKeys"}`},
+		{Update{Source: "r/x", Policy: PolicyUnsigned, AllowUnsigned: []string{"image", "node config"}},
+			"updates: from r/x: UNSIGNED artifacts accepted (update.allowUnsigned in the image and the node config)\n",
+			`{"source":"r/x","policy":"unsigned-allowed","allowUnsigned":["image","node config"]}`},
+		{Update{Policy: PolicySigned, Keys: []UpdateKey{{ID: "sha256:0123456789abcdef", From: "image", Where: "/usr/lib/slate/update-keys/01.pub"}}},
+			"updates: from -: only artifacts signed by a trusted key\n  trusted key sha256:0123456789abcdef  image (/usr/lib/slate/update-keys/01.pub)\n",
+			`{"policy":"signed","keys":[{"id":"sha256:0123456789abcdef","from":"image","where":"/usr/lib/slate/update-keys/01.pub"}]}`},
+	} {
+		var b strings.Builder
+		c.u.writeText(&b)
+		if b.String() != c.text {
+			t.Errorf("text:\n%s\nwant\n%s", b.String(), c.text)
+		}
+		if j, _ := json.Marshal(c.u); string(j) != c.json {
+			t.Errorf("JSON %s\nwant %s", j, c.json)
+		}
 	}
 }

@@ -6,14 +6,19 @@
 // systemd-boot falls back to the running slot if it never becomes good.
 //
 // Everything that can refuse the artifact is checked before anything is
-// changed. From the first change on, the target slot has no boot entry until
-// every file it needs is written and checked, so a failure or a power cut at
-// any point leaves the running slot the one that boots.
+// changed: among it the update policy (policy.go: whom the image and the
+// node config trust to sign artifacts, failing closed), downgrades (an
+// artifact whose image was created before the running one, by the time in
+// the signed config and the running root's /usr/lib/slate/image.json) and
+// slate.* arguments on the artifact's command line (slate.config would
+// replace the node's config, its keys included). From the first change on,
+// the target slot has no boot entry until every file it needs is written
+// and checked, so a failure or a power cut at any point leaves the running
+// slot the one that boots.
 package upgrade
 
 import (
 	"context"
-	"crypto"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -32,7 +37,6 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/builder/artifact"
-	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/progress"
 )
 
@@ -75,9 +79,15 @@ type Options struct {
 	Progress *progress.Reporter
 	// Now stamps release.json; nil is time.Now.
 	Now func() time.Time
-	// PublicKey, when set, must have signed the artifact (see package
-	// signature); nil accepts unsigned artifacts.
-	PublicKey crypto.PublicKey
+	// Policy says whose signatures the artifact needs (see Policy): the
+	// zero Policy trusts nothing and refuses every artifact.
+	Policy Policy
+	// Image is the running image's image.json (ReadImageInfo), the
+	// trustworthy age of the running image; nil: the image has none, and
+	// the running slot's release.json on the ESP stands in.
+	Image *boot.ImageInfo
+	// AllowDowngrade installs an artifact created before the running image.
+	AllowDowngrade bool
 }
 
 // Result describes a finished upgrade.
@@ -85,7 +95,7 @@ type Result struct {
 	Slot       boot.Slot
 	Version    string
 	Digest     string // artifact manifest digest
-	SignedBy   string // signature.KeyID of the key that verified it; "" unchecked
+	SignedBy   string // signature.KeyID of the trusted key that verified it; "" none did (update.allowUnsigned)
 	RootHash   string
 	Entry      string // entry file name, slate-b+3.conf
 	Generation int
@@ -123,7 +133,9 @@ var statESP = func(dir string) (free, cluster int64, err error) {
 
 // Run writes the artifact o.Ref into o.Target. Before each step it logs:
 //
-//	upgrade: <version> (<digest>) is signed by key <id>   (with o.PublicKey)
+//	upgrade: <version> (<digest>) is signed by key <id> (<from> <where>)   (a trusted key verified it)
+//	upgrade: WARNING: <version> (<digest>) is not verified: <why>; installed because update.allowUnsigned is set (<from>)
+//	upgrade: WARNING: <version> ... is a downgrade ...; installed because of --allow-downgrade
 //	upgrade: retiring slot b's boot entry
 //	upgrade: writing root of slot b (<size>)
 //	upgrade: verifying slot b
@@ -147,20 +159,25 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	s := o.Target.Slot
 
 	// 1. Everything that can refuse, before any change.
-	a, loader, dev, err := check(ctx, &o)
+	a, loader, dev, v, err := check(ctx, &o)
 	if err != nil {
 		return nil, err
 	}
 	defer dev.Close()
-	var signedBy string // check verified the signature when a key was given
-	if o.PublicKey != nil {
-		signedBy = signature.KeyID(o.PublicKey)
-	}
+	var signedBy string
 	cfg := a.Config
-	res := &Result{Slot: s, Version: cfg.Version, Digest: a.Digest.String(), SignedBy: signedBy, RootHash: cfg.Root.RootHash, RootBytes: cfg.Root.Size}
-	if signedBy != "" {
-		logf("upgrade: %s (%s) is signed by key %s", cfg.Version, a.Digest, signedBy)
+	switch {
+	case v.signedBy != nil:
+		signedBy = v.signedBy.ID
+		logf("upgrade: %s (%s) is signed by key %s (%s %s)", cfg.Version, a.Digest, signedBy, v.signedBy.From, v.signedBy.Where)
+	case v.unverified != nil:
+		logf("upgrade: WARNING: %s (%s) is not verified: %v; installed because update.allowUnsigned is set (%s)",
+			cfg.Version, a.Digest, v.unverified, strings.Join(o.Policy.AllowUnsigned, ", "))
 	}
+	if v.downgrade != "" {
+		logf("upgrade: WARNING: %s; installed because of --allow-downgrade", v.downgrade)
+	}
+	res := &Result{Slot: s, Version: cfg.Version, Digest: a.Digest.String(), SignedBy: signedBy, RootHash: cfg.Root.RootHash, RootBytes: cfg.Root.Size}
 
 	// From here on a failure leaves s without a boot entry; say so.
 	failed := func(step string, err error) (*Result, error) {
@@ -300,90 +317,103 @@ func slotCmdline(base string, s boot.Slot, partUUID, rootHash, statePartUUID, ve
 }
 
 // check does step 1: it opens the artifact and the target device and
-// refuses anything that cannot work, changing nothing.
-func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *os.File, error) {
+// refuses anything that cannot work or is not trusted, changing nothing.
+func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *os.File, verdict, error) {
+	var none verdict
 	t := o.Target
 	s := t.Slot
 	switch {
 	case o.ESP == nil:
-		return nil, nil, nil, errors.New("upgrade: no ESP given")
+		return nil, nil, nil, none, errors.New("upgrade: no ESP given")
 	case t.Device == "":
-		return nil, nil, nil, fmt.Errorf("upgrade: no device for slot %s", s)
+		return nil, nil, nil, none, fmt.Errorf("upgrade: no device for slot %s", s)
 	case t.Size <= 0:
-		return nil, nil, nil, fmt.Errorf("upgrade: slot %s's partition size %d", s, t.Size)
+		return nil, nil, nil, none, fmt.Errorf("upgrade: slot %s's partition size %d", s, t.Size)
 	case t.PartUUID == "" || t.StatePartUUID == "":
-		return nil, nil, nil, fmt.Errorf("upgrade: slot %s's partition UUID or the state partition's UUID is missing", s)
+		return nil, nil, nil, none, fmt.Errorf("upgrade: slot %s's partition UUID or the state partition's UUID is missing", s)
+	}
+	// A policy that trusts nothing refuses before the registry is asked.
+	if err := o.Policy.Usable(); err != nil {
+		return nil, nil, nil, none, err
 	}
 	if _, err := boot.ParseSlot(string(s)); err != nil {
-		return nil, nil, nil, fmt.Errorf("upgrade: target: %w", err)
+		return nil, nil, nil, none, fmt.Errorf("upgrade: target: %w", err)
 	}
 	if _, err := boot.ParseSlot(string(o.Running)); err != nil {
-		return nil, nil, nil, fmt.Errorf("upgrade: running slot: %w", err)
+		return nil, nil, nil, none, fmt.Errorf("upgrade: running slot: %w", err)
 	}
 	if s == o.Running {
-		return nil, nil, nil, fmt.Errorf("slot %s is the running slot; an upgrade writes the other one", s)
+		return nil, nil, nil, none, fmt.Errorf("slot %s is the running slot; an upgrade writes the other one", s)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, none, err
 	}
 
 	// The running slot is the fallback while the new one is tried: it
 	// must be known good.
 	infos, err := o.ESP.Read()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, none, err
 	}
 	switch run := infos[o.Running]; run.State {
 	case slots.Trying:
-		return nil, nil, nil, fmt.Errorf("slot %s is still on trial (%s): an upgrade must wait until its boot has been marked good, or it would be left without a fallback",
+		return nil, nil, nil, none, fmt.Errorf("slot %s is still on trial (%s): an upgrade must wait until its boot has been marked good, or it would be left without a fallback",
 			o.Running, run.EntryFile)
 	case slots.Bad:
-		return nil, nil, nil, fmt.Errorf("slot %s, the running slot, is marked bad (%s): it is no fallback for an upgrade", o.Running, run.EntryFile)
+		return nil, nil, nil, none, fmt.Errorf("slot %s, the running slot, is marked bad (%s): it is no fallback for an upgrade", o.Running, run.EntryFile)
 	case slots.Empty:
-		return nil, nil, nil, fmt.Errorf("slot %s, the running slot, has no boot entry: it is no fallback for an upgrade", o.Running)
+		return nil, nil, nil, none, fmt.Errorf("slot %s, the running slot, has no boot entry: it is no fallback for an upgrade", o.Running)
 	}
 
 	a, err := artifact.Open(o.Ref, append([]artifact.Option{artifact.WithContext(ctx)}, o.Artifact...)...)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, none, err
 	}
 	c := a.Config
 	if c.Architecture != NodeArch {
-		return nil, nil, nil, fmt.Errorf("artifact %s is for %s; this node is %s", o.Ref, c.Architecture, NodeArch)
+		return nil, nil, nil, none, fmt.Errorf("artifact %s is for %s; this node is %s", o.Ref, c.Architecture, NodeArch)
 	}
 	// slate's dm-verity and init fix these; Validate allows what
 	// veritysetup allows.
 	r := c.Root
 	if r.DataBlockSize != verity.BlockSize || r.HashBlockSize != verity.BlockSize || r.Algorithm != verity.Algorithm || r.HashOffset != r.DataSize {
-		return nil, nil, nil, fmt.Errorf("artifact %s: root with %d/%d-byte %s blocks and the hash tree at byte %d of %d: slate nodes need %d-byte sha256 blocks and the tree right after the data",
+		return nil, nil, nil, none, fmt.Errorf("artifact %s: root with %d/%d-byte %s blocks and the hash tree at byte %d of %d: slate nodes need %d-byte sha256 blocks and the tree right after the data",
 			o.Ref, r.DataBlockSize, r.HashBlockSize, r.Algorithm, r.HashOffset, r.DataSize, verity.BlockSize)
 	}
 	if _, err := hex.DecodeString(r.RootHash); err != nil || r.RootHash == "" {
-		return nil, nil, nil, fmt.Errorf("artifact %s: config.root.rootHash %q is not a hex hash", o.Ref, r.RootHash)
+		return nil, nil, nil, none, fmt.Errorf("artifact %s: config.root.rootHash %q is not a hex hash", o.Ref, r.RootHash)
 	}
 	if runningRootHash(infos[o.Running]) == r.RootHash {
-		return nil, nil, nil, fmt.Errorf("%w: slot %s already runs %s (root hash %s)", ErrUpToDate, o.Running, c.Version, r.RootHash)
+		return nil, nil, nil, none, fmt.Errorf("%w: slot %s already runs %s (root hash %s)", ErrUpToDate, o.Running, c.Version, r.RootHash)
 	}
 	if r.Size > t.Size {
-		return nil, nil, nil, fmt.Errorf("artifact %s: the root with its hash tree is %s (%d bytes), larger than slot %s's partition (%s, %d bytes)",
+		return nil, nil, nil, none, fmt.Errorf("artifact %s: the root with its hash tree is %s (%d bytes), larger than slot %s's partition (%s, %d bytes)",
 			o.Ref, humanSize(r.Size), r.Size, s, humanSize(t.Size), t.Size)
 	}
-	if o.PublicKey != nil {
-		// After the cheap refusals, before any byte of a layer: a node that
-		// asks for signatures reads nothing of an unsigned root.
-		if _, err := a.VerifySignature(o.PublicKey); err != nil {
-			return nil, nil, nil, fmt.Errorf("%w; update.publicKey asks for a signature by key %s", err, signature.KeyID(o.PublicKey))
-		}
+	// After the cheap refusals, before any byte of a layer: a node reads
+	// nothing of a root no trusted key signed.
+	v, err := o.Policy.check(a)
+	if err != nil {
+		return nil, nil, nil, none, err
+	}
+	// What the signature covers (the config) is checked once it is known
+	// to be signed: no downgrade, no slate.* argument of the node's.
+	if v.downgrade, err = checkDowngrade(o, infos[o.Running], a); err != nil {
+		return nil, nil, nil, none, err
+	}
+	if arg := boot.ReservedCmdlineArg(c.Cmdline); arg != "" {
+		return nil, nil, nil, none, fmt.Errorf("artifact %s: its kernel command line carries %q: an image may set no slate.* argument but %s (slate.config would replace this node's config, its update keys included)",
+			o.Ref, arg, strings.Join(boot.ImageCmdlineArgs, ", "))
 	}
 	// The systemd-boot layer is small: read it (and check its digest) now,
 	// so a bad one refuses the artifact before anything changes, and the
 	// space check knows whether it goes onto the ESP.
 	lp, err := planLoader(o, a)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, none, err
 	}
 	if err := checkESPSpace(o, a, lp); err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, none, err
 	}
 
 	// O_EXCL on a block device fails while it is mounted or held by
@@ -392,9 +422,9 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *o
 	dev, err := os.OpenFile(t.Device, os.O_WRONLY|os.O_EXCL, 0)
 	if err != nil {
 		if errors.Is(err, unix.EBUSY) {
-			return nil, nil, nil, fmt.Errorf("slot %s's partition %s is in use (mounted or mapped)", s, t.Device)
+			return nil, nil, nil, none, fmt.Errorf("slot %s's partition %s is in use (mounted or mapped)", s, t.Device)
 		}
-		return nil, nil, nil, fmt.Errorf("slot %s: %w", s, err)
+		return nil, nil, nil, none, fmt.Errorf("slot %s: %w", s, err)
 	}
 	devSize, err := dev.Seek(0, io.SeekEnd)
 	if err == nil {
@@ -402,14 +432,47 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *o
 	}
 	if err != nil {
 		dev.Close()
-		return nil, nil, nil, fmt.Errorf("slot %s: %s: %w", s, t.Device, err)
+		return nil, nil, nil, none, fmt.Errorf("slot %s: %s: %w", s, t.Device, err)
 	}
 	if r.Size > devSize {
 		dev.Close()
-		return nil, nil, nil, fmt.Errorf("artifact %s: the root with its hash tree is %d bytes, larger than %s (%d bytes)", o.Ref, r.Size, t.Device, devSize)
+		return nil, nil, nil, none, fmt.Errorf("artifact %s: the root with its hash tree is %d bytes, larger than %s (%d bytes)", o.Ref, r.Size, t.Device, devSize)
 	}
-	return a, lp, dev, nil
+	return a, lp, dev, v, nil
 }
+
+// checkDowngrade refuses an artifact whose image was created before the
+// running one, unless o.AllowDowngrade; then it returns what to warn about.
+// An equal time (a rebuild of the same image) is no downgrade. The running
+// image's time is its image.json's, from the verity-protected root; only an
+// image without one falls back on its slot's release.json on the ESP.
+func checkDowngrade(o *Options, run *slots.Info, a *artifact.Artifact) (string, error) {
+	var running time.Time
+	from := "/" + boot.ImageInfoFile
+	if o.Image != nil {
+		running = o.Image.Created
+	} else if run != nil && run.Release != nil {
+		running, from = run.Release.Created, fmt.Sprintf("slot %s's %s on the ESP (the running image has no /%s)", o.Running, boot.ReleaseName, boot.ImageInfoFile)
+	}
+	c := a.Config
+	var why string
+	switch {
+	case running.IsZero():
+		why = fmt.Sprintf("artifact %s (%s, created %s) cannot be checked for a downgrade: the running image's creation time is unknown (no /%s, no created time in slot %s's %s)",
+			o.Ref, c.Version, stamp(c.Created), boot.ImageInfoFile, o.Running, boot.ReleaseName)
+	case c.Created.Before(running):
+		why = fmt.Sprintf("artifact %s (%s) is a downgrade: its image was created %s, before the running image (created %s, by %s)",
+			o.Ref, c.Version, stamp(c.Created), stamp(running), from)
+	default:
+		return "", nil
+	}
+	if o.AllowDowngrade {
+		return why, nil
+	}
+	return "", fmt.Errorf("%s; `slate upgrade --allow-downgrade` installs it, and `slate rollback` boots the other slot's image again", why)
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // runningRootHash is the verity root hash the running slot booted with.
 func runningRootHash(in *slots.Info) string {

@@ -39,10 +39,34 @@ type art struct {
 	arch       string
 	dataBlocks int64
 	cmdline    string
-	rootHash   string // overrides the config's root hash (a wrong one)
-	noSquashfs bool   // the data does not start with a squashfs superblock
-	loader     []byte // the systemd-boot layer; nil: trixieLoader
-	noLoader   bool   // no systemd-boot layer, as artifacts before it had
+	rootHash   string    // overrides the config's root hash (a wrong one)
+	noSquashfs bool      // the data does not start with a squashfs superblock
+	loader     []byte    // the systemd-boot layer; nil: trixieLoader
+	noLoader   bool      // no systemd-boot layer, as artifacts before it had
+	created    time.Time // the image's creation time; zero: testCreated
+	unsigned   bool      // not signed by imageKey
+}
+
+// testCreated is when the test images were created: the running one's
+// (node.options) and the artifacts', unless art.created says otherwise.
+var testCreated = time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC)
+
+// imageKey signs the test artifacts; the test node's image trusts it.
+var imageKey = func() crypto.Signer {
+	_, k, err := ed25519.GenerateKey(cryptorand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+// imagePolicy trusts keys as an image built with them would.
+func imagePolicy(keys ...crypto.PublicKey) Policy {
+	var p Policy
+	for i, k := range keys {
+		p.Keys = append(p.Keys, TrustedKey{Key: k, ID: signature.KeyID(k), From: FromImage, Where: fmt.Sprintf("/usr/lib/slate/update-keys/%02d.pub", i+1)})
+	}
+	return p
 }
 
 // Fake systemd-boot binaries: what matters is their LoaderInfo.
@@ -101,6 +125,9 @@ func makeArtifact(t testing.TB, a art) built {
 	if a.dataBlocks == 0 {
 		a.dataBlocks = 40
 	}
+	if a.created.IsZero() {
+		a.created = testCreated
+	}
 	tmp := t.TempDir()
 	dataSize := a.dataBlocks * verity.BlockSize
 	data := make([]byte, dataSize)
@@ -138,7 +165,7 @@ func makeArtifact(t testing.TB, a art) built {
 			RootHash: tree.RootHashHex(), Salt: hex.EncodeToString(tree.Salt), Algorithm: "sha256",
 			DataBlockSize: verity.BlockSize, HashBlockSize: verity.BlockSize,
 		},
-		Created: time.Date(2024, 6, 1, 12, 0, 0, 0, time.UTC),
+		Created: a.created,
 	}
 	if a.rootHash != "" {
 		b.cfg.Root.RootHash = a.rootHash
@@ -165,6 +192,11 @@ func makeArtifact(t testing.TB, a art) built {
 	}
 	if b.loader != nil {
 		b.cfg.SystemdBootVersion, _ = boot.SystemdBootVersion(b.loader) // as Write does
+	}
+	if !a.unsigned {
+		if _, err := artifact.Sign(b.ref, imageKey, ""); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return b
 }
@@ -232,6 +264,8 @@ func (n *node) options(ref string) Options {
 		ESP:     n.esp,
 		Log:     func(format string, args ...any) { n.log = append(n.log, fmt.Sprintf(format, args...)) },
 		Now:     func() time.Time { return time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC) },
+		Policy:  imagePolicy(imageKey.Public()),
+		Image:   &boot.ImageInfo{Version: "1.0", Created: testCreated},
 	}
 }
 
@@ -289,6 +323,7 @@ func TestUpgrade(t *testing.T) {
 			}
 
 			wantLog := []string{
+				fmt.Sprintf("upgrade: 2.0 (%s) is signed by key %s (image /usr/lib/slate/update-keys/01.pub)", res.Digest, signature.KeyID(imageKey.Public())),
 				"upgrade: retiring slot b's boot entry",
 				fmt.Sprintf("upgrade: writing root of slot b (%s)", humanSize(int64(len(b.root)))),
 				"upgrade: verifying slot b",
@@ -301,7 +336,7 @@ func TestUpgrade(t *testing.T) {
 				t.Errorf("log:\n%s\nwant\n%s", strings.Join(n.log, "\n"), strings.Join(wantLog, "\n"))
 			}
 			digest, _ := os.ReadFile(filepath.Join(b.dir, "index.json"))
-			if res.Slot != boot.SlotB || res.Version != "2.0" || res.Entry != "slate-b+3.conf" || res.Generation != 4 ||
+			if res.Slot != boot.SlotB || res.Version != "2.0" || res.Entry != "slate-b+3.conf" || res.Generation != 4 || res.SignedBy != signature.KeyID(imageKey.Public()) ||
 				res.RootBytes != int64(len(b.root)) || res.RootHash != b.cfg.Root.RootHash ||
 				!strings.HasPrefix(res.Digest, "sha256:") || !strings.Contains(string(digest), res.Digest) || res.Total <= 0 ||
 				res.SystemdBoot != "257.9-1~deb13u1" {
@@ -346,7 +381,7 @@ func TestUpgrade(t *testing.T) {
 			if err := json.Unmarshal(data, &rel); err != nil {
 				t.Fatal(err)
 			}
-			wantRel := boot.Release{Slot: boot.SlotB, Version: "2.0", Artifact: res.Digest, Source: b.cfg.Source,
+			wantRel := boot.Release{Slot: boot.SlotB, Version: "2.0", Artifact: res.Digest, SignedBy: res.SignedBy, Source: b.cfg.Source,
 				RootHash: b.cfg.Root.RootHash, RootSize: int64(len(b.root)), KernelRelease: "6.1.0-18-cloud-amd64", SystemdBootVersion: "257.9-1~deb13u1",
 				Architecture: "amd64", Created: b.cfg.Created, Written: time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)}
 			if rel != wantRel {
@@ -371,6 +406,10 @@ func TestUpgrade(t *testing.T) {
 // TestRefused: every refusal comes before any change.
 func TestRefused(t *testing.T) {
 	good := makeArtifact(t, art{})
+	unsigned := makeArtifact(t, art{unsigned: true})
+	older := makeArtifact(t, art{version: "0.5", created: testCreated.Add(-time.Second)})
+	withConfig := makeArtifact(t, art{version: "2.4", cmdline: "console=ttyS0 slate.reboot_delay=1m slate.config=data:,{} quiet"})
+	quoted := makeArtifact(t, art{version: "2.5", cmdline: `console=ttyS0 "slate.config=data:,{ }"`})
 	arm := makeArtifact(t, art{arch: "arm64"})
 	signed, key := signedArtifact(t)
 	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
@@ -408,13 +447,32 @@ func TestRefused(t *testing.T) {
 			if _, err := artifact.Sign(badLoader.ref, key, ""); err != nil {
 				t.Fatal(err)
 			}
-			o.PublicKey = key.Public()
+			o.Policy = imagePolicy(key.Public())
 		}, nil, "has digest sha256:"},
 		{"no such artifact", "slate-a.conf", "oci:/nonexistent", nil, nil, "oci:/nonexistent: not an OCI layout"},
-		{"unsigned", "slate-a.conf", good.ref, func(o *Options) { o.PublicKey = key.Public() }, nil,
-			good.ref + ": not signed"},
-		{"signed by another key", "slate-a.conf", signed.ref, func(o *Options) { o.PublicKey = otherKey.Public() }, nil,
+		// Fails closed: no config, an image without keys.
+		{"nothing trusted", "slate-a.conf", unsigned.ref, func(o *Options) { o.Policy = Policy{} }, nil,
+			"no update is trusted: this image was built without update keys, and the node config adds none: build the image with update.publicKeys"},
+		{"nothing trusted, signed", "slate-a.conf", good.ref, func(o *Options) { o.Policy = Policy{} }, nil, "no update is trusted"},
+		{"unsigned", "slate-a.conf", unsigned.ref, nil, nil,
+			"; updates must be signed by a trusted key: " + signature.KeyID(imageKey.Public()) + " (image /usr/lib/slate/update-keys/01.pub)"},
+		{"unsigned, says so", "slate-a.conf", unsigned.ref, nil, nil, unsigned.ref + ": not signed"},
+		{"signed by another key", "slate-a.conf", signed.ref, func(o *Options) { o.Policy = imagePolicy(otherKey.Public()) }, nil,
 			"not made by key " + signature.KeyID(otherKey.Public())},
+		{"signed by none of two keys", "slate-a.conf", signed.ref, func(o *Options) { o.Policy = imagePolicy(otherKey.Public(), imageKey.Public()) }, nil,
+			"not made by key " + signature.KeyID(imageKey.Public())},
+		{"downgrade", "slate-a.conf", older.ref, nil, nil,
+			"artifact " + older.ref + " (0.5) is a downgrade: its image was created 2024-06-01T11:59:59Z, before the running image (created 2024-06-01T12:00:00Z, by /usr/lib/slate/image.json); `slate upgrade --allow-downgrade` installs it"},
+		{"downgrade, by the release when the image has no image.json", "slate-a.conf", older.ref, func(o *Options) {
+			o.Image = nil
+			rel := boot.Release{Slot: boot.SlotA, Version: "1.0", RootHash: strings.Repeat("c", 64), Created: testCreated}
+			put(t, o.ESP.Dir, boot.SlotA.ESPDir()+"/release.json", string(rel.Marshal()))
+		}, nil, "is a downgrade: its image was created 2024-06-01T11:59:59Z, before the running image (created 2024-06-01T12:00:00Z, by slot a's release.json on the ESP"},
+		{"running image's age unknown", "slate-a.conf", good.ref, func(o *Options) { o.Image = nil }, nil,
+			"cannot be checked for a downgrade: the running image's creation time is unknown"},
+		{"slate.config on the command line", "slate-a.conf", withConfig.ref, nil, nil,
+			`its kernel command line carries "slate.config=data:,{}": an image may set no slate.* argument but slate.reboot_delay`},
+		{"slate.config quoted", "slate-a.conf", quoted.ref, nil, nil, `carries "\"slate.config=data:,{"`},
 		{"already running", "slate-a.conf", good.ref, func(o *Options) {
 			rel := boot.Release{Slot: boot.SlotA, Version: "1.0", RootHash: good.cfg.Root.RootHash}
 			put(t, o.ESP.Dir, boot.SlotA.ESPDir()+"/release.json", string(rel.Marshal()))
@@ -569,7 +627,7 @@ func signedArtifact(t *testing.T) (built, crypto.Signer) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := makeArtifact(t, art{version: "2.2"})
+	b := makeArtifact(t, art{version: "2.2", unsigned: true})
 	if _, err := artifact.Sign(b.ref, key, ""); err != nil {
 		t.Fatal(err)
 	}
@@ -582,7 +640,7 @@ func TestSigned(t *testing.T) {
 	b, key := signedArtifact(t)
 	n := newNode(t, "slate-a.conf")
 	o := n.options(b.ref)
-	o.PublicKey = key.Public()
+	o.Policy = imagePolicy(key.Public())
 	res, err := Run(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -591,7 +649,7 @@ func TestSigned(t *testing.T) {
 	if res.SignedBy != want {
 		t.Errorf("result signed by %q, want %q", res.SignedBy, want)
 	}
-	if len(n.log) == 0 || !strings.HasSuffix(n.log[0], "is signed by key "+want) {
+	if len(n.log) == 0 || !strings.HasSuffix(n.log[0], "is signed by key "+want+" (image /usr/lib/slate/update-keys/01.pub)") {
 		t.Errorf("first step logged: %q, want the signature's key", n.log)
 	}
 	infos, err := n.esp.Read()

@@ -90,11 +90,11 @@ func (a *accounts) lookup(s string) (uid, gid int, err error) {
 	}
 	if o.uid < 0 {
 		if a.passwdErr != nil {
-			return 0, 0, fmt.Errorf("cannot look up user %q: %s", o.user, missingFile(a.passwdErr, pathPasswd))
+			return 0, 0, fmt.Errorf("cannot look up user %s: %s", q(o.user), missingFile(a.passwdErr, pathPasswd))
 		}
 		u, ok := a.users[o.user]
 		if !ok {
-			return 0, 0, fmt.Errorf("user %q is not in the image's %s", o.user, pathPasswd)
+			return 0, 0, fmt.Errorf("user %s is not in the image's %s", q(o.user), pathPasswd)
 		}
 		o.uid = u[0]
 		if !o.hasGroup {
@@ -105,11 +105,11 @@ func (a *accounts) lookup(s string) (uid, gid int, err error) {
 	}
 	if o.hasGroup && o.gid < 0 {
 		if a.groupErr != nil {
-			return 0, 0, fmt.Errorf("cannot look up group %q: %s", o.group, missingFile(a.groupErr, pathGroup))
+			return 0, 0, fmt.Errorf("cannot look up group %s: %s", q(o.group), missingFile(a.groupErr, pathGroup))
 		}
 		g, ok := a.groups[o.group]
 		if !ok {
-			return 0, 0, fmt.Errorf("group %q is not in the image's %s", o.group, pathGroup)
+			return 0, 0, fmt.Errorf("group %s is not in the image's %s", q(o.group), pathGroup)
 		}
 		o.gid = g
 	}

@@ -45,7 +45,13 @@ type Applied struct {
 // files, owners, the time zone, units' [Install] sections) before it writes
 // anything. If a write fails, it undoes every write before it (replaced
 // files are kept aside until the end and put back) and returns the error.
-func (c *Config) Apply(root string) (*Applied, error) {
+func (c *Config) Apply(root string) (*Applied, error) { return c.ApplyWith(root, nil) }
+
+// ApplyWith is Apply with beforeWrite (when not nil) run once every write
+// is planned and checked, before the first: it is given what Apply is about
+// to do, and an error from it applies nothing. The init records there that
+// a breakGlass config taints the node, before the config can take effect.
+func (c *Config) ApplyWith(root string, beforeWrite func(*Applied) error) (*Applied, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -68,6 +74,11 @@ func (c *Config) Apply(root string) (*Applied, error) {
 	a := &Applied{Hostname: c.Hostname, Timezone: c.Timezone, Tainted: c.Access.BreakGlass}
 	if err := p.plan(c, a); err != nil {
 		return nil, err
+	}
+	if beforeWrite != nil {
+		if err := beforeWrite(a); err != nil {
+			return nil, err
+		}
 	}
 	if err := p.exec(a); err != nil {
 		return nil, err
@@ -225,6 +236,9 @@ func (p *planner) plan(c *Config, a *Applied) error {
 		real = append(real, entry{o.path, o.kind.entry(), o.field})
 	}
 	if err := checkConflicts(real); err != nil {
+		return err
+	}
+	if err := p.checkPrivileged(c.Access.BreakGlass); err != nil {
 		return err
 	}
 	for _, o := range append(append([]*op{}, p.mkdirs...), p.ops...) {

@@ -60,7 +60,7 @@ func roundTrip(t testing.TB, c *Config, yamlToo bool) {
 }
 
 // FuzzParse: Parse never panics, every error it returns names a field (or
-// the document), and what it accepts round-trips. The seed
+// the document) and is short, and what it accepts round-trips. The seed
 // corpus is testdata/fuzz/FuzzParse plus the examples in configs/node.
 func FuzzParse(f *testing.F) {
 	examples, _ := filepath.Glob("../../configs/node/*.*")
@@ -75,6 +75,9 @@ func FuzzParse(f *testing.F) {
 			var fe *strictyaml.FieldError
 			if c != nil || !errors.As(err, &fe) {
 				t.Fatalf("want no config and a *strictyaml.FieldError, got %v, %T %v", c, err, err)
+			}
+			if len(err.Error()) > maxErr { // capped: it goes on one console line
+				t.Fatalf("a %d-byte error: %.200s", len(err.Error()), err)
 			}
 			return
 		}

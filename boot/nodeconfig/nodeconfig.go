@@ -179,8 +179,13 @@ type Update struct {
 	Source string `yaml:"source,omitempty" json:"source,omitempty"`
 	// Insecure allows plain HTTP and unverified TLS to the registry.
 	Insecure bool `yaml:"insecure,omitempty" json:"insecure,omitempty"`
-	// PublicKey verifies update artifacts: a PEM block or base64.
+	// PublicKey verifies update artifacts: a PEM block or base64. It is
+	// added to the keys the image trusts (never replaces them).
 	PublicKey string `yaml:"publicKey,omitempty" json:"publicKey,omitempty"`
+	// PublicKeys are more keys added the same way (rotation).
+	PublicKeys []string `yaml:"publicKeys,omitempty" json:"publicKeys,omitempty"`
+	// AllowUnsigned lets the agent install artifacts no trusted key signed.
+	AllowUnsigned bool `yaml:"allowUnsigned,omitempty" json:"allowUnsigned,omitempty"`
 }
 
 // Health is what the boot's health check requires.

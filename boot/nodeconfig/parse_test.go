@@ -179,7 +179,8 @@ func TestModeForms(t *testing.T) {
 		{`[1]`, 0, "want a mode"},
 		{`6.5`, 0, "want a mode"},
 	} {
-		c, err := Parse([]byte(head + "files:\n  - path: /etc/x\n    mode: " + tc.in + "\n"))
+		// breakGlass: a set-user-ID or set-group-ID file needs it.
+		c, err := Parse([]byte(head + "access: {breakGlass: true}\nfiles:\n  - path: /etc/x\n    mode: " + tc.in + "\n"))
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) || !strings.Contains(err.Error(), "files[0].mode") {
 				t.Errorf("mode %s: got %v, want an error about files[0].mode with %q", tc.in, err, tc.err)
@@ -304,6 +305,8 @@ func TestParseRefusals(t *testing.T) {
 		{"update source upper", head + "update:\n  source: registry.example/Org/node\n", "update.source", "not an OCI reference", 4},
 		{"update key private", head + "update:\n  publicKey: |\n    -----BEGIN PRIVATE KEY-----\n    MC4CAQA=\n    -----END PRIVATE KEY-----\n", "update.publicKey", "private key", 4},
 		{"update key junk", head + "update:\n  publicKey: not a key!\n", "update.publicKey", "neither a PEM block nor base64", 4},
+		{"update keys junk", head + "update:\n  publicKeys: [MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=, \"not a key!\"]\n", "update.publicKeys[1]", "neither a PEM block nor base64", 4},
+		{"update allowUnsigned type", head + "update:\n  allowUnsigned: [true]\n", "update.allowUnsigned", "", 4},
 		{"health unit", head + "health:\n  requiredUnits: [sshd]\n", "health.requiredUnits[0]", "type suffix", 4},
 		{"health template", head + "health:\n  requiredUnits: [getty@.service]\n", "health.requiredUnits[0]", "template", 4},
 		{"health timeout", head + "health:\n  timeout: 90\n", "health.timeout", "want a duration", 4},
@@ -360,6 +363,7 @@ func TestParseAccepts(t *testing.T) {
 		head + "sysctl:\n  net/ipv4/conf/eth0.100/rp_filter: 2\n  -net.ipv6.conf.all.disable_ipv6: 1\n  kernel.core_pattern: \"|/bin/false\"\n",
 		head + "update:\n  source: localhost:5000/node@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n  publicKey: MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n",
 		head + "update:\n  source: node\n",
+		head + "update:\n  allowUnsigned: true\n  publicKeys: [MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=]\n",
 		head + "access:\n  breakGlass: true\n",
 		head + "access:\n  breakGlass: true\n  rootPasswordHash: \"$6$rounds=5000$saltsalt$Zx4l5Rkj1Jd8NfC3VBz7mTz1tXH1uYVQwJ5u5C8P0dM5E2ldFJVkGm0vA9yS8Hc1pX6nKqW3eB7rT2yU4iO0.\"\n",
 		head + "access:\n  breakGlass: true\n  sshAuthorizedKeys: ['from=\"10.0.0.0/8\" " + testEd25519 + "']\n",

@@ -10,6 +10,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/slate-os/slate/internal/clip"
 	"github.com/slate-os/slate/internal/strictyaml"
 )
 
@@ -56,14 +57,14 @@ func modeFromFileMode(fm fs.FileMode) Mode {
 func parseOctalMode(s string) (Mode, error) {
 	digits := strings.TrimPrefix(s, "0o")
 	if digits == "" || len(digits) > 5 {
-		return 0, fmt.Errorf("%q is not an octal mode like \"0644\"", s)
+		return 0, fmt.Errorf("%s is not an octal mode like \"0644\"", q(s))
 	}
 	v, err := strconv.ParseUint(digits, 8, 32)
 	if err != nil || strings.ContainsAny(digits, "+-_") {
-		return 0, fmt.Errorf("%q is not an octal mode like \"0644\"", s)
+		return 0, fmt.Errorf("%s is not an octal mode like \"0644\"", q(s))
 	}
 	if v > 0o7777 {
-		return 0, fmt.Errorf("%q is more than 07777", s)
+		return 0, fmt.Errorf("%s is more than 07777", q(s))
 	}
 	return Mode(v), nil
 }
@@ -73,7 +74,7 @@ func parseNumberMode(s string) (Mode, error) {
 		return parseOctalMode(s)
 	}
 	if !isDigits(s) {
-		return 0, fmt.Errorf("%s is not a mode: write an octal string like \"0644\"", s)
+		return 0, fmt.Errorf("%s is not a mode: write an octal string like \"0644\"", clip.String(s, clip.QuoteMax))
 	}
 	v, err := strconv.ParseUint(s, 10, 32)
 	if err != nil || v > 0o777 {
@@ -170,7 +171,7 @@ func (v *SysctlValue) UnmarshalJSON(b []byte) error {
 	}
 	var num json.Number
 	if err := json.Unmarshal(b, &num); err != nil {
-		return fmt.Errorf("want a string or number, got %s", b)
+		return fmt.Errorf("want a string or number, got %s", clip.String(string(b), clip.QuoteMax))
 	}
 	*v = SysctlValue(num.String())
 	return nil
@@ -185,7 +186,7 @@ func (d Duration) String() string { return time.Duration(d).String() }
 func parseDuration(s string) (Duration, error) {
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, fmt.Errorf("want a duration like \"90s\" or \"5m\", got %q", s)
+		return 0, fmt.Errorf("want a duration like \"90s\" or \"5m\", got %s", q(s))
 	}
 	return Duration(v), nil
 }
@@ -213,7 +214,7 @@ func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a duration like \"90s\", got %s", b)
+		return fmt.Errorf("want a duration like \"90s\", got %s", clip.String(string(b), clip.QuoteMax))
 	}
 	v, err := parseDuration(s)
 	if err != nil {

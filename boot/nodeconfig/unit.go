@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/slate-os/slate/internal/clip"
 )
 
 var unitTypes = map[string]bool{
@@ -32,11 +34,11 @@ func parseUnitName(s string) (unitName, error) {
 		return unitName{}, fmt.Errorf("missing")
 	}
 	if len(s) > unitNameMax {
-		return unitName{}, fmt.Errorf("%q is longer than %d characters", s, unitNameMax)
+		return unitName{}, fmt.Errorf("%s is longer than %d characters", q(s), unitNameMax)
 	}
 	dot := strings.LastIndexByte(s, '.')
 	if dot <= 0 || !unitTypes[s[dot+1:]] {
-		return unitName{}, fmt.Errorf("%q is not a unit name: it needs a type suffix such as .service, .socket, .timer, .target, .mount, .path", s)
+		return unitName{}, fmt.Errorf("%s is not a unit name: it needs a type suffix such as .service, .socket, .timer, .target, .mount, .path", q(s))
 	}
 	u := unitName{typ: s[dot+1:]}
 	body := s[:dot]
@@ -44,12 +46,12 @@ func parseUnitName(s string) (unitName, error) {
 		c := body[i]
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(":-_.\\@", c) >= 0
 		if !ok {
-			return unitName{}, fmt.Errorf("%q is not a unit name: %q is not allowed (use letters, digits and : - _ . \\ @)", s, string(rune(c)))
+			return unitName{}, fmt.Errorf("%s is not a unit name: %q is not allowed (use letters, digits and : - _ . \\ @)", q(s), string(rune(c)))
 		}
 	}
 	if at := strings.IndexByte(body, '@'); at >= 0 {
 		if at == 0 {
-			return unitName{}, fmt.Errorf("%q is not a unit name: nothing before @", s)
+			return unitName{}, fmt.Errorf("%s is not a unit name: nothing before @", q(s))
 		}
 		u.at, u.prefix, u.instance = true, body[:at], body[at+1:]
 	} else {
@@ -64,16 +66,16 @@ func checkFileName(s string, suffixes ...string) error {
 		return fmt.Errorf("missing")
 	}
 	if len(s) > 255 {
-		return fmt.Errorf("%q is longer than 255 characters", s)
+		return fmt.Errorf("%s is longer than 255 characters", q(s))
 	}
 	if s[0] == '.' {
-		return fmt.Errorf("%q starts with a dot (hidden files are ignored)", s)
+		return fmt.Errorf("%s starts with a dot (hidden files are ignored)", q(s))
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-_.@:+", c) >= 0
 		if !ok {
-			return fmt.Errorf("%q is not a plain file name: %q is not allowed (use letters, digits and - _ . @ : +)", s, string(rune(c)))
+			return fmt.Errorf("%s is not a plain file name: %q is not allowed (use letters, digits and - _ . @ : +)", q(s), string(rune(c)))
 		}
 	}
 	for _, suf := range suffixes {
@@ -81,7 +83,7 @@ func checkFileName(s string, suffixes ...string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%q must end in %s", s, strings.Join(suffixes, ", "))
+	return fmt.Errorf("%s must end in %s", q(s), strings.Join(suffixes, ", "))
 }
 
 // iniEntry is one key=value assignment of a systemd-style file.
@@ -144,7 +146,7 @@ func parseINI(text string) ([]iniEntry, error) {
 		if strings.HasPrefix(l.text, "[") {
 			name, ok := strings.CutSuffix(l.text[1:], "]")
 			if !ok || name == "" || strings.ContainsAny(name, "[]") {
-				return nil, fmt.Errorf("line %d: %q is not a [Section] header", l.line, l.text)
+				return nil, fmt.Errorf("line %d: %s is not a [Section] header", l.line, q(l.text))
 			}
 			section = name
 			continue
@@ -152,10 +154,10 @@ func parseINI(text string) ([]iniEntry, error) {
 		k, v, ok := strings.Cut(l.text, "=")
 		k = strings.TrimSpace(k)
 		if !ok || k == "" || strings.ContainsAny(k, " \t") {
-			return nil, fmt.Errorf("line %d: %q is not Key=Value", l.line, l.text)
+			return nil, fmt.Errorf("line %d: %s is not Key=Value", l.line, q(l.text))
 		}
 		if section == "" {
-			return nil, fmt.Errorf("line %d: %s= comes before any [Section]", l.line, k)
+			return nil, fmt.Errorf("line %d: %s= comes before any [Section]", l.line, clip.String(k, clip.QuoteMax))
 		}
 		out = append(out, iniEntry{section, k, strings.TrimSpace(v), l.line})
 	}
@@ -217,7 +219,7 @@ func parseInstall(text string, name unitName) (install, error) {
 		for _, w := range strings.Fields(e.value) {
 			x, err := expandSpecifiers(w, name, inst)
 			if err != nil {
-				return install{}, fmt.Errorf("line %d: %s=%s: %v", e.line, e.key, w, err)
+				return install{}, fmt.Errorf("line %d: %s=%s: %v", e.line, e.key, clip.String(w, clip.QuoteMax), err)
 			}
 			if _, err := parseUnitName(x); err != nil {
 				return install{}, fmt.Errorf("line %d: %s=: %v", e.line, e.key, err)
@@ -227,7 +229,7 @@ func parseInstall(text string, name unitName) (install, error) {
 	}
 	if in.defaultInstance != "" {
 		if _, err := parseUnitName(name.prefix + "@" + in.defaultInstance + "." + name.typ); err != nil {
-			return install{}, fmt.Errorf("DefaultInstance=%s: %v", in.defaultInstance, err)
+			return install{}, fmt.Errorf("DefaultInstance=%s: %v", clip.String(in.defaultInstance, clip.QuoteMax), err)
 		}
 	}
 	for _, a := range in.alias {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/slate-os/slate/internal/clip"
 	"github.com/slate-os/slate/internal/strictyaml"
 )
 
@@ -43,6 +44,10 @@ func fe(path, format string, a ...any) error {
 	return &strictyaml.FieldError{Path: path, Msg: fmt.Sprintf(format, a...)}
 }
 
+// q quotes a value from the document for an error: at most
+// clip.QuoteMax bytes of it, saying how much more there is.
+func q(s string) string { return clip.Quote(s) }
+
 func idx(prefix string, i int) string { return prefix + "[" + strconv.Itoa(i) + "]" }
 
 // Validate checks every field that can be checked without the target tree.
@@ -53,14 +58,14 @@ func (c *Config) Validate() error {
 	case "":
 		return fe("apiVersion", "missing: want %q", APIVersion)
 	default:
-		return fe("apiVersion", "got %q, want %q", c.APIVersion, APIVersion)
+		return fe("apiVersion", "got %s, want %q", q(c.APIVersion), APIVersion)
 	}
 	switch c.Kind {
 	case Kind:
 	case "":
 		return fe("kind", "missing: want %q", Kind)
 	default:
-		return fe("kind", "got %q, want %q", c.Kind, Kind)
+		return fe("kind", "got %s, want %q", q(c.Kind), Kind)
 	}
 	if c.Hostname != "" {
 		if err := checkHostname(c.Hostname); err != nil {
@@ -116,8 +121,11 @@ func (c *Config) Validate() error {
 		case len(l.Target) > 4095:
 			return fe(p+".target", "longer than 4095 bytes")
 		case !utf8.ValidString(l.Target) || hasControl(l.Target):
-			return fe(p+".target", "%q contains a control character or is not UTF-8", l.Target)
+			return fe(p+".target", "%s contains a control character or is not UTF-8", q(l.Target))
 		}
+	}
+	if err := c.checkPrivileged(); err != nil { // privileged.go
+		return err
 	}
 	if err := c.validateUnits(); err != nil {
 		return err
@@ -129,7 +137,7 @@ func (c *Config) Validate() error {
 	for i, m := range c.KernelModules {
 		p := idx("kernelModules", i)
 		if !moduleRe.MatchString(m) {
-			return fe(p, "%q is not a module name (letters, digits, - and _, at most 55)", m)
+			return fe(p, "%s is not a module name (letters, digits, - and _, at most 55)", q(m))
 		}
 		k := strings.ReplaceAll(m, "-", "_")
 		if j, ok := seenMod[k]; ok {
@@ -159,7 +167,7 @@ func (c *Config) Validate() error {
 	for i, e := range c.Extensions {
 		p := idx("extensions", i)
 		if !extensionRe.MatchString(e) || strings.Contains(e, "..") {
-			return fe(p, "%q is not an extension name (letters, digits and _ . + -, starting with a letter or digit)", e)
+			return fe(p, "%s is not an extension name (letters, digits and _ . + -, starting with a letter or digit)", q(e))
 		}
 		if j, ok := seenExt[e]; ok {
 			return fe(p, "%s is also extensions[%d]", e, j)
@@ -216,11 +224,11 @@ func hasControl(s string) bool {
 // checkHostname accepts RFC 1123 labels joined by dots, at most 64 in all.
 func checkHostname(h string) error {
 	if len(h) > 64 {
-		return fmt.Errorf("%q is longer than 64 characters", h)
+		return fmt.Errorf("%s is longer than 64 characters", q(h))
 	}
 	for _, l := range strings.Split(h, ".") {
 		if !labelRe.MatchString(l) {
-			return fmt.Errorf("%q is not a hostname: each dot-separated label is 1-63 letters, digits or -, not starting or ending with -", h)
+			return fmt.Errorf("%s is not a hostname: each dot-separated label is 1-63 letters, digits or -, not starting or ending with -", q(h))
 		}
 	}
 	return nil
@@ -228,11 +236,11 @@ func checkHostname(h string) error {
 
 func checkTimezone(tz string) error {
 	if len(tz) > 255 {
-		return fmt.Errorf("%q is too long", tz)
+		return fmt.Errorf("%s is too long", q(tz))
 	}
 	for _, p := range strings.Split(tz, "/") {
 		if p == "" || p == "." || p == ".." || !tzPartRe.MatchString(p) {
-			return fmt.Errorf("%q is not a time zone name like Europe/Paris or UTC", tz)
+			return fmt.Errorf("%s is not a time zone name like Europe/Paris or UTC", q(tz))
 		}
 	}
 	return nil
@@ -245,13 +253,13 @@ func checkNodePath(p string) error {
 	case p == "":
 		return fmt.Errorf("missing")
 	case !utf8.ValidString(p):
-		return fmt.Errorf("%q is not valid UTF-8", p)
+		return fmt.Errorf("%s is not valid UTF-8", q(p))
 	case hasControl(p):
-		return fmt.Errorf("%q contains a control character", p)
+		return fmt.Errorf("%s contains a control character", q(p))
+	case len(p) > 4095:
+		return fmt.Errorf("%s is longer than 4095 bytes", q(p))
 	case !strings.HasPrefix(p, "/"):
 		return fmt.Errorf("%s is relative: give an absolute path under /etc or /run", p)
-	case len(p) > 4095:
-		return fmt.Errorf("longer than 4095 bytes")
 	}
 	for _, c := range strings.Split(p, "/") {
 		if c == ".." {
@@ -297,13 +305,13 @@ func parseOwner(s string) (owner, error) {
 		if isDigits(v) {
 			n, err := strconv.ParseUint(v, 10, 64)
 			if err != nil || n > maxID {
-				return fmt.Errorf("%q: %s id %s is out of range (0-%d)", s, what, v, maxID)
+				return fmt.Errorf("%s: %s id %s is out of range (0-%d)", q(s), what, clip.String(v, clip.QuoteMax), maxID)
 			}
 			*id = int64(n)
 			return nil
 		}
 		if !userRe.MatchString(v) {
-			return fmt.Errorf("%q is not USER[:GROUP]: %s %q is neither a name nor a numeric id", s, what, v)
+			return fmt.Errorf("%s is not USER[:GROUP]: %s %s is neither a name nor a numeric id", q(s), what, q(v))
 		}
 		return nil
 	}
@@ -459,7 +467,7 @@ func (c *Config) validateSysctl() error {
 	for _, k := range keys {
 		p := "sysctl." + k
 		if !sysctlRe.MatchString(k) || strings.Contains(k, "..") || strings.Contains(k, "//") {
-			return fe(p, "%q is not a sysctl key like net.ipv4.ip_forward", k)
+			return fe(p, "%s is not a sysctl key like net.ipv4.ip_forward", q(k))
 		}
 		n := sysctlKey(k)
 		if prev, ok := seen[n]; ok {
@@ -471,7 +479,7 @@ func (c *Config) validateSysctl() error {
 		case strings.TrimSpace(v) == "":
 			return fe(p, "empty value")
 		case !utf8.ValidString(v) || hasControl(v):
-			return fe(p, "%q: a value is one line of text", v)
+			return fe(p, "%s: a value is one line of text", q(v))
 		}
 	}
 	return nil
@@ -490,6 +498,11 @@ func (u *Update) check() error {
 	if u.PublicKey != "" {
 		if err := checkPublicKey(u.PublicKey); err != nil {
 			return fe("update.publicKey", "%v", err)
+		}
+	}
+	for i, k := range u.PublicKeys {
+		if err := checkPublicKey(k); err != nil {
+			return fe(idx("update.publicKeys", i), "%v", err)
 		}
 	}
 	return nil

@@ -1,7 +1,11 @@
 // Package record defines the boot record: what the init did on this boot,
 // written as JSON to boot.BootRecord (/run/slate/boot.json) just before it
 // switches root. The agent (slate status, slate health) and the QEMU tests
-// read it. It imports only the standard library, so anything can link it.
+// read it. It imports only the standard library and internal/clip (which
+// imports nothing else), so anything can link it.
+//
+// The node's taint (a config used access.breakGlass) is kept on the state
+// partition, not in the record: see Taint.
 package record
 
 import (
@@ -10,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/slate-os/slate/internal/clip"
 )
 
 // FormatVersion is the record's schema version; readers should refuse a
@@ -71,6 +77,11 @@ type Record struct {
 	// when it did not get that far.
 	Config *Config `json:"config,omitempty"`
 
+	// Taint is the node's taint as the init left it on the state
+	// partition (TaintFile) on this boot: nil when the node never booted
+	// with a breakGlass config since it was imaged.
+	Taint *Taint `json:"taint,omitempty"`
+
 	// PreviousFailure is the init failure the boot(s) before this one
 	// ended in (its Count says how many in a row), moved by this boot from
 	// the EFI variable to the state partition (InitFailureDir); nil when
@@ -121,8 +132,10 @@ type Config struct {
 	// config is at fault.
 	Failed string `json:"failed,omitempty"`
 	Error  string `json:"error,omitempty"`
-	// Tainted is true when the applied config set breakGlass: access
-	// credentials were accepted and the node is no longer pristine.
+	// Tainted is true when this boot's config was applied and set
+	// breakGlass: access credentials were accepted and the node is no
+	// longer pristine. The node stays tainted on later boots, whatever
+	// their config: see Record.Taint.
 	Tainted bool `json:"tainted"`
 	// Hostname is the hostname the config set, "" if none.
 	Hostname string `json:"hostname,omitempty"`
@@ -141,14 +154,48 @@ type Step struct {
 func (r *Record) AddStep(name string, d time.Duration, err error) {
 	s := Step{Name: name, DurationMS: d.Milliseconds()}
 	if err != nil {
-		s.Error = err.Error()
+		s.Error = clip.String(err.Error(), MaxError)
 	}
 	r.Steps = append(r.Steps, s)
 }
 
-// Marshal renders the record as indented JSON with a final newline.
+// MaxError caps each error and warning the record holds (Error, the
+// steps', Warnings, the config's, the previous failure's): an error may
+// quote a node config, which may be megabytes long. A cut one ends in
+// "…(N bytes more)".
+const MaxError = 1024
+
+// capped is the record with its errors cut to MaxError.
+func (r *Record) capped() *Record {
+	c := *r
+	c.Error = clip.String(r.Error, MaxError)
+	c.Steps = append([]Step(nil), r.Steps...)
+	for i := range c.Steps {
+		c.Steps[i].Error = clip.String(c.Steps[i].Error, MaxError)
+	}
+	if r.Warnings != nil {
+		c.Warnings = make([]string, len(r.Warnings))
+		for i, w := range r.Warnings {
+			c.Warnings[i] = clip.String(w, MaxError)
+		}
+	}
+	if r.Config != nil {
+		cc := *r.Config
+		cc.Error = clip.String(cc.Error, MaxError)
+		c.Config = &cc
+	}
+	if r.PreviousFailure != nil {
+		f := *r.PreviousFailure
+		f.Error = clip.String(f.Error, MaxError)
+		c.PreviousFailure = &f
+	}
+	return &c
+}
+
+// Marshal renders the record as indented JSON with a final newline, its
+// errors cut to MaxError.
 func (r *Record) Marshal() ([]byte, error) {
-	b, err := json.MarshalIndent(r, "", "  ")
+	b, err := json.MarshalIndent(r.capped(), "", "  ")
 	if err != nil {
 		return nil, err
 	}

@@ -36,6 +36,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/slate-os/slate/builder/signature"
 )
 
 // Media types of the artifact and its parts.
@@ -145,6 +147,9 @@ type Artifact struct {
 	// sigs reads the signature image stored beside the artifact
 	// (signature.Tag), or fails wrapping signature.ErrNoSignature.
 	sigs func() (v1.Image, error)
+	// referrers reads the manifests stored beside the artifact that refer
+	// to it and hold Sigstore bundles (cosign's newer format); nil: none.
+	referrers func() ([]signature.Referrer, error)
 }
 
 // Where says where the artifact was read from: "oci:DIR[@DIGEST]" or a

@@ -143,8 +143,9 @@ func openLayout(dir, tag, digest string) (*Artifact, error) {
 		case digest != "" && d.Digest.String() == digest,
 			tag != "" && d.Annotations[AnnotationRefName] == tag,
 			// Signatures sit beside the artifact; "the only manifest" is
-			// the only one that is not a signature.
-			digest == "" && tag == "" && !signature.IsTag(d.Annotations[AnnotationRefName]):
+			// the only one that is not a signature (a .sig image or a
+			// Sigstore bundle referrer).
+			digest == "" && tag == "" && !signature.IsTag(d.Annotations[AnnotationRefName]) && !signature.IsBundleType(d.ArtifactType):
 			picked = append(picked, d)
 		}
 	}
@@ -197,6 +198,31 @@ func openLayout(dir, tag, digest string) (*Artifact, error) {
 			}
 		}
 		return nil, fmt.Errorf("%s: %w: index.json has no manifest tagged %s", LayoutPrefix+dir, signature.ErrNoSignature, tag)
+	}
+	a.referrers = func() ([]signature.Referrer, error) {
+		// index.json lists them (slate sign --bundle puts them there), by
+		// their artifact type; VerifyAttached checks their subject.
+		var out []signature.Referrer
+		for _, rd := range idx.Manifests {
+			if !signature.IsBundleType(rd.ArtifactType) || rd.Digest == a.Digest {
+				continue
+			}
+			r := signature.Referrer{Digest: rd.Digest}
+			img, err := ii.Image(rd.Digest)
+			if err == nil {
+				var raw []byte
+				if raw, err = img.RawManifest(); err == nil {
+					err = checkBlob(raw, rd.Digest, -1) // trust no blob file
+				}
+			}
+			if err != nil {
+				r.Err = err
+			} else {
+				r.Image = img
+			}
+			out = append(out, r)
+		}
+		return out, nil
 	}
 	return a, nil
 }
@@ -263,7 +289,58 @@ func openRemote(s string, o *options) (*Artifact, error) {
 		}
 		return img, nil
 	}
+	a.referrers = func() ([]signature.Referrer, error) { return remoteReferrers(repo, a.Digest, o) }
 	return a, nil
+}
+
+// maxReferrers bounds how many bundle referrers of one artifact are read:
+// cosign adds one each time it signs.
+const maxReferrers = 32
+
+// remoteReferrers lists the Sigstore bundle referrers of digest in repo:
+// through the referrers API or, where the registry lacks it, the referrers
+// tag (signature.ReferrersTag; ggcr falls back by itself). None is no error.
+func remoteReferrers(repo name.Repository, digest v1.Hash, o *options) ([]signature.Referrer, error) {
+	d := repo.Digest(digest.String())
+	idx, err := remote.Referrers(d, o.remoteOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("%s: referrers: %w", d, err)
+	}
+	m, err := idx.IndexManifest()
+	if err != nil {
+		return nil, fmt.Errorf("%s: referrers: %w", d, err)
+	}
+	var out []signature.Referrer
+	fetched := 0
+	for _, rd := range m.Manifests {
+		// The listing's artifact type should be the manifest's (OCI
+		// distribution spec), but some registries (ggcr's own) list the
+		// config's media type, cosign's empty one: fetch those to see.
+		bundle := signature.IsBundleType(rd.ArtifactType)
+		if !bundle && rd.ArtifactType != "" && rd.ArtifactType != string(signature.EmptyMediaType) {
+			continue
+		}
+		if fetched == maxReferrers {
+			return nil, fmt.Errorf("%s: more than %d possible Sigstore bundles refer to it: clean them up (cosign clean, or delete the referrer manifests)", d, maxReferrers)
+		}
+		fetched++
+		r := signature.Referrer{Digest: rd.Digest}
+		// By digest: ggcr checks the manifest against it.
+		img, err := remote.Image(repo.Digest(rd.Digest.String()), o.remoteOptions()...)
+		if err == nil && !bundle {
+			m, err := img.Manifest()
+			if err != nil || !signature.IsBundleReferrer(m) {
+				continue // not a signature
+			}
+		}
+		if err != nil {
+			r.Err = err
+		} else {
+			r.Image = img
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // remoteSignatures fetches the signature image of digest in repo; nil if
@@ -348,9 +425,10 @@ func checkBlob(b []byte, want v1.Hash, size int64) error {
 
 // Pushed is what Push sent.
 type Pushed struct {
-	Ref    name.Reference // where the artifact is now
-	Digest v1.Hash        // its manifest digest, the same as the layout's
-	Signed bool           // whether the layout's signatures went with it
+	Ref     name.Reference // where the artifact is now
+	Digest  v1.Hash        // its manifest digest, the same as the layout's
+	Signed  bool           // whether the layout's .sig signatures went with it
+	Bundles int            // how many of its Sigstore bundle referrers went
 }
 
 // Push copies the update artifact in layout dir to the registry reference
@@ -386,5 +464,9 @@ func Push(dir, ref string, opts ...Option) (Pushed, error) {
 	if err != nil {
 		return Pushed{}, fmt.Errorf("push %s: %w", dir, err)
 	}
-	return Pushed{Ref: target, Digest: a.Digest, Signed: signed}, nil
+	bundles, err := pushReferrers(a, target.Context(), o)
+	if err != nil {
+		return Pushed{}, fmt.Errorf("push %s: %w", dir, err)
+	}
+	return Pushed{Ref: target, Digest: a.Digest, Signed: signed, Bundles: bundles}, nil
 }

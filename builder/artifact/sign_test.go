@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -135,7 +136,7 @@ func TestSignLayout(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", ref, err)
 		}
-		if p.Critical.Identity.DockerReference != "registry.example/org/node" || p.Critical.Image.DockerManifestDigest != digest.String() {
+		if p.Payload.Critical.Identity.DockerReference != "registry.example/org/node" || p.Payload.Critical.Image.DockerManifestDigest != digest.String() {
 			t.Errorf("%s: payload %+v", ref, p)
 		}
 		if _, err := a.VerifySignature(k2.Public()); err == nil || !strings.Contains(err.Error(), "not made by key "+signature.KeyID(k2.Public())) {
@@ -319,7 +320,7 @@ func TestPushSigned(t *testing.T) {
 	a := mustOpen(t, host+"/slate/signed:1.4.0", opts...)
 	if p, err := a.VerifySignature(&k1.PublicKey); err != nil {
 		t.Error(err)
-	} else if p.Critical.Identity.DockerReference != "registry.example/org/node" {
+	} else if p.Payload.Critical.Identity.DockerReference != "registry.example/org/node" {
 		t.Errorf("payload %+v", p)
 	}
 	if _, err := a.VerifySignature(k2.Public()); err == nil || errors.Is(err, signature.ErrNoSignature) {
@@ -363,8 +364,8 @@ func TestSignRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	// No identity given: the repository's own name.
-	if p.Critical.Identity.DockerReference != host+"/slate/node" {
-		t.Errorf("identity %q", p.Critical.Identity.DockerReference)
+	if p.Payload.Critical.Identity.DockerReference != host+"/slate/node" {
+		t.Errorf("identity %q", p.Payload.Critical.Identity.DockerReference)
 	}
 
 	// A second key, by digest, adds to the registry's signatures.
@@ -406,5 +407,163 @@ func TestRemoteSignaturesError(t *testing.T) {
 	// what it could not read.
 	if _, err := Sign(host+"/slate/node:1.4.0", ecKey(t), "", opts...); err == nil {
 		t.Error("signed over signatures it could not read")
+	}
+}
+
+// Sigstore bundles (cosign v3's format): SignBundle writes them into a
+// layout (push sends them along) or a registry, with and without the
+// referrers API, and VerifySignature reads them there.
+func TestSignBundleLayout(t *testing.T) {
+	in := makeInputs(t, 2, false)
+	dir := filepath.Join(t.TempDir(), "out")
+	digest := in.write(t, dir)
+	k1, k2 := ecKey(t), edKey(t)
+
+	if got, err := SignBundle("oci:"+dir, k1); err != nil || got != digest {
+		t.Fatalf("SignBundle: %s, %v", got, err)
+	}
+	// The referrer does not make "the only manifest" ambiguous.
+	for _, ref := range []string{"oci:" + dir, "oci:" + dir + ":1.4.0", "oci:" + dir + "@" + digest.String()} {
+		a := mustOpen(t, ref)
+		v, err := a.VerifySignature(&k1.PublicKey)
+		if err != nil {
+			t.Fatalf("%s: %v", ref, err)
+		}
+		if v.Format != signature.FormatBundle || v.Statement.Subject[0].Digest["sha256"] != digest.Hex {
+			t.Errorf("%s: verified %+v", ref, v)
+		}
+		_, err = a.VerifySignature(k2.Public())
+		if err == nil || errors.Is(err, signature.ErrNoSignature) || !strings.Contains(err.Error(), "not made by key "+signature.KeyID(k2.Public())) {
+			t.Errorf("%s: another key: %v", ref, err)
+		}
+	}
+	// No .sig image: Signatures says so, the bundle is elsewhere.
+	if _, err := mustOpen(t, "oci:"+dir).Signatures(); !errors.Is(err, signature.ErrNoSignature) {
+		t.Errorf("Signatures: %v", err)
+	}
+
+	// Signing again with the same key replaces its bundle; another key
+	// (and a .sig signature) add theirs. The layout holds what index.json
+	// reaches, nothing more.
+	if _, err := SignBundle("oci:"+dir, k1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SignBundle("oci:"+dir, k2); err != nil {
+		t.Fatal(err)
+	}
+	mustSignRef(t, "oci:"+dir, k1, "")
+	idx := readIndex(t, dir)
+	var bundles int
+	for _, d := range idx.Manifests {
+		if signature.IsBundleType(d.ArtifactType) {
+			bundles++
+		}
+	}
+	if len(idx.Manifests) != 4 || bundles != 2 {
+		t.Errorf("index.json lists %d manifests, %d bundles; want the artifact, 2 bundles and the .sig image", len(idx.Manifests), bundles)
+	}
+	a := mustOpen(t, "oci:"+dir)
+	at, err := a.Attached()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, b, err := at.Count(); l != 1 || b != 2 || err != nil {
+		t.Errorf("Count: %d, %d, %v", l, b, err)
+	}
+	for i, k := range []crypto.PublicKey{&k1.PublicKey, k2.Public()} {
+		if _, err := a.VerifySignature(k); err != nil {
+			t.Errorf("key %d: %v", i, err)
+		}
+	}
+	if got, want := mustReadDir(t, filepath.Join(dir, "blobs", "sha256")), dedup(reachable(t, dir)); !reflect.DeepEqual(sorted(got), want) {
+		t.Errorf("blobs/sha256 holds\n%v\nindex.json reaches\n%v", got, want)
+	}
+
+	// Pushed along, and read back from the registry.
+	host, opts := startRegistry(t, nil)
+	p, err := Push(dir, host+"/slate/node", opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Signed || p.Bundles != 2 {
+		t.Errorf("pushed %+v, want the .sig image and 2 bundles", p)
+	}
+	ra := mustOpen(t, host+"/slate/node:1.4.0", opts...)
+	if v, err := ra.VerifySignature(k2.Public()); err != nil || v.Format != signature.FormatBundle {
+		t.Errorf("pushed bundle: %+v, %v", v, err)
+	}
+
+	// A signed layout is still slate's: a rebuild replaces it.
+	if d := in.write(t, dir); d != digest {
+		t.Errorf("rebuild: digest %s", d)
+	}
+	if _, err := mustOpen(t, "oci:"+dir).VerifySignature(k2.Public()); !errors.Is(err, signature.ErrNoSignature) {
+		t.Errorf("after a rebuild: %v, want unsigned", err)
+	}
+}
+
+func sorted(s []string) []string {
+	sort.Strings(s)
+	return s
+}
+
+func TestSignBundleRegistry(t *testing.T) {
+	for _, api := range []bool{true, false} {
+		t.Run(fmt.Sprintf("referrers-api=%v", api), func(t *testing.T) {
+			reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)), registry.WithReferrersSupport(api))
+			var tagged bool // whether the referrers tag was written
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/manifests/sha256-") {
+					tagged = true
+				}
+				reg.ServeHTTP(w, r)
+			}))
+			t.Cleanup(srv.Close)
+			host := strings.TrimPrefix(srv.URL, "http://")
+			opts := []Option{Insecure(), WithKeychain(authn.NewMultiKeychain())}
+
+			in := makeInputs(t, 2, false)
+			dir := filepath.Join(t.TempDir(), "out")
+			digest := in.write(t, dir)
+			if _, err := Push(dir, host+"/slate/node", opts...); err != nil {
+				t.Fatal(err)
+			}
+			ref := host + "/slate/node:1.4.0"
+			k1, k2 := ecKey(t), edKey(t)
+			if _, err := mustOpen(t, ref, opts...).VerifySignature(&k1.PublicKey); !errors.Is(err, signature.ErrNoSignature) {
+				t.Errorf("unsigned: %v", err)
+			}
+			if got, err := SignBundle(ref, k1, opts...); err != nil || got != digest {
+				t.Fatalf("SignBundle: %s, %v", got, err)
+			}
+			if tagged == api {
+				t.Errorf("referrers tag written: %v, with the referrers API: %v", tagged, api)
+			}
+			a := mustOpen(t, ref, opts...)
+			v, err := a.VerifySignature(&k1.PublicKey)
+			if err != nil || v.Format != signature.FormatBundle {
+				t.Fatalf("%+v, %v", v, err)
+			}
+			if _, err := a.VerifySignature(k2.Public()); err == nil || errors.Is(err, signature.ErrNoSignature) {
+				t.Errorf("another key: %v", err)
+			}
+			// A .sig signature by k2 beside it: each key finds its own.
+			mustSignRef(t, ref, k2, "", opts...)
+			a = mustOpen(t, ref, opts...)
+			if v, err := a.VerifySignature(k2.Public()); err != nil || v.Format != signature.FormatLegacy {
+				t.Errorf("k2: %+v, %v", v, err)
+			}
+			if v, err := a.VerifySignature(&k1.PublicKey); err != nil || v.Format != signature.FormatBundle {
+				t.Errorf("k1 beside a .sig image: %+v, %v", v, err)
+			}
+			// The bundle's own repository only: copied elsewhere, the
+			// artifact is unsigned there.
+			if _, err := Push(dir, host+"/slate/other", opts...); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := mustOpen(t, host+"/slate/other:1.4.0", opts...).VerifySignature(&k1.PublicKey); !errors.Is(err, signature.ErrNoSignature) {
+				t.Errorf("another repository: %v", err)
+			}
+		})
 	}
 }

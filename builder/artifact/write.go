@@ -356,7 +356,7 @@ func notSlateLayout(dir string, entries []fs.DirEntry) string {
 		return "index.json: " + err.Error()
 	}
 	for _, d := range idx.Manifests {
-		if d.ArtifactType != ArtifactType && !signature.IsTag(d.Annotations[AnnotationRefName]) {
+		if d.ArtifactType != ArtifactType && !signature.IsTag(d.Annotations[AnnotationRefName]) && !signature.IsBundleType(d.ArtifactType) {
 			return fmt.Sprintf("index.json lists %s of artifact type %q", d.Digest, d.ArtifactType)
 		}
 	}

@@ -65,8 +65,11 @@ type ArtifactSummary struct {
 	// artifact has none (written before artifacts carried it).
 	SystemdBootSize int64 `json:"systemdBootSize,omitempty"`
 	// Signatures counts the signatures stored beside the artifact (slate
-	// sign, cosign); which keys made them only a key can tell.
+	// sign, cosign) in the .sig image, Bundles the Sigstore bundles that
+	// refer to it (cosign v3, slate sign --bundle); which keys made them
+	// only a key can tell.
 	Signatures int `json:"signatures"`
+	Bundles    int `json:"bundles,omitempty"`
 	// Initramfs is the initramfs layer's load list.
 	Initramfs *initramfs.Contents `json:"initramfs,omitempty"`
 	// Problems are what could not be read (the initramfs layer).
@@ -95,17 +98,12 @@ func Path(p string) (*Report, error) {
 	if a.SystemdBoot != nil {
 		sum.SystemdBootSize, _ = a.SystemdBoot.Size()
 	}
-	sigs, err := a.Signatures()
-	switch {
-	case errors.Is(err, signature.ErrNoSignature):
-	case err != nil:
+	at, err := a.Attached()
+	if err != nil {
 		return nil, err
-	default:
-		m, err := sigs.Manifest()
-		if err != nil {
-			return nil, fmt.Errorf("%s: signatures: %w", p, err)
-		}
-		sum.Signatures = len(m.Layers)
+	}
+	if sum.Signatures, sum.Bundles, err = at.Count(); err != nil {
+		return nil, fmt.Errorf("%s: signatures: %w", p, err)
 	}
 	if c, err := readLayer(a.Initramfs); err != nil {
 		sum.Problems = append(sum.Problems, fmt.Sprintf("initramfs layer: %v", err))
@@ -285,12 +283,18 @@ func (r *Report) Text(w io.Writer) {
 		default:
 			fmt.Fprintf(w, "  loader   none: upgrades leave the node's systemd-boot as it is\n")
 		}
+		var signed []string
 		if n := r.Artifact.Signatures; n > 0 {
 			d, _ := v1.NewHash(r.Artifact.Digest)
-			fmt.Fprintf(w, "  signed   %d signature(s), tag %s\n", n, signature.Tag(d))
-		} else {
-			fmt.Fprintf(w, "  signed   no\n")
+			signed = append(signed, fmt.Sprintf("%d signature(s), tag %s", n, signature.Tag(d)))
 		}
+		if n := r.Artifact.Bundles; n > 0 {
+			signed = append(signed, fmt.Sprintf("%d Sigstore bundle(s), as referrers", n))
+		}
+		if len(signed) == 0 {
+			signed = append(signed, "no")
+		}
+		fmt.Fprintf(w, "  signed   %s\n", strings.Join(signed, "; "))
 		if c := r.Artifact.Initramfs; c != nil {
 			initramfsLine(w, c)
 		}

@@ -31,9 +31,17 @@
 //     systemd-bless-boot renames the boot entry on the ESP, which it looks
 //     for at /efi, /boot or /boot/efi; slate mounts the ESP at
 //     /run/slate/esp (`slate esp mount`) and points bless-boot there.
+//   - /usr/lib/slate/image.json (boot.ImageInfo): the image's version, source
+//     and creation time, and whether its spec allows unsigned updates
+//     (update.allowUnsigned); /usr/lib/slate/update-keys/NN.pub: the public
+//     keys its spec trusts for updates (update.publicKeys, --update-key),
+//     PKIX PEM, 01.pub first. In the root, under dm-verity, they are as
+//     trustworthy as the running image: the agent takes its update policy
+//     and the running image's age (no downgrades) from them, not from the
+//     ESP (see agent/upgrade).
 //
 // The layer is reproducible: sorted entries, owner 0:0, one modification
-// time, the same bytes for the same agent binary and time.
+// time, the same bytes for the same agent binary, image and time.
 package nodefiles
 
 import (
@@ -53,6 +61,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/slate-os/slate/boot"
 )
 
 // Paths in the root image, without a leading slash.
@@ -65,6 +75,8 @@ const (
 	BlessBootDropIn = UnitDir + "/systemd-bless-boot.service.d/50-slate.conf"
 	UpgradeUnit     = UnitDir + "/slate-upgrade.service"
 	UpgradeTimer    = UnitDir + "/slate-upgrade.timer"
+	ImageInfo       = boot.ImageInfoFile
+	UpdateKeysDir   = boot.UpdateKeysDir
 	// HealthLink is the target of both enabling symlinks.
 	HealthLink = "../slate-health.service"
 )
@@ -127,11 +139,23 @@ Environment=SYSTEMD_ESP_PATH=/run/slate/esp
 ExecStartPre=/usr/bin/slate esp mount
 `
 
-// Layer returns the layer that adds the agent at agentBinary and its units,
-// every entry dated modTime (the source image's creation time, so the same
-// inputs give the same root). The agent must be a static x86-64 ELF
-// executable (see CheckAgent).
-func Layer(agentBinary string, modTime time.Time) (v1.Layer, error) {
+// Image is what the layer says about the image it goes into.
+type Image struct {
+	// Info is written as image.json.
+	Info boot.ImageInfo
+	// UpdateKeys are PEM public keys, written as update-keys/01.pub, 02.pub...
+	// in this order.
+	UpdateKeys [][]byte
+}
+
+// UpdateKeyPath is the path of the i-th (from 0) update key in the image.
+func UpdateKeyPath(i int) string { return fmt.Sprintf("%s/%02d.pub", UpdateKeysDir, i+1) }
+
+// Layer returns the layer that adds the agent at agentBinary, its units and
+// im's files, every entry dated modTime (the source image's creation time,
+// so the same inputs give the same root). The agent must be a static x86-64
+// ELF executable (see CheckAgent).
+func Layer(agentBinary string, modTime time.Time, im Image) (v1.Layer, error) {
 	if err := CheckAgent(agentBinary); err != nil {
 		return nil, err
 	}
@@ -139,7 +163,7 @@ func Layer(agentBinary string, modTime time.Time) (v1.Layer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent binary: %w", err)
 	}
-	data, err := tarball(agent, modTime.UTC().Truncate(time.Second))
+	data, err := tarball(agent, im, modTime.UTC().Truncate(time.Second))
 	if err != nil {
 		return nil, err
 	}
@@ -154,8 +178,9 @@ type entry struct {
 	link string
 }
 
-func tarball(agent []byte, mtime time.Time) ([]byte, error) {
+func tarball(agent []byte, im Image, mtime time.Time) ([]byte, error) {
 	files := map[string]entry{
+		ImageInfo:       {typ: tar.TypeReg, mode: 0o644, body: im.Info.Marshal()},
 		AgentPath:       {typ: tar.TypeReg, mode: 0o755, body: agent},
 		HealthUnit:      {typ: tar.TypeReg, mode: 0o644, body: []byte(HealthService)},
 		HealthRequires:  {typ: tar.TypeSymlink, mode: 0o777, link: HealthLink},
@@ -163,6 +188,9 @@ func tarball(agent []byte, mtime time.Time) ([]byte, error) {
 		BlessBootDropIn: {typ: tar.TypeReg, mode: 0o644, body: []byte(BlessBootConf)},
 		UpgradeUnit:     {typ: tar.TypeReg, mode: 0o644, body: []byte(UpgradeService)},
 		UpgradeTimer:    {typ: tar.TypeReg, mode: 0o644, body: []byte(UpgradeTimerUnit)},
+	}
+	for i, k := range im.UpdateKeys {
+		files[UpdateKeyPath(i)] = entry{typ: tar.TypeReg, mode: 0o644, body: k}
 	}
 	// Every parent directory, so the layer stands on its own whatever the
 	// image has; an image's own directory of the same name keeps its contents.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/internal/testimage"
 )
 
@@ -18,9 +19,15 @@ type got struct {
 	body []byte
 }
 
+// testImage is the image info and keys the tests' layers carry.
+var testImage = Image{
+	Info:       boot.ImageInfo{Version: "1.4.1", Source: "sha256:abc", Created: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)},
+	UpdateKeys: [][]byte{[]byte("-----BEGIN PUBLIC KEY-----\none\n-----END PUBLIC KEY-----\n"), []byte("-----BEGIN PUBLIC KEY-----\ntwo\n-----END PUBLIC KEY-----\n")},
+}
+
 func readLayer(t *testing.T, agent string, mtime time.Time) ([]string, map[string]got, []byte) {
 	t.Helper()
-	l, err := Layer(agent, mtime)
+	l, err := Layer(agent, mtime, testImage)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,6 +79,11 @@ func TestLayer(t *testing.T) {
 		{"usr/bin", tar.TypeDir, 0o755, "", ""},
 		{"usr/bin/slate", tar.TypeReg, 0o755, string(agentBytes), ""},
 		{"usr/lib", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/slate", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/slate/image.json", tar.TypeReg, 0o644, string(testImage.Info.Marshal()), ""},
+		{"usr/lib/slate/update-keys", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/slate/update-keys/01.pub", tar.TypeReg, 0o644, string(testImage.UpdateKeys[0]), ""},
+		{"usr/lib/slate/update-keys/02.pub", tar.TypeReg, 0o644, string(testImage.UpdateKeys[1]), ""},
 		{"usr/lib/systemd", tar.TypeDir, 0o755, "", ""},
 		{"usr/lib/systemd/system", tar.TypeDir, 0o755, "", ""},
 		{"usr/lib/systemd/system/boot-complete.target.requires", tar.TypeDir, 0o755, "", ""},
@@ -146,8 +158,8 @@ func TestLayerIsReproducible(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Error("two layers of the same agent and time differ")
 	}
-	l1, _ := Layer(agent, mtime)
-	l2, _ := Layer(agent, mtime)
+	l1, _ := Layer(agent, mtime, testImage)
+	l2, _ := Layer(agent, mtime, testImage)
 	d1, err1 := l1.Digest()
 	d2, err2 := l2.Digest()
 	if err1 != nil || err2 != nil || d1 != d2 {
@@ -156,6 +168,22 @@ func TestLayerIsReproducible(t *testing.T) {
 	_, _, c := readLayer(t, agent, mtime.Add(time.Hour))
 	if bytes.Equal(a, c) {
 		t.Error("the modification time does not reach the layer")
+	}
+	// No keys: no update-keys directory.
+	l3, err := Layer(agent, mtime, Image{Info: testImage.Info})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := l3.Uncompressed()
+	defer rc.Close()
+	for tr := tar.NewReader(rc); ; {
+		h, err := tr.Next()
+		if err != nil {
+			break
+		}
+		if strings.Contains(h.Name, "update-keys") {
+			t.Errorf("a layer without keys has %s", h.Name)
+		}
 	}
 }
 
@@ -186,7 +214,7 @@ func TestCheckAgentRefuses(t *testing.T) {
 		if tc.path != filepath.Join(dir, "missing") && !strings.Contains(err.Error(), "CGO_ENABLED=0") {
 			t.Errorf("CheckAgent(%s) = %v: does not say how to build a usable agent", tc.path, err)
 		}
-		if _, err := Layer(tc.path, time.Time{}); err == nil {
+		if _, err := Layer(tc.path, time.Time{}, Image{}); err == nil {
 			t.Errorf("Layer(%s) accepted it", tc.path)
 		}
 	}

@@ -79,8 +79,17 @@ const (
 )
 
 // Build reads the tar stream r to its end, writes the squashfs to out and
-// returns the boot files it found. out is created (or truncated).
+// returns the boot files it found. out is created (or truncated). It may run
+// again on the same WorkDir (builder/flatten streams some images twice):
+// module files an earlier run copied out are removed first, as only this
+// run's stream may reach the initramfs.
 func Build(ctx context.Context, r io.Reader, out string, opt Options) (*Boot, error) {
+	if opt.WorkDir == "" {
+		return nil, errors.New("rootfs: no work directory")
+	}
+	if err := os.RemoveAll(filepath.Join(opt.WorkDir, "modules")); err != nil {
+		return nil, err
+	}
 	comp := opt.Compression
 	if comp == "" {
 		comp = "zstd"

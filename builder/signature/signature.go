@@ -1,6 +1,7 @@
-// Package signature signs and verifies update artifacts in cosign's format
-// (sigstore/cosign specs/SIGNATURE_SPEC.md), so a node accepts what
-// `cosign sign --key` signs and cosign can check what `slate sign` signs:
+// Package signature signs and verifies update artifacts in cosign's two
+// formats, so a node accepts what `cosign sign --key` signs and cosign can
+// check what `slate sign` signs. The .sig format (sigstore/cosign
+// specs/SIGNATURE_SPEC.md; cosign's only one before v2.5, `slate sign`'s):
 //
 //   - the signed payload is a "simple signing" JSON document that names the
 //     artifact's manifest digest;
@@ -9,8 +10,14 @@
 //     the signature is the layer's annotation AnnotationSignature (base64);
 //   - one such image holds any number of signatures, one layer each.
 //
+// The Sigstore bundle format (cosign v3's default; `slate sign --bundle`):
+// a DSSE-signed in-toto statement naming the digest, in a bundle stored as
+// a referrer of the artifact. bundle.go says exactly what cosign writes and
+// what VerifyBundle does and does not check; VerifyAttached takes both.
+//
 // Keys are ECDSA P-256 (cosign's default: an ASN.1 signature over the
-// payload's SHA-256) or Ed25519 (over the payload itself). Public keys are
+// payload's SHA-256) or Ed25519 (slate signs the payload itself; cosign
+// signs with Ed25519ph, over its SHA-512: both verify). Public keys are
 // PKIX, as PEM ("PUBLIC KEY") or its base64; private keys are PKCS #8 PEM
 // (`openssl genpkey`) or SEC 1 "EC PRIVATE KEY". cosign's own password-
 // encrypted private keys are cosign's to use: sign with cosign, or export.
@@ -28,6 +35,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -227,7 +235,14 @@ func verify(k crypto.PublicKey, payload, sig []byte) bool {
 		sum := sha256.Sum256(payload)
 		return ecdsa.VerifyASN1(k, sum[:], sig)
 	case ed25519.PublicKey:
-		return ed25519.Verify(k, payload, sig)
+		if ed25519.Verify(k, payload, sig) {
+			return true
+		}
+		// cosign signs with Ed25519ph (over the payload's SHA-512) by
+		// default. RFC 8032 separates the two schemes' domains: neither's
+		// signature verifies as the other's.
+		sum := sha512.Sum512(payload)
+		return ed25519.VerifyWithOptions(k, sum[:], sig, &ed25519.Options{Hash: crypto.SHA512}) == nil
 	}
 	return false
 }
@@ -343,12 +358,23 @@ func Verify(sigs v1.Image, key crypto.PublicKey, digest v1.Hash) (*Payload, erro
 	if err := checkPublic(key); err != nil {
 		return nil, err
 	}
+	p, why, err := verifyLegacy(sigs, key, digest)
+	if p != nil || err != nil {
+		return p, err
+	}
+	return nil, fmt.Errorf("no valid signature of %s by key %s: %s", digest, KeyID(key), strings.Join(why, "; "))
+}
+
+// verifyLegacy is Verify without its key check and final error: a
+// payload, or why each signature did not count. An image with no layer
+// fails wrapping ErrNoSignature.
+func verifyLegacy(sigs v1.Image, key crypto.PublicKey, digest v1.Hash) (*Payload, []string, error) {
 	entries, err := read(sigs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(entries) == 0 {
-		return nil, fmt.Errorf("%w: the signature image holds no signature", ErrNoSignature)
+		return nil, nil, fmt.Errorf("%w: the signature image holds no signature", ErrNoSignature)
 	}
 	var why []string
 	for i, e := range entries {
@@ -362,10 +388,10 @@ func Verify(sigs v1.Image, key crypto.PublicKey, digest v1.Hash) (*Payload, erro
 		default:
 			var p Payload
 			if err := json.Unmarshal(e.payload, &p); err != nil {
-				return nil, err // decode parsed it already
+				return nil, nil, err // decode parsed it already
 			}
-			return &p, nil
+			return &p, nil, nil
 		}
 	}
-	return nil, fmt.Errorf("no valid signature of %s by key %s: %s", digest, KeyID(key), strings.Join(why, "; "))
+	return nil, why, nil
 }

@@ -1,7 +1,8 @@
 // Package source opens the OCI image a build starts from: a registry
 // reference, an OCI layout directory (oci:DIR[:TAG|@DIGEST]) or a
 // docker-save tarball (docker-archive:FILE, or a path to a .tar file).
-// From an index it picks linux/amd64.
+// From an index it picks linux/amd64, checking a layout's manifest against
+// the digest its index gives (builder/flatten checks the rest as it reads).
 package source
 
 import (
@@ -90,8 +91,18 @@ func fromTarball(path string) (v1.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading docker-save tarball: %w", err)
 	}
-	return img, nil
+	return Archive{img}, nil
 }
+
+// Archive is an image read from a docker-save tarball. Its manifest.json
+// names no layer digests: go-containerregistry computes them from the
+// layers (compressing an uncompressed one to do so), so the config's
+// diff_ids are what its layers can be checked against, and builder/flatten
+// reads them uncompressed.
+type Archive struct{ v1.Image }
+
+// DiffIDsOnly says so to builder/flatten.
+func (Archive) DiffIDsOnly() bool { return true }
 
 func fromLayout(dir, sel string) (v1.Image, error) {
 	if _, err := os.Stat(filepath.Join(dir, "index.json")); err != nil {
@@ -138,6 +149,9 @@ func pick(idx v1.ImageIndex, sel, where string) (v1.Image, error) {
 			if err != nil {
 				return nil, err
 			}
+			if err := sameDigest(child, d, where); err != nil {
+				return nil, err
+			}
 			img, err := pick(child, "", where)
 			if err != nil {
 				continue
@@ -149,6 +163,9 @@ func pick(idx v1.ImageIndex, sel, where string) (v1.Image, error) {
 			}
 			img, err := idx.Image(d.Digest)
 			if err != nil {
+				return nil, err
+			}
+			if err := sameDigest(img, d, where); err != nil {
 				return nil, err
 			}
 			if cf, err := img.ConfigFile(); err == nil && cf.Architecture != "" && cf.Architecture != Platform.Architecture {
@@ -164,4 +181,18 @@ func pick(idx v1.ImageIndex, sel, where string) (v1.Image, error) {
 		return found[0], nil
 	}
 	return nil, errors.New(where + " holds several images: name one with :TAG or @sha256:DIGEST")
+}
+
+// sameDigest checks a layout's manifest (or nested index) blob against the
+// digest its index gives: a layout's blobs are files, and go-containerregistry
+// reads them as they are (builder/flatten checks the config and layers).
+func sameDigest(blob interface{ Digest() (v1.Hash, error) }, d v1.Descriptor, where string) error {
+	got, err := blob.Digest()
+	if err != nil {
+		return err
+	}
+	if got != d.Digest {
+		return fmt.Errorf("%s: blob %s hashes to %s: not what the index names", where, d.Digest, got)
+	}
+	return nil
 }

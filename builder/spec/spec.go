@@ -1,14 +1,19 @@
 // Package spec is the image spec: the YAML file that names a build's source
 // image and options (sizes, compression, kernel command line, initramfs
-// modules, outputs). Documented with examples in configs/.
+// modules, the update keys the image trusts, outputs). Documented with
+// examples in configs/.
 package spec
 
 import (
+	"crypto"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
+	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/strictyaml"
 )
 
@@ -27,7 +32,25 @@ type Spec struct {
 	Root       Root      `yaml:"root" json:"root"`
 	Kernel     Kernel    `yaml:"kernel" json:"kernel"`
 	Initramfs  Initramfs `yaml:"initramfs" json:"initramfs"`
+	Update     Update    `yaml:"update" json:"update"`
 	Outputs    Outputs   `yaml:"outputs" json:"outputs"`
+}
+
+// Update is whom the image's agent trusts for upgrades. The builder bakes it
+// into the root (package builder/nodefiles: /usr/lib/slate/update-keys and
+// image.json), under dm-verity, so a node trusts what its image says whether
+// or not it has a node config. A node config may add keys and allow unsigned
+// artifacts, never remove the image's keys (see agent/upgrade, Policy).
+type Update struct {
+	// PublicKeys are the keys an update artifact must be signed by (any one
+	// of them; several for rotation): each a path to a PEM public key file,
+	// relative to the spec file, or a PEM block inline ("-----BEGIN PUBLIC
+	// KEY-----..."). ECDSA P-256 or Ed25519, as slate keygen and cosign
+	// make them. `slate build --update-key FILE` adds more.
+	PublicKeys []string `yaml:"publicKeys" json:"publicKeys,omitempty"`
+	// AllowUnsigned lets the image's agent install artifacts no trusted key
+	// signed: for development images only.
+	AllowUnsigned bool `yaml:"allowUnsigned" json:"allowUnsigned,omitempty"`
 }
 
 // Disk sizes. A slot holds one root image with its hash tree; it is fixed at
@@ -98,7 +121,41 @@ func Load(path string) (*Spec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	// Key files are relative to the spec file, wherever slate runs.
+	for i, k := range s.Update.PublicKeys {
+		if !isInlineKey(k) && !filepath.IsAbs(k) {
+			s.Update.PublicKeys[i] = filepath.Join(filepath.Dir(path), k)
+		}
+	}
 	return s, nil
+}
+
+// isInlineKey says whether an update.publicKeys entry is a PEM block rather
+// than a file's path.
+func isInlineKey(k string) bool { return strings.HasPrefix(strings.TrimSpace(k), "-----BEGIN ") }
+
+// UpdatePublicKeys reads and parses update.publicKeys: inline PEM blocks and
+// key files (a relative path is relative to the working directory here;
+// Load made the spec file's relative to the file). Errors name the entry.
+func (s *Spec) UpdatePublicKeys() ([]crypto.PublicKey, error) {
+	var keys []crypto.PublicKey
+	for i, k := range s.Update.PublicKeys {
+		field := fmt.Sprintf("update.publicKeys[%d]", i)
+		text := k
+		if !isInlineKey(k) {
+			b, err := os.ReadFile(k)
+			if err != nil {
+				return nil, &strictyaml.FieldError{Path: field, Msg: fmt.Sprintf("reading the key: %v", err)}
+			}
+			text, field = string(b), field+" ("+k+")"
+		}
+		pub, err := signature.ParsePublicKey(text)
+		if err != nil {
+			return nil, &strictyaml.FieldError{Path: field, Msg: err.Error()}
+		}
+		keys = append(keys, pub)
+	}
+	return keys, nil
 }
 
 // Parse decodes and validates a spec document.
@@ -163,8 +220,19 @@ func (s *Spec) Validate() error {
 		if a == "" || strings.ContainsAny(a, " \t\n") {
 			return fe("kernel.cmdline", "argument %d %q: one argument per list item, no spaces", i, a)
 		}
-		if k, _, _ := strings.Cut(a, "="); strings.HasPrefix(k, "slate.") && k != "slate.reboot_delay" {
-			return fe("kernel.cmdline", "%q: slate.* arguments are set by the builder", a)
+		if boot.ReservedCmdlineArg(a) != "" {
+			return fe("kernel.cmdline", "%q: slate.* arguments are set by the builder (only %s is the image's)", a, strings.Join(boot.ImageCmdlineArgs, ", "))
+		}
+	}
+	for i, k := range s.Update.PublicKeys {
+		p := fmt.Sprintf("update.publicKeys[%d]", i)
+		if strings.TrimSpace(k) == "" {
+			return fe(p, "empty: give a key file's path or a PEM block")
+		}
+		if isInlineKey(k) {
+			if _, err := signature.ParsePublicKey(k); err != nil {
+				return fe(p, "%v", err)
+			}
 		}
 	}
 	for i, m := range s.Initramfs.Modules {

@@ -1,9 +1,16 @@
 package spec
 
 import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/slate-os/slate/builder/signature"
 )
 
 const good = `
@@ -74,6 +81,11 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"compression", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nroot: {compression: brotli}\n", "root.compression"},
 		{"format", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\noutputs: {format: vmdk}\n", "outputs.format"},
 		{"slate arg", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nkernel: {extraCmdline: [slate.slot=b]}\n", "kernel.cmdline"},
+		{"slate.config", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nkernel: {cmdline: ['\"slate.config=data:,x\"']}\n", "kernel.cmdline"},
+		{"update key empty", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nupdate: {publicKeys: ['']}\n", "update.publicKeys[0]: empty"},
+		{"update key bad PEM", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nupdate:\n  publicKeys:\n    - |\n      -----BEGIN PUBLIC KEY-----\n      AAAA\n      -----END PUBLIC KEY-----\n", "update.publicKeys[0]"},
+		{"update unknown", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nupdate: {publicKey: x}\n", "update.publicKey (line 3): unknown field"},
+		{"allowUnsigned type", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nupdate: {allowUnsigned: maybe}\n", "update.allowUnsigned"},
 		{"twice", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nversion: a\nversion: b\n", "version (line 4): field given twice"},
 		{"syntax", "apiVersion: [\n", "document"},
 		{"empty", "", "empty document"},
@@ -113,6 +125,48 @@ func TestExamplesParse(t *testing.T) {
 	for _, f := range files {
 		if _, err := Load(f); err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// update.publicKeys: files relative to the spec file, inline PEM blocks;
+// each read and parsed at build time, errors naming the entry.
+func TestUpdateKeys(t *testing.T) {
+	dir := t.TempDir()
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	ecPEM, _ := signature.MarshalPublicKey(ec.Public())
+	edPEM, _ := signature.MarshalPublicKey(ed.Public())
+	os.MkdirAll(filepath.Join(dir, "keys"), 0o755)
+	os.WriteFile(filepath.Join(dir, "keys", "release.pub"), ecPEM, 0o644)
+	doc := "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nupdate:\n  allowUnsigned: true\n  publicKeys:\n    - keys/release.pub\n    - |\n" +
+		"      " + strings.ReplaceAll(strings.TrimSpace(string(edPEM)), "\n", "\n      ") + "\n"
+	path := filepath.Join(dir, "spec.yaml")
+	os.WriteFile(path, []byte(doc), 0o644)
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Update.AllowUnsigned || len(s.Update.PublicKeys) != 2 || s.Update.PublicKeys[0] != filepath.Join(dir, "keys", "release.pub") {
+		t.Fatalf("update %+v", s.Update)
+	}
+	keys, err := s.UpdatePublicKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 2 || signature.KeyID(keys[0]) != signature.KeyID(ec.Public()) || signature.KeyID(keys[1]) != signature.KeyID(ed.Public()) {
+		t.Errorf("keys %v", keys)
+	}
+
+	for _, c := range []struct {
+		key, want string
+	}{
+		{filepath.Join(dir, "missing.pub"), "update.publicKeys[0]: reading the key: open " + filepath.Join(dir, "missing.pub")},
+		{path, "update.publicKeys[0] (" + path + "): "},
+	} {
+		s := Spec{Update: Update{PublicKeys: []string{c.key}}}
+		if _, err := s.UpdatePublicKeys(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.key, err, c.want)
 		}
 	}
 }

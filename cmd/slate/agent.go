@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"crypto"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -27,7 +26,6 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/nodeconfig"
 	"github.com/slate-os/slate/builder/artifact"
-	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/progress"
 )
 
@@ -90,16 +88,46 @@ func nodeConfig() (*nodeconfig.Config, error) {
 	return c, nil
 }
 
-// updateKey is the node config's update.publicKey; nil when unset.
-func updateKey(cfg *nodeconfig.Config) (crypto.PublicKey, error) {
-	if cfg.Update.PublicKey == "" {
-		return nil, nil
-	}
-	k, err := signature.ParsePublicKey(cfg.Update.PublicKey)
+// updatePolicy is the update policy in force: the running image's
+// (/usr/lib/slate: its keys and image.json, under dm-verity) with what the
+// node config cfg adds, and the running image's image.json (nil for an
+// image built before it existed).
+func updatePolicy(cfg *nodeconfig.Config) (*upgrade.Policy, *boot.ImageInfo, error) {
+	info, err := upgrade.ReadImageInfo("/")
 	if err != nil {
-		return nil, fmt.Errorf("node config (%s): update.publicKey: %w", nodeconfig.RecordPath, err)
+		return nil, nil, err
 	}
-	return k, nil
+	p, err := upgrade.LoadPolicy("/", info, cfg)
+	if err != nil {
+		return nil, info, fmt.Errorf("update policy: %w", err)
+	}
+	return p, info, nil
+}
+
+// updateStatus is what status shows of the update policy.
+func updateStatus(cfg *nodeconfig.Config) *status.Update {
+	u := &status.Update{Source: cfg.Update.Source}
+	p, info, err := updatePolicy(cfg)
+	if info != nil {
+		u.NotBefore = info.Created
+	}
+	if err != nil {
+		u.Policy, u.Error = status.PolicyRefused, err.Error()
+		return u
+	}
+	for _, k := range p.Keys {
+		u.Keys = append(u.Keys, status.UpdateKey{ID: k.ID, From: k.From, Where: k.Where})
+	}
+	u.AllowUnsigned = p.AllowUnsigned
+	switch {
+	case p.Usable() != nil:
+		u.Policy, u.Error = status.PolicyRefused, p.Usable().Error()
+	case len(p.AllowUnsigned) > 0:
+		u.Policy = status.PolicyUnsigned
+	default:
+		u.Policy = status.PolicySigned
+	}
+	return u
 }
 
 func reboot(ctx context.Context) error {
@@ -112,7 +140,7 @@ func reboot(ctx context.Context) error {
 }
 
 func upgradeCmd() *cobra.Command {
-	var noReboot bool
+	var noReboot, allowDowngrade bool
 	c := &cobra.Command{
 		Use:   "upgrade [REF|oci:DIR]",
 		Short: "Write an update artifact into the inactive slot and reboot into it",
@@ -123,9 +151,18 @@ initramfs on the ESP, the image's systemd-boot where it is newer than the
 ESP's (never an older one), and a boot entry with 3 tries, then reboots. If the
 new image does not become good, systemd-boot's counting returns to the
 running slot by itself. A power cut at any step leaves the running slot
-bootable. With update.publicKey in the node config, only an artifact
-signed by that key (slate sign, or cosign) is installed: the signature is
-checked before any of the root is read.`,
+bootable.
+
+Only an artifact signed (slate sign, or cosign) by a key the running image
+trusts is installed: the keys its spec named (update.publicKeys, slate build
+--update-key), baked into its root, and any the node config adds
+(update.publicKey, update.publicKeys). The signature is checked before any of
+the root is read. An image built with no key refuses every upgrade unless
+update.allowUnsigned (image spec or node config) lets unsigned artifacts in.
+An artifact whose image was created before the running one is a downgrade,
+refused without --allow-downgrade (slate rollback returns to the other slot
+without this check), and one whose command line carries slate.* arguments
+(slate.config=) is refused. slate status shows the policy in force.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := nodeConfig()
@@ -139,7 +176,7 @@ checked before any of the root is read.`,
 			if ref == "" {
 				return errors.New("no artifact: give REF or oci:DIR, or set update.source in the node config")
 			}
-			pub, err := updateKey(cfg)
+			pol, info, err := updatePolicy(cfg)
 			if err != nil {
 				return err
 			}
@@ -160,9 +197,11 @@ checked before any of the root is read.`,
 				Log: func(format string, args ...any) {
 					fmt.Printf(format+"\n", args...)
 				},
-				Progress:  progress.New(os.Stderr),
-				Now:       time.Now,
-				PublicKey: pub,
+				Progress:       progress.New(os.Stderr),
+				Now:            time.Now,
+				Policy:         *pol,
+				Image:          info,
+				AllowDowngrade: allowDowngrade,
 			})
 			if errors.Is(err, upgrade.ErrUpToDate) {
 				fmt.Printf("upgrade: %v: nothing to do\n", err)
@@ -183,6 +222,7 @@ checked before any of the root is read.`,
 		},
 	}
 	c.Flags().BoolVar(&noReboot, "no-reboot", false, "write the slot but do not reboot")
+	c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "install an artifact whose image was created before the running one")
 	return c
 }
 
@@ -242,12 +282,9 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			if cfg, err := nodeConfig(); err == nil {
-				st.Update = &status.Update{Source: cfg.Update.Source}
-				if k, err := updateKey(cfg); err != nil {
-					st.Update.KeyError = err.Error()
-				} else if k != nil {
-					st.Update.Key = signature.KeyID(k)
-				}
+				st.Update = updateStatus(cfg)
+			} else {
+				st.Update = &status.Update{Policy: status.PolicyRefused, Error: err.Error()}
 			}
 			if asJSON {
 				return printJSON(st)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -17,7 +18,7 @@ func buildCmd() *cobra.Command {
 	var (
 		specFile, source, output, format, artifactDir, version, compression, initBin, agent string
 		slotSize, espSize, stateSize                                                        spec.Size
-		cmdline, modules                                                                    []string
+		cmdline, modules, updateKeys                                                        []string
 		insecure, asJSON                                                                    bool
 	)
 	c := &cobra.Command{
@@ -30,7 +31,10 @@ partition) and, if asked, an update artifact as an OCI layout.
 
 The root gets slate's files on top of the image: this slate binary as
 /usr/bin/slate (the node's agent; --agent gives another, which must be a
-static x86-64 build, CGO_ENABLED=0) and its systemd units.
+static x86-64 build, CGO_ENABLED=0) and its systemd units, and what the
+image's agent trusts for upgrades: the update keys (update.publicKeys in the
+spec, --update-key) and update.allowUnsigned. An image with neither refuses
+every upgrade unless its node config adds a key or allows unsigned artifacts.
 
 REF is a registry reference (registry.example/org/node:1.4), an OCI layout
 (oci:DIR[:TAG|@sha256:DIGEST]) or a docker-save tarball (docker-archive:FILE).
@@ -63,6 +67,13 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			set("state-size", func() { s.Disk.StateSize = stateSize })
 			set("cmdline", func() { s.Kernel.ExtraCmdline = append(s.Kernel.ExtraCmdline, cmdline...) })
 			set("module", func() { s.Initramfs.Modules = append(s.Initramfs.Modules, modules...) })
+			for _, k := range updateKeys {
+				abs, err := filepath.Abs(k)
+				if err != nil {
+					return err
+				}
+				s.Update.PublicKeys = append(s.Update.PublicKeys, abs)
+			}
 			if agent == "" {
 				// One code base, three roles: the CLI that builds is the agent it installs.
 				self, err := os.Executable()
@@ -97,6 +108,16 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			if res.Artifact != "" {
 				fmt.Printf("  artifact  %s\n", res.Artifact)
 			}
+			switch {
+			case len(res.UpdateKeys) > 0 && res.AllowUnsigned:
+				fmt.Printf("  updates   signed by %s, or UNSIGNED (update.allowUnsigned)\n", strings.Join(res.UpdateKeys, ", "))
+			case len(res.UpdateKeys) > 0:
+				fmt.Printf("  updates   signed by %s\n", strings.Join(res.UpdateKeys, " or "))
+			case res.AllowUnsigned:
+				fmt.Println("  updates   UNSIGNED accepted (update.allowUnsigned): for development only")
+			default:
+				fmt.Println("  updates   none trusted: this image refuses every upgrade unless a node config adds update.publicKey (build with --update-key FILE or update.publicKeys)")
+			}
 			for _, st := range res.Steps {
 				fmt.Printf("  %-10s%s\n", st.Name, st.Elapsed.Round(10*time.Millisecond))
 			}
@@ -116,6 +137,7 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 	f.Var(&stateSize, "state-size", "initial size of the state partition; it grows to the disk's end at boot (default: 64MiB, more if the image's /var needs it)")
 	f.StringSliceVar(&cmdline, "cmdline", nil, "extra kernel command line argument (repeatable)")
 	f.StringSliceVar(&modules, "module", nil, "extra kernel module for the initramfs (repeatable)")
+	f.StringArrayVar(&updateKeys, "update-key", nil, "public key file (PEM) that update artifacts must be signed by, baked into the image (repeatable; adds to the spec's update.publicKeys)")
 	f.StringVar(&initBin, "init", "", "use this init binary instead of the embedded one (development)")
 	f.StringVar(&agent, "agent", "", "install this slate binary as the node's agent, /usr/bin/slate (default: this one; must be static)")
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the source registry")

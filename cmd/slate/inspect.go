@@ -12,26 +12,73 @@ import (
 )
 
 func inspectCmd() *cobra.Command {
-	var asJSON bool
+	var (
+		asJSON  bool
+		keyFile string
+	)
 	c := &cobra.Command{
 		Use:   "inspect DISK|ARTIFACT",
 		Short: "Show a disk image's partitions, slots and boot entries, or an artifact's config",
+		Long: `inspect shows a disk image's partitions, slots and boot entries, or an update
+artifact's config and how many signatures it carries.
+
+With --key PUB (a PEM public key, as update.publicKey takes) it also checks,
+as a node does, that the artifact is signed by that key, in cosign's .sig
+format or as a Sigstore bundle, and fails with the reason if it is not.`,
 		Example: `  slate inspect node.raw
-  slate inspect --json node-1.4.1.oci`,
+  slate inspect --json node-1.4.1.oci
+  slate inspect --key release.key.pub registry.example/org/node:1.4.1`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
 			r, err := inspect.Path(args[0])
 			if err != nil {
 				return err
 			}
-			if asJSON {
+			if asJSON && keyFile == "" {
 				return printJSON(r)
 			}
-			r.Text(os.Stdout)
+			if !asJSON {
+				r.Text(os.Stdout)
+			}
+			if keyFile == "" {
+				return nil
+			}
+			if r.Artifact == nil {
+				return fmt.Errorf("--key checks an artifact's signature; %s is a disk", args[0])
+			}
+			b, err := os.ReadFile(keyFile)
+			if err != nil {
+				return err
+			}
+			key, err := signature.ParsePublicKey(string(b))
+			if err != nil {
+				return fmt.Errorf("%s: %w", keyFile, err)
+			}
+			ref := args[0]
+			if fi, err := os.Stat(ref); err == nil && fi.IsDir() {
+				ref = artifact.LayoutPrefix + ref
+			}
+			a, err := artifact.Open(ref)
+			if err != nil {
+				return err
+			}
+			v, err := a.VerifySignature(key)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(struct {
+					*inspect.Report
+					VerifiedBy string `json:"verifiedBy"`
+					Format     string `json:"verifiedFormat"`
+				}{r, signature.KeyID(key), v.Format})
+			}
+			fmt.Printf("  verified signed by key %s (%s)\n", signature.KeyID(key), v.Format)
 			return nil
 		},
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	c.Flags().StringVar(&keyFile, "key", "", "check that the artifact is signed by this PEM public key")
 	return c
 }
 
@@ -55,6 +102,9 @@ Credentials come from the Docker config (docker login), as with other OCI tools.
 			fmt.Printf("pushed %s@%s\n", p.Ref, p.Digest)
 			if p.Signed {
 				fmt.Printf("pushed its signatures as %s\n", p.Ref.Context().Tag(signature.Tag(p.Digest)))
+			}
+			if p.Bundles > 0 {
+				fmt.Printf("pushed its %d Sigstore bundle(s) as referrers\n", p.Bundles)
 			}
 			return nil
 		},

@@ -22,7 +22,7 @@ import (
 func signCmd() *cobra.Command {
 	var (
 		keyFile, identity string
-		insecure          bool
+		insecure, bundle  bool
 	)
 	c := &cobra.Command{
 		Use:   "sign --key KEY (LAYOUT | oci:DIR | REF)",
@@ -36,7 +36,12 @@ these signatures too (cosign verify --key PUB --insecure-ignore-tlog).
 KEY is a PEM private key, ECDSA P-256 or Ed25519: from slate keygen, or
 openssl genpkey -algorithm ed25519. Signing again with the same key
 replaces its signature; other keys' signatures are kept. slate build
-replaces a layout whole, signatures included: sign after the last build.`,
+replaces a layout whole, signatures included: sign after the last build.
+
+--bundle signs in the Sigstore bundle format instead, as cosign v3 does by
+default: a DSSE-signed in-toto statement naming the manifest digest, in a
+manifest that refers to the artifact (OCI 1.1 referrers API, or the tag
+sha256-<hex> where the registry lacks it). Nodes accept both formats.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if keyFile == "" {
@@ -58,6 +63,14 @@ replaces a layout whole, signatures included: sign after the last build.`,
 			if fi, err := os.Stat(ref); err == nil && fi.IsDir() {
 				ref = artifact.LayoutPrefix + ref // as push and inspect take a layout
 			}
+			if bundle {
+				d, err := artifact.SignBundle(ref, key, opts...)
+				if err != nil {
+					return err
+				}
+				fmt.Printf("signed %s (%s) with key %s: a Sigstore bundle referring to it\n", ref, d, signature.KeyID(key.Public()))
+				return nil
+			}
 			d, err := artifact.Sign(ref, key, identity, opts...)
 			if err != nil {
 				return err
@@ -69,6 +82,7 @@ replaces a layout whole, signatures included: sign after the last build.`,
 	c.Flags().StringVar(&keyFile, "key", "", "PEM private key (PKCS #8 or EC), ECDSA P-256 or Ed25519")
 	c.Flags().StringVar(&identity, "identity", "", "repository the signature names (cosign's docker-reference; default: REF's)")
 	c.Flags().BoolVar(&insecure, "insecure", false, "allow plain HTTP to the registry")
+	c.Flags().BoolVar(&bundle, "bundle", false, "sign in the Sigstore bundle format (cosign v3's default) instead of the .sig image")
 	return c
 }
 

@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/slate-os/slate/internal/clip"
 )
 
 // FieldError is a problem with one field of a document.
@@ -24,15 +26,23 @@ type FieldError struct {
 	Msg  string
 }
 
+// Error's parts are capped (clip.String): a document's keys and values may
+// be megabytes long, and the error must stay one console line.
+const (
+	MaxPath = 128
+	MaxMsg  = 600
+)
+
 func (e *FieldError) Error() string {
-	where := e.Path
+	where := clip.String(e.Path, MaxPath)
 	if where == "" {
 		where = "document"
 	}
+	msg := clip.String(e.Msg, MaxMsg)
 	if e.Line > 0 {
-		return fmt.Sprintf("%s (line %d): %s", where, e.Line, e.Msg)
+		return fmt.Sprintf("%s (line %d): %s", where, e.Line, msg)
 	}
-	return fmt.Sprintf("%s: %s", where, e.Msg)
+	return fmt.Sprintf("%s: %s", where, msg)
 }
 
 // Unmarshal decodes data into v, a pointer to a struct.
@@ -61,7 +71,8 @@ func join(path, key string) string {
 }
 
 // Describe names what a node holds, for "want X, got Y" messages:
-// "a mapping", "a list", "null" or the quoted scalar.
+// "a mapping", "a list", "null" or the quoted scalar (its first
+// clip.QuoteMax bytes).
 func Describe(n *yaml.Node) string {
 	switch n.Kind {
 	case yaml.MappingNode:
@@ -72,7 +83,7 @@ func Describe(n *yaml.Node) string {
 		if n.Tag == "!!null" {
 			return "null"
 		}
-		return fmt.Sprintf("%q", n.Value)
+		return clip.Quote(n.Value)
 	case yaml.AliasNode:
 		return "an alias"
 	}

@@ -39,6 +39,15 @@ type Entry struct {
 
 // Layer makes an uncompressed-tar layer from entries, in order.
 func Layer(entries []Entry) (v1.Layer, error) {
+	b, err := Tar(entries)
+	if err != nil {
+		return nil, err
+	}
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+}
+
+// Tar is the tar archive of entries, in order, names as given.
+func Tar(entries []Entry) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range entries {
@@ -74,8 +83,7 @@ func Layer(entries []Entry) (v1.Layer, error) {
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	b := buf.Bytes()
-	return tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	return buf.Bytes(), nil
 }
 
 // Dir is a directory entry.

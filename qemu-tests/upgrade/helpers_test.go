@@ -62,17 +62,15 @@ network:
 update:
   source: %s
   insecure: true
-  publicKey: |
-%s
 health:
   requiredUnits: [%s]
   timeout: 3m
-`, source, indent(testPublicKey(), "    "), demoApp) + extra
+`, source, demoApp) + extra
 }
 
 // testKey signs every artifact the tests push (ECDSA P-256, cosign's
-// default); the nodes' config asks for it, so every upgrade in these tests
-// checks a signature.
+// default); every test image trusts it (see image), so every upgrade in
+// these tests checks a signature, whatever the node config.
 var testKey = sync.OnceValue(func() crypto.Signer {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -303,7 +301,14 @@ type status struct {
 	} `json:"health"`
 	Update *struct {
 		Source string `json:"source"`
-		Key    string `json:"key"`
+		Policy string `json:"policy"`
+		Keys   []struct {
+			ID    string `json:"id"`
+			From  string `json:"from"`
+			Where string `json:"where"`
+		} `json:"keys"`
+		Error     string    `json:"error"`
+		NotBefore time.Time `json:"notBefore"`
 	} `json:"update"`
 }
 

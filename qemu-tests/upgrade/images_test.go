@@ -100,12 +100,21 @@ var (
 )
 
 // image builds test image name (once) and pushes its artifact to the test
-// registry's slate/node repository.
+// registry's slate/node repository, signed by the test key. Every test image
+// trusts that key (update.publicKeys), as a fleet's images trust its key:
+// the nodes need no config to check signatures.
 func image(t testing.TB, name string) *published {
 	t.Helper()
 	v, ok := variants[name]
 	if !ok {
 		t.Fatalf("no test image %q", name)
+	}
+	tweak := v.Tweak
+	v.Tweak = func(s *spec.Spec) {
+		if tweak != nil {
+			tweak(s)
+		}
+		s.Update.PublicKeys = append(s.Update.PublicKeys, testPublicKey())
 	}
 	res := node.BuildVariant(t, v)
 	pubMu.Lock()

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -26,9 +27,11 @@ import (
 // refuses a truncated artifact, one whose root does not match its digest,
 // one whose root is larger than the slot and one for another architecture,
 // each with a clear message; the last two before downloading the root.
-// The node's config asks for the test key's signature: an unsigned
-// artifact, one signed by another key and one under a valid signature of
-// another artifact are refused too, before downloading the root.
+// The node's image trusts the test key only: an unsigned artifact, one
+// signed by another key and one under a valid signature of another
+// artifact are refused too, before downloading the root; so are, signed by
+// the test key, a downgrade (an artifact whose image was created before
+// v1's) and an artifact whose command line carries slate.config=.
 // `slate rollback` refuses too (slot B is empty). Status is unchanged and
 // the next boot is still v1.
 func TestRefusals(t *testing.T) {
@@ -86,6 +89,25 @@ func TestRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Signed by the right key, v2's layers with another config: one that
+	// says the image was created a day before v1's (v1 and v2 share the
+	// reference image's time), and one whose command line would replace
+	// the node's config.
+	old := a.Config
+	old.Version = "v0-old"
+	old.Created = old.Created.Add(-24 * time.Hour)
+	reg.putCrafted(t, "slate/old", old.Version, old, m2.Layers)
+	if _, err := artifact.Sign(reg.Host+"/slate/old:"+old.Version, testKey(), "", reg.opts...); err != nil {
+		t.Fatal(err)
+	}
+	withConfig := a.Config
+	withConfig.Version = "v2-config"
+	withConfig.Cmdline += " slate.config=data:;base64,YXBpVmVyc2lvbjogc2xhdGUuZGV2L3YxYWxwaGExCmtpbmQ6IE5vZGVDb25maWcK"
+	reg.putCrafted(t, "slate/config", withConfig.Version, withConfig, m2.Layers)
+	if _, err := artifact.Sign(reg.Host+"/slate/config:"+withConfig.Version, testKey(), "", reg.opts...); err != nil {
+		t.Fatal(err)
+	}
+
 	cases := []struct {
 		name, ref string
 		msg       *regexp.Regexp
@@ -95,9 +117,12 @@ func TestRefusals(t *testing.T) {
 		{"corrupt", reg.GuestRef("slate/corrupt:v2"), regexp.MustCompile(`(?i)digest|sha256|checksum`), ""},
 		{"too-big", reg.GuestRef("slate/big:v9-big"), regexp.MustCompile(`(?i)(larger|too (big|large)|does not fit).*slot|slot.*(larger|too (big|large)|does not fit)`), "slate/big"},
 		{"arm64", reg.GuestRef("slate/arm64:v2"), regexp.MustCompile(`arm64.*amd64|amd64.*arm64`), "slate/arm64"},
-		{"unsigned", reg.GuestRef("slate/unsigned:v2"), regexp.MustCompile(`not signed.*update.publicKey`), "slate/unsigned"},
+		{"unsigned", reg.GuestRef("slate/unsigned:v2"), regexp.MustCompile(`not signed.*updates must be signed by a trusted key: sha256:[0-9a-f]{16} \(image /usr/lib/slate/update-keys/01.pub\)`), "slate/unsigned"},
 		{"otherkey", reg.GuestRef("slate/otherkey:v2"), regexp.MustCompile(`not made by key sha256:[0-9a-f]{16}`), "slate/otherkey"},
 		{"copiedsig", reg.GuestRef("slate/copied:v2"), regexp.MustCompile(`signs ` + v1img.Digest.String() + `, not this artifact`), "slate/copied"},
+		{"downgrade", reg.GuestRef("slate/old:v0-old"), regexp.MustCompile(`\(v0-old\) is a downgrade: its image was created .*, before the running image \(created .*, by /usr/lib/slate/image.json\); ` +
+			"`slate upgrade --allow-downgrade` installs it"), "slate/old"},
+		{"cmdline", reg.GuestRef("slate/config:v2-config"), regexp.MustCompile(`its kernel command line carries "slate.config=data:;base64,YXBp[^"]*": an image may set no slate.\* argument but slate.reboot_delay`), "slate/config"},
 	}
 	script := probe + "waitnet\nstatus BEFORE\n"
 	for _, c := range cases {

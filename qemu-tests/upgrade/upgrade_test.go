@@ -171,7 +171,7 @@ func TestUpgrade(t *testing.T) {
 		if r.Artifact != v2.Digest.String() || r.RootHash != v2.RootHash || r.RootSize != v2.RootSize || r.Written.IsZero() {
 			t.Errorf("slot b's release: %+v; want artifact %s, root hash %s, %d bytes, a write time", r, v2.Digest, v2.RootHash, v2.RootSize)
 		}
-		// The config's update.publicKey made the agent check v2's signature.
+		// The key v1 was built with made the agent check v2's signature.
 		if want := signature.KeyID(testKey().Public()); r.SignedBy != want {
 			t.Errorf("slot b's release is signed by %q, want the test key %s", r.SignedBy, want)
 		}
@@ -185,8 +185,9 @@ func TestUpgrade(t *testing.T) {
 	if st.Config == nil || !st.Config.Applied || st.Config.Source != "fw_cfg" {
 		t.Errorf("status: config %+v, want the fw_cfg config, applied", st.Config)
 	}
-	if u, key := st.Update, signature.KeyID(testKey().Public()); u == nil || u.Key != key || u.Source != testRegistry(t).Source() {
-		t.Errorf("status: update %+v, want source %s and key %s", u, testRegistry(t).Source(), key)
+	if u, key := st.Update, signature.KeyID(testKey().Public()); u == nil || u.Policy != "signed" || len(u.Keys) != 1 || u.Keys[0].ID != key ||
+		u.Keys[0].From != "image" || u.Source != testRegistry(t).Source() {
+		t.Errorf("status: update %+v, want source %s and the image's key %s only", u, testRegistry(t).Source(), key)
 	}
 
 	// Scenario 7: /var is the state partition, which no upgrade touches.

@@ -6,6 +6,11 @@
 // when its level is below the console log level ("quiet" lowers that), so
 // the logger writes to /dev/console itself only when the kernel will not:
 // each line shows once on the console either way.
+//
+// Lines are capped (MaxLine, MaxLines): a message may quote a node config
+// or an error of any length, and the kernel refuses or cuts a /dev/kmsg
+// record of more than about 1 KiB without a word. The logger cuts first,
+// and says how much it cut: "…(4193344 bytes more)".
 package klog
 
 import (
@@ -16,10 +21,25 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/slate-os/slate/internal/clip"
 )
 
 // Prefix starts every line.
 const Prefix = "slate-init: "
+
+// MaxLine is the most bytes a line takes, Prefix included. The kernel
+// takes a /dev/kmsg record of at most 1024 bytes (992 before Linux 5.10),
+// its "<N>" level and newline included, and refuses a longer one; the
+// logger cuts a longer line to MaxLine, ending it in "…(N bytes more)".
+const MaxLine = 960
+
+// MaxLines is the most lines one message gives; the ones after are
+// counted in a last line.
+const MaxLines = 200
+
+// Cap cuts one line to MaxLine with Prefix, as the logger writes it.
+func Cap(line string) string { return clip.String(line, MaxLine-len(Prefix)) }
 
 // Syslog levels.
 const (
@@ -104,8 +124,12 @@ func (l *Logger) Log(level int, format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, line := range strings.Split(strings.TrimRight(msg, "\n"), "\n") {
-		l.line(level, line)
+	lines := strings.Split(strings.TrimRight(msg, "\n"), "\n")
+	if len(lines) > MaxLines {
+		lines = append(lines[:MaxLines-1], fmt.Sprintf("…(%d lines more)", len(lines)-MaxLines+1))
+	}
+	for _, line := range lines {
+		l.line(level, Cap(line))
 	}
 }
 

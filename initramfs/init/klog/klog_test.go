@@ -3,6 +3,7 @@ package klog
 import (
 	"bytes"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -68,5 +69,48 @@ func TestParsePrintk(t *testing.T) {
 		if got := ParsePrintk(in); got != want {
 			t.Errorf("ParsePrintk(%q) = %d, want %d", in, got, want)
 		}
+	}
+}
+
+// A line longer than MaxLine is cut, visibly, before the kernel would cut
+// or refuse it; a message of many lines gives at most MaxLines.
+func TestLineCap(t *testing.T) {
+	var console bytes.Buffer
+	var kernel []string
+	l := &Logger{Console: &console, OpenKmsg: func() (io.WriteCloser, error) { return kmsg{&kernel}, nil }, ConsoleLevel: 4}
+	huge := strings.Repeat("x", 4<<20)
+	l.Errorf("config is invalid: %s", huge)
+	if len(kernel) != 1 {
+		t.Fatalf("%d kmsg records", len(kernel))
+	}
+	rec := kernel[0]
+	// The record, its <N> and newline included, fits the kernel's 992 bytes.
+	if len(rec) > 992 || !strings.HasPrefix(rec, "<27>slate-init: config is invalid: xxx") || !strings.HasSuffix(rec, " bytes more)\n") {
+		t.Errorf("kmsg record: %d bytes, %q…%q", len(rec), rec[:40], rec[len(rec)-30:])
+	}
+	// What is kept and what is counted add up to the message.
+	kept, more, _ := strings.Cut(strings.TrimPrefix(rec, "<27>slate-init: "), "…(")
+	if n, _ := strconv.Atoi(strings.TrimSuffix(more, " bytes more)\n")); len(kept)+n != len("config is invalid: ")+len(huge) {
+		t.Errorf("kept %d + cut %d != %d", len(kept), n, len("config is invalid: ")+len(huge))
+	}
+	if len(strings.TrimSuffix(rec, "\n"))-len("<27>") > MaxLine {
+		t.Errorf("line over MaxLine: %d", len(rec))
+	}
+	// Where the kernel does not print it, the console gets the same cut line.
+	console.Reset()
+	l.ConsoleLevel = 0
+	kernel = nil
+	l.Errorf("config is invalid: %s", huge)
+	if got := console.String(); got != strings.TrimPrefix(kernel[0], "<27>") || len(got) > MaxLine+1 {
+		t.Errorf("console: %d bytes %q", len(got), got[len(got)-30:])
+	}
+	if Cap("short") != "short" {
+		t.Error("Cap changed a short line")
+	}
+
+	kernel = nil
+	l.Infof("%s", strings.Repeat("line\n", 1000))
+	if len(kernel) != MaxLines || kernel[MaxLines-1] != "<30>slate-init: …(801 lines more)\n" {
+		t.Errorf("%d records, last %q", len(kernel), kernel[len(kernel)-1])
 	}
 }

@@ -17,11 +17,18 @@ import (
 	"github.com/slate-os/slate/boot/record"
 	"github.com/slate-os/slate/initramfs/init/configsrc"
 	"github.com/slate-os/slate/initramfs/init/klog"
+	"github.com/slate-os/slate/internal/clip"
 )
 
 // ConfigTimeout bounds the whole search for a config; each source bounds
 // its own waits well within it.
 const ConfigTimeout = 30 * time.Second
+
+// MaxConfigError caps a config's error in the record and on the console,
+// so that the line "config from ... is invalid, nothing applied: ERROR"
+// fits klog.MaxLine: a config may be megabytes long, and so may an error
+// that quotes it.
+const MaxConfigError = 768
 
 // applyConfig is the config step: it takes the node config from the first
 // source that has one (configsrc.Sources), parses it and applies it to
@@ -30,16 +37,38 @@ const ConfigTimeout = 30 * time.Second
 // invalid or unappliable config applies nothing (Apply is all or nothing),
 // is reported in one console line and in the record, and the node boots
 // on the image's defaults.
+//
+// A config that uses access.breakGlass taints the node: before its first
+// write, configure records it on the state partition (mounted on
+// /sysroot/var by the state step), where it stays until the node is
+// re-imaged; every boot of a tainted node says so and puts the taint in
+// the boot record.
 func (in *initProc) applyConfig() error {
 	env := &configsrc.Env{Cmdline: in.cmdline, DevicesSince: in.devicesSince, Logf: in.log.Infof}
 	ctx, cancel := context.WithTimeout(configsrc.WithEnv(context.Background(), env), ConfigTimeout)
 	defer cancel()
 	rc, lines := configure(ctx, configsrc.Sources, sysroot, in.bindRun)
 	in.rec.Config = &rc
-	for _, l := range lines {
+	taint, more := nodeTaint(sysroot, rc)
+	in.rec.Taint = taint
+	for _, l := range append(lines, more...) {
 		in.log.Log(l.level, "%s", l.msg)
 	}
 	return nil
+}
+
+// nodeTaint reads the node's taint from root's state partition and says,
+// on a boot whose own config did not taint it, that the node is tainted.
+func nodeTaint(root string, rc record.Config) (*record.Taint, []consoleLine) {
+	t, err := record.ReadTaint(filepath.Join(root, record.TaintFile))
+	if err != nil {
+		return nil, []consoleLine{{klog.LevelWarning, fmt.Sprintf("warning: this node is tainted: its taint record is unreadable: %s", singleLine(err.Error()))}}
+	}
+	if t == nil || rc.Tainted {
+		return t, nil
+	}
+	return t, []consoleLine{{klog.LevelWarning, fmt.Sprintf(
+		"warning: this node is tainted %s (access.breakGlass): it stays so until it is re-imaged", t)}}
 }
 
 // bindRun makes the /run tmpfs visible at /sysroot/run while the config is
@@ -68,7 +97,8 @@ type consoleLine struct {
 // configure fetches, parses and applies the node config to root and says
 // what happened: the record's config section and the lines to log. With
 // prepare (nil in tests), root is made ready for Apply just before it and
-// restored after.
+// restored after. A breakGlass config is applied only once root's
+// record.TaintFile (on the state partition) says the node is tainted.
 func configure(ctx context.Context, srcs []configsrc.Source, root string, prepare func() (func(), error)) (record.Config, []consoleLine) {
 	env := configsrc.EnvFrom(ctx)
 	ctx = configsrc.WithEnv(ctx, env) // so that Location comes back
@@ -84,7 +114,7 @@ func configure(ctx context.Context, srcs []configsrc.Source, root string, prepar
 	}
 	fail := func(stage, what string, err error) (record.Config, []consoleLine) {
 		rc.Failed = stage
-		rc.Error = singleLine(err.Error())
+		rc.Error = clip.String(singleLine(err.Error()), MaxConfigError)
 		return rc, []consoleLine{{klog.LevelErr, fmt.Sprintf("%s, nothing applied: %s", what, rc.Error)}}
 	}
 	if err != nil {
@@ -106,7 +136,30 @@ func configure(ctx context.Context, srcs []configsrc.Source, root string, prepar
 		}
 		defer undo()
 	}
-	a, err := c.Apply(root)
+	// breakGlass: the taint is on the state partition before the config
+	// can take effect, or the config is not applied. A node tainted
+	// before stays so even if the record cannot be updated.
+	var notes []consoleLine
+	taintErr := false
+	markTaint := func(a *nodeconfig.Applied) error {
+		if !a.Tainted {
+			return nil
+		}
+		p := filepath.Join(root, record.TaintFile)
+		if _, err := record.MarkTainted(p, time.Now().UTC(), rc.SHA256, name); err != nil {
+			if t, _ := record.ReadTaint(p); t != nil {
+				notes = append(notes, consoleLine{klog.LevelWarning, fmt.Sprintf("warning: updating the taint record %s: %v (the node was tainted already)", record.TaintFile, err)})
+				return nil
+			}
+			taintErr = true
+			return fmt.Errorf("access.breakGlass: recording the taint in %s: %w: a breakGlass config is applied only on a node marked tainted", record.TaintFile, err)
+		}
+		return nil
+	}
+	a, err := c.ApplyWith(root, markTaint)
+	if err != nil && taintErr {
+		return fail(record.ConfigFailedApply, from+" could not be applied", err)
+	}
 	if err != nil {
 		// Refused against the image's tree: a path through a symlink out
 		// of /etc, an existing file without overwrite, an unknown owner.
@@ -118,9 +171,10 @@ func configure(ctx context.Context, srcs []configsrc.Source, root string, prepar
 	rc.Files = a.Files
 	lines := []consoleLine{{klog.LevelInfo, from + " applied: " + summary(c, a)}}
 	if a.Tainted {
-		lines = append(lines, consoleLine{klog.LevelWarning, "warning: this node is tainted: its config sets access.breakGlass"})
+		lines = append(lines, consoleLine{klog.LevelWarning, "warning: this node is tainted: its config sets access.breakGlass (kept in " +
+			record.TaintFile + ": the node stays tainted until it is re-imaged)"})
 	}
-	return rc, lines
+	return rc, append(lines, notes...)
 }
 
 // summary says in a few words what a config did:

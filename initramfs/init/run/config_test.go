@@ -210,7 +210,8 @@ func TestConfigureTainted(t *testing.T) {
 	if !rc.Applied || !rc.Tainted || rc.Hostname != "" {
 		t.Fatalf("record: %+v; lines %+v", rc, lines)
 	}
-	if len(lines) != 2 || lines[1].level != klog.LevelWarning || lines[1].msg != "warning: this node is tainted: its config sets access.breakGlass" {
+	if len(lines) != 2 || lines[1].level != klog.LevelWarning ||
+		lines[1].msg != "warning: this node is tainted: its config sets access.breakGlass (kept in /var/lib/slate/tainted: the node stays tainted until it is re-imaged)" {
 		t.Errorf("lines: %+v", lines)
 	}
 	if !strings.HasPrefix(lines[0].msg, "config from fw_cfg (sha256 "+sha(cfg)+") applied: ") || strings.Contains(lines[0].msg, "hostname") || strings.Contains(lines[0].msg, "unit") {
@@ -230,4 +231,98 @@ func contains(list []string, s string) bool {
 	sort.Strings(sorted)
 	i := sort.SearchStrings(sorted, s)
 	return i < len(sorted) && sorted[i] == s
+}
+
+const glassConfig = "apiVersion: slate.dev/v1alpha1\nkind: NodeConfig\naccess:\n  breakGlass: true\n  sshAuthorizedKeys:\n" +
+	"    - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl test\n"
+
+// A breakGlass config taints the node on its state partition (root/var),
+// and a later boot with a clean config finds it tainted still.
+func TestConfigureTaintKept(t *testing.T) {
+	root := testRoot(t)
+	taintPath := filepath.Join(root, record.TaintFile)
+	rc, _ := configure(context.Background(), []configsrc.Source{src{name: "fw_cfg", data: glassConfig}}, root, nil)
+	if !rc.Applied || !rc.Tainted {
+		t.Fatalf("record: %+v", rc)
+	}
+	taint, err := record.ReadTaint(taintPath)
+	if err != nil || taint == nil || taint.ConfigSHA256 != sha(glassConfig) || taint.Source != "fw_cfg" || taint.Boots != 1 || taint.Since.IsZero() {
+		t.Fatalf("taint: %+v %v", taint, err)
+	}
+	got, lines := nodeTaint(root, rc)
+	if got == nil || *got != *taint || len(lines) != 0 { // configure's own line said it
+		t.Errorf("breakGlass boot: %+v %+v", got, lines)
+	}
+
+	// Reboot with a clean config: applied, the node still tainted.
+	rc, _ = configure(context.Background(), []configsrc.Source{src{name: "fw_cfg", data: validConfig}}, root, nil)
+	if !rc.Applied || rc.Tainted {
+		t.Fatalf("clean config: %+v", rc)
+	}
+	got, lines = nodeTaint(root, rc)
+	if got == nil || *got != *taint {
+		t.Errorf("clean boot: taint %+v, want %+v", got, taint)
+	}
+	if len(lines) != 1 || lines[0].level != klog.LevelWarning || !strings.HasPrefix(lines[0].msg, "warning: this node is tainted since ") ||
+		!strings.Contains(lines[0].msg, "by config sha256:"+sha(glassConfig)[:12]+"… from fw_cfg (access.breakGlass): it stays so until it is re-imaged") {
+		t.Errorf("clean boot lines: %+v", lines)
+	}
+	// An invalid config changes nothing of it either.
+	configure(context.Background(), []configsrc.Source{src{name: "fw_cfg", data: "kind: x\n"}}, root, nil)
+	if got, _ := record.ReadTaint(taintPath); got == nil || *got != *taint {
+		t.Errorf("after an invalid config: %+v", got)
+	}
+	// Another breakGlass boot keeps the first taint and counts.
+	configure(context.Background(), []configsrc.Source{src{name: "cmdline", data: glassConfig + "hostname: again\n"}}, root, nil)
+	if got, _ := record.ReadTaint(taintPath); got == nil || got.Since != taint.Since || got.ConfigSHA256 != taint.ConfigSHA256 ||
+		got.Boots != 2 || got.LastConfigSHA256 != sha(glassConfig+"hostname: again\n") {
+		t.Errorf("second breakGlass boot: %+v", got)
+	}
+
+	// A node never tainted: nothing.
+	if got, lines := nodeTaint(testRoot(t), record.Config{Source: "fw_cfg", Applied: true}); got != nil || len(lines) != 0 {
+		t.Errorf("clean node: %+v %+v", got, lines)
+	}
+}
+
+// A breakGlass config whose taint cannot be recorded is not applied.
+func TestConfigureTaintUnrecordable(t *testing.T) {
+	root := testRoot(t)
+	os.WriteFile(filepath.Join(root, "var"), []byte("not a directory"), 0o644) // no state partition to write to
+	before := snapshot(t, root)
+	rc, lines := configure(context.Background(), []configsrc.Source{src{name: "fw_cfg", data: glassConfig}}, root, nil)
+	if rc.Applied || rc.Tainted || rc.Failed != record.ConfigFailedApply || !strings.Contains(rc.Error, "access.breakGlass: recording the taint in /var/lib/slate/tainted") {
+		t.Errorf("record: %+v", rc)
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0].msg, "could not be applied, nothing applied: access.breakGlass: recording the taint") {
+		t.Errorf("lines: %+v", lines)
+	}
+	if !reflect.DeepEqual(before, snapshot(t, root)) {
+		t.Error("the tree changed")
+	}
+	// Unreadable taint record: the node counts as tainted, and says so.
+	root = testRoot(t)
+	os.MkdirAll(filepath.Join(root, record.TaintFile), 0o755) // a directory: unreadable as a file
+	if got, lines := nodeTaint(root, record.Config{}); got != nil || len(lines) != 1 || !strings.Contains(lines[0].msg, "this node is tainted: its taint record is unreadable") {
+		t.Errorf("unreadable: %+v %+v", got, lines)
+	}
+}
+
+// A 4 MiB invalid config gives one short console line that names the field
+// and the problem, and a short error in the record.
+func TestConfigureHugeInvalid(t *testing.T) {
+	huge := "apiVersion: slate.dev/v1alpha1\nkind: NodeConfig\nhostname: " + strings.Repeat("a", 4<<20) + "\n"
+	rc, lines := configure(context.Background(), []configsrc.Source{src{name: "fw_cfg", data: huge}}, testRoot(t), nil)
+	if rc.Applied || rc.Failed != record.ConfigFailedParse || len(rc.Error) > MaxConfigError || rc.Size != len(huge) {
+		t.Errorf("record: failed %q, %d-byte error", rc.Failed, len(rc.Error))
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d lines", len(lines))
+	}
+	l := klog.Prefix + lines[0].msg
+	if len(l) > klog.MaxLine || klog.Cap(lines[0].msg) != lines[0].msg ||
+		!strings.Contains(l, "is invalid, nothing applied: hostname (line 3): \"aaaa") || !strings.Contains(l, "bytes more) is longer than 64 characters") {
+		t.Errorf("console line, %d bytes: %s", len(l), l)
+	}
+	t.Logf("%d bytes: %s", len(l), l)
 }

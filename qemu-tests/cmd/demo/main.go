@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/inspect"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
@@ -25,7 +26,7 @@ func main() {
 	interactive := flag.Bool("interactive", false, "attach the console to this terminal and keep the VM running (quit: Ctrl-a x)")
 	quiet := flag.Bool("quiet", false, "do not copy the console to stdout")
 	art := flag.String("artifact", "", "update artifact (OCI layout) the node upgrades to; empty: no upgrade")
-	pubKey := flag.String("public-key", "", "PEM public key for the node's update.publicKey: the node installs only artifacts it signed (slate sign)")
+	pubKey := flag.String("public-key", "", "PEM public key for the node's update.publicKey, added to the keys the image trusts (slate build --update-key)")
 	flag.Parse()
 	if err := run(*diskPath, *art, *pubKey, *interactive, *quiet); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
@@ -65,10 +66,15 @@ func run(diskPath, art, pubKeyFile string, interactive, quiet bool) error {
 				return err
 			}
 			pubKey = string(b)
-			say("the node's config asks for artifacts signed by the key in %s", pubKeyFile)
+			say("the node's config adds the key in %s to those its image trusts", pubKeyFile)
 		}
 		cfg.FwCfgStrings = map[string]string{"opt/slate/config": nodeConfig(guestRef(ref), version, pubKey)}
-		return upgradeDemo(ctx, cfg, quiet, version, pubKey != "")
+		a, err := artifact.Open("oci:" + art)
+		if err != nil {
+			return err
+		}
+		_, unsigned := a.Signatures()
+		return upgradeDemo(ctx, cfg, quiet, version, unsigned == nil)
 	}
 	if !interactive && !quiet {
 		cfg.Console = os.Stdout

@@ -71,7 +71,7 @@ fi
 `
 
 // nodeConfig is the demo node's config: update from ref, and, if pubKey is
-// not empty, only when the artifact is signed by it.
+// not empty, trust it too, beside the keys the image trusts.
 func nodeConfig(ref, version, pubKey string) string {
 	indentBy := func(n int, s string) string {
 		p := strings.Repeat(" ", n)
@@ -157,7 +157,7 @@ func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string,
 	}{
 		{`slate-init: slot a, image version`, "", 3 * time.Minute},
 		{`slate health: slot a .* is healthy`, "slot A is healthy; slate-upgrade.timer (enabled by the node config) upgrades it from the registry in its config", 4 * time.Minute},
-		{`upgrade: .* is signed by key`, "its signature matches the key in the node config (update.publicKey)", 3 * time.Minute},
+		{`upgrade: .* is signed by key`, "its signature matches a key the node trusts: the one its image was built with (slate build --update-key)", 3 * time.Minute},
 		{`upgrade: writing root of slot b`, "", 3 * time.Minute},
 		{`upgrade: slot b holds`, "slot B written and verified; rebooting into it with 3 tries", 5 * time.Minute},
 		{`slate-init: slot b, image version "` + regexp.QuoteMeta(version) + `"`, "", 4 * time.Minute},

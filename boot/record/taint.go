@@ -1,0 +1,109 @@
+package record
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Taint marks a node that booted with a node config that used
+// access.breakGlass (emergency access: a root password, SSH keys, sudoers,
+// PAM, ...). The init writes it to TaintFile, on the state partition,
+// before such a config's first write, and it stays there until the node is
+// re-imaged: a later boot with a clean config does not clear it. `slate
+// status` shows it.
+type Taint struct {
+	// Since is the first boot with such a config, by the machine's clock;
+	// ConfigSHA256 and Source are that config's.
+	Since        time.Time `json:"since"`
+	ConfigSHA256 string    `json:"config_sha256"`
+	Source       string    `json:"source,omitempty"`
+	// Last and LastConfigSHA256 are the newest such boot's; Boots counts
+	// them.
+	Last             time.Time `json:"last"`
+	LastConfigSHA256 string    `json:"last_config_sha256"`
+	Boots            int       `json:"boots"`
+}
+
+// Where the taint is kept.
+const (
+	// TaintFile is its path on the node; the state partition is /var.
+	TaintFile = "/var/lib/slate/" + TaintFileName
+	// TaintFileName is its name under the agent's /var/lib/slate.
+	TaintFileName = "tainted"
+)
+
+// ReadTaint reads the taint kept at path; nil, nil when there is none.
+func ReadTaint(path string) (*Taint, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var t Taint
+	if err := json.Unmarshal(b, &t); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &t, nil
+}
+
+// MarkTainted records at path (durably: written, fsynced, renamed,
+// directory fsynced) that a config with the digest sha256, from source,
+// used breakGlass at time at. A node already tainted keeps its Since and
+// first config; an unreadable record is replaced, as a node tainted now.
+// It returns the taint as written.
+func MarkTainted(path string, at time.Time, sha256, source string) (*Taint, error) {
+	t, _ := ReadTaint(path)
+	if t == nil {
+		t = &Taint{Since: at, ConfigSHA256: sha256, Source: source}
+	}
+	t.Last, t.LastConfigSHA256 = at, sha256
+	t.Boots++
+	b, err := json.MarshalIndent(t, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	tmp := path + ".tmp"
+	if err := writeSync(tmp, append(b, '\n')); err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return nil, err
+	}
+	if err := syncPath(filepath.Dir(path)); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// String is the taint on one line: "since 2026-01-02 03:04:05Z, by config
+// sha256:0123456789ab… from fw_cfg".
+func (t Taint) String() string {
+	s := "since " + t.Since.UTC().Format("2006-01-02 15:04:05Z") + ", by config sha256:" + shortHash(t.ConfigSHA256)
+	if t.Source != "" {
+		s += " from " + t.Source
+	}
+	if t.Boots > 1 && t.LastConfigSHA256 != "" {
+		s += fmt.Sprintf("; %d boots with breakGlass, the last %s (config sha256:%s)", t.Boots,
+			t.Last.UTC().Format("2006-01-02 15:04:05Z"), shortHash(t.LastConfigSHA256))
+	}
+	return s
+}
+
+func shortHash(h string) string {
+	if len(h) > 12 {
+		return h[:12] + "…"
+	}
+	return h
+}
