@@ -59,10 +59,12 @@ reference-matrix:
 	@mkdir -p $(MATRIX)
 	for v in $(MATRIX_IMAGES); do bash qemu-tests/reference/build.sh -v $$v $(MATRIX)/$$v || exit 1; done
 
-# Every test, the QEMU suite included.
+# Every test, the QEMU suite included. SLATE_REQUIRE_QEMU and SLATE_REQUIRE_TOOLS
+# make a test that lacks QEMU, a tool or root fail instead of skipping
+# (qemu-tests/vm, internal/testtool): make test must not pass by skipping.
 test: deps reference-image reference-matrix
 	$(GO) vet ./...
-	SLATE_REFERENCE=$(abspath $(REFERENCE)) SLATE_MATRIX=$(abspath $(MATRIX)) SLATE_REQUIRE_QEMU=1 $(GO) test -count=1 -timeout 80m ./...
+	SLATE_REFERENCE=$(abspath $(REFERENCE)) SLATE_MATRIX=$(abspath $(MATRIX)) SLATE_REQUIRE_QEMU=1 SLATE_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 80m ./...
 
 # Build timings on the reference image, and the upgrade's root write against a plain copy.
 bench: deps reference-image

@@ -1,7 +1,7 @@
 // Package boot holds what the builder, the init and the agent must agree on:
-// the disk layout (partition names and types), the kernel command line keys
-// that tell the init which slot to boot, and the Boot Loader Specification
-// entries that systemd-boot counts down.
+// the disk layout (partition names and types), the nodes' architecture, the
+// kernel command line that tells the init which slot to boot (SlotCmdline),
+// and the Boot Loader Specification entries that systemd-boot counts down.
 package boot
 
 import "fmt"
@@ -116,4 +116,18 @@ const StateUnformatted = "SLATE-STATE-UNFORMATTED v1\n"
 const (
 	RunDir     = "/run/slate"
 	BootRecord = "/run/slate/boot.json"
+)
+
+// Nodes are x86-64 and nothing else. The builder, the init and the agent
+// name that one platform through these, so that a second one starts here
+// (with TypeRootX8664, FallbackEFI and SystemdBootEFI).
+const (
+	// OS and Arch are the nodes' platform in OCI and GOOS/GOARCH naming: the
+	// image the builder takes, the artifact's config, what the agent accepts,
+	// what the init and the agent are compiled for.
+	OS   = "linux"
+	Arch = "amd64"
+	// ArchName is the architecture as the ELF and UEFI specifications and
+	// Linux tools spell it, for messages.
+	ArchName = "x86-64"
 )

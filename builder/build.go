@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,20 +26,21 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/verity"
-	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/disk"
 	"github.com/slate-os/slate/builder/esp"
 	"github.com/slate-os/slate/builder/flatten"
 	"github.com/slate-os/slate/builder/nodefiles"
 	"github.com/slate-os/slate/builder/rootfs"
-	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/initramfs"
 	"github.com/slate-os/slate/initramfs/initbin"
+	"github.com/slate-os/slate/internal/jsonduration"
 	"github.com/slate-os/slate/internal/progress"
+	"github.com/slate-os/slate/signature"
 )
 
 // Options is one build.
@@ -89,10 +91,27 @@ type Result struct {
 	InitramfsUnresolved []string `json:"initramfsUnresolvedSoftdeps,omitempty"`
 }
 
+// MarshalJSON writes Total as a string ("12.345s", see internal/jsonduration).
+func (r Result) MarshalJSON() ([]byte, error) {
+	type plain Result
+	return json.Marshal(struct {
+		plain
+		Total jsonduration.Duration `json:"total"`
+	}{plain(r), jsonduration.Duration(r.Total)})
+}
+
 // StepTiming is one step's wall time.
 type StepTiming struct {
 	Name    string        `json:"name"`
 	Elapsed time.Duration `json:"elapsed"`
+}
+
+// MarshalJSON writes Elapsed as a string ("1.523s", see internal/jsonduration).
+func (t StepTiming) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		Name    string                `json:"name"`
+		Elapsed jsonduration.Duration `json:"elapsed"`
+	}{t.Name, jsonduration.Duration(t.Elapsed)})
 }
 
 // Build runs a whole build.
@@ -235,8 +254,8 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("source %s: reading its config: %w", s.Source, err)
 	}
-	if cf.Architecture != "" && cf.Architecture != "amd64" {
-		return nil, fmt.Errorf("source %s is for %s; slate builds amd64 nodes", s.Source, cf.Architecture)
+	if cf.Architecture != "" && cf.Architecture != boot.Arch {
+		return nil, fmt.Errorf("source %s is for %s; slate builds %s nodes", s.Source, cf.Architecture, boot.Arch)
 	}
 	created := cf.Created.Time.UTC()
 	if created.IsZero() || created.Before(time.Unix(0, 0)) {
@@ -347,7 +366,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			raw := b.tempBeside(s.Outputs.Disk)
 			release := boot.Release{
 				Slot: boot.SlotA, Version: version, Source: digest.String(), RootHash: rootInfo.RootHash, RootSize: rootInfo.Size,
-				KernelRelease: bootFiles.KernelRelease, Architecture: "amd64", Created: created,
+				KernelRelease: bootFiles.KernelRelease, Architecture: boot.Arch, Created: created,
 			}
 			// What the ESP's systemd-boot is; "" when it has no readable LoaderInfo.
 			release.SystemdBootVersion, _ = boot.SystemdBootFileVersion(bootFiles.SystemdBoot)
@@ -368,7 +387,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if s.Outputs.Artifact != "" {
 		jobs["artifact"] = func() error {
 			cfg := artifact.Config{
-				Version: version, Architecture: "amd64", OS: "linux", Source: digest.String(),
+				Version: version, Architecture: boot.Arch, OS: boot.OS, Source: digest.String(),
 				KernelRelease: bootFiles.KernelRelease, Cmdline: cmdline, Root: rootInfo, Created: created,
 			}
 			// The image's systemd-boot goes along, so that an upgrade can bring
@@ -485,21 +504,9 @@ func (b *build) initramfs(out string, bf *rootfs.Boot) (*initramfs.Info, error) 
 	return info, f.Close()
 }
 
-// SlotCmdline is the kernel command line of a slot's boot entry.
-func SlotCmdline(base string, slot boot.Slot, plan disk.Plan, rootHash, version string) string {
-	root, _ := plan.ByName(slot.PartitionName())
-	state, _ := plan.ByName(boot.PartState)
-	return strings.Join([]string{base,
-		boot.ArgSlot + "=" + string(slot),
-		boot.ArgRoot + "=" + root.GUID,
-		boot.ArgRootHash + "=" + rootHash,
-		boot.ArgState + "=" + state.GUID,
-		boot.ArgVersion + "=" + version,
-	}, " ")
-}
-
-// LoaderConf has no default line: a default would override boot counting.
-const LoaderConf = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
+// loaderConfText is the ESP's loader.conf (boot.LoaderConf). It has no
+// default line: a default would override boot counting.
+const loaderConfText = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
 
 // writeDisk writes a new disk: slot A holds the root (its release on the
 // ESP says what it holds), slot B is empty.
@@ -530,14 +537,15 @@ func writeDisk(path string, plan disk.Plan, seed []byte, created time.Time, cmdl
 
 	entry := boot.Entry{
 		Slot: boot.SlotA, Generation: 1,
-		Title:   fmt.Sprintf("slate %s (slot A)", release.Version),
-		Linux:   boot.SlotA.KernelPath(),
-		Initrd:  boot.SlotA.InitrdPath(),
-		Options: SlotCmdline(cmdline, boot.SlotA, plan, release.RootHash, release.Version),
+		Title:  fmt.Sprintf("slate %s (slot A)", release.Version),
+		Linux:  boot.SlotA.KernelPath(),
+		Initrd: boot.SlotA.InitrdPath(),
+		Options: boot.SlotCmdline(cmdline, boot.SlotArgs{Slot: boot.SlotA, RootPartUUID: slotA.GUID,
+			RootHash: release.RootHash, StatePartUUID: state.GUID, Version: release.Version}),
 	}
 	files := []esp.File{
 		fileFrom(boot.FallbackEFI, bf.SystemdBoot),
-		bytesFile(boot.LoaderConf, []byte(LoaderConf)),
+		bytesFile(boot.LoaderConf, []byte(loaderConfText)),
 		bytesFile(boot.EntriesDir+"/"+entry.FileName(), entry.Marshal()),
 		fileFrom(boot.SlotA.ESPDir()+"/"+boot.KernelName, bf.Kernel),
 		fileFrom(boot.SlotA.ESPDir()+"/"+boot.InitrdName, initrd),

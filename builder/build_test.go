@@ -20,22 +20,19 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/inspect"
 	"github.com/slate-os/slate/builder/nodefiles"
-	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/internal/testimage"
+	"github.com/slate-os/slate/internal/testtool"
+	"github.com/slate-os/slate/signature"
 )
 
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make deps)", tool)
-		}
-	}
+	testtool.Need(t, tools...)
 }
 
 func testSpec(dir string) spec.Spec {
@@ -366,7 +363,7 @@ func TestBuildErrorsLeaveNothing(t *testing.T) {
 		{"image expands past the bound", big, tiny, "the image expands to more than 4MiB, 4 × disk.slotSize (1MiB)"},
 		{"no kernel", noKernel, nil, "no kernel in the image"},
 		{"no systemd-boot", noBoot, nil, "no systemd-boot in the image"},
-		{"unreadable source", nil, func(s *spec.Spec) { s.Source = "oci:/nonexistent/layout" }, "/nonexistent/layout is not an OCI layout"},
+		{"unreadable source", nil, func(s *spec.Spec) { s.Source = "oci:/nonexistent/layout" }, "no such file or directory: /nonexistent/layout"},
 		{"bad spec", noKernel, func(s *spec.Spec) { s.Root.Compression = "brotli" }, "root.compression"},
 		{"missing output dir", noKernel, func(s *spec.Spec) { s.Outputs.Disk = "/nonexistent/dir/disk.raw" }, "directory /nonexistent/dir does not exist"},
 		{"no agent", noKernel, nil, "no agent binary"},

@@ -10,6 +10,7 @@ import (
 
 	"github.com/slate-os/slate/builder/rootfs"
 	"github.com/slate-os/slate/builder/spec"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 func TestStateSize(t *testing.T) {
@@ -64,10 +65,7 @@ func TestStateNeedsFitsExt4(t *testing.T) {
 	if testing.Short() {
 		t.Skip("writes 100 MB")
 	}
-	mkfs, err := exec.LookPath("mkfs.ext4")
-	if err != nil {
-		t.Skip("mkfs.ext4 not installed")
-	}
+	mkfs := testtool.Path(t, "mkfs.ext4")
 	for _, c := range []struct {
 		name         string
 		files, size  int

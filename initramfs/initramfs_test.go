@@ -20,6 +20,7 @@ import (
 	"github.com/ulikunitz/xz"
 
 	"github.com/slate-os/slate/initramfs/layout"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 const kver = "6.1.0-99-test-amd64"
@@ -234,9 +235,7 @@ func wantEntries() []string {
 
 func decompressCLI(t *testing.T, tool string, data []byte) []byte {
 	t.Helper()
-	if _, err := exec.LookPath(tool); err != nil {
-		t.Skipf("%s not installed", tool)
-	}
+	testtool.Need(t, tool)
 	cmd := exec.Command(tool, "-dc")
 	cmd.Stdin = bytes.NewReader(data)
 	var stderr bytes.Buffer
@@ -295,9 +294,7 @@ func TestArchive(t *testing.T) {
 // checkListing runs GNU cpio -itv on the archive.
 func checkListing(t *testing.T, raw []byte) {
 	t.Helper()
-	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("cpio not installed")
-	}
+	testtool.Need(t, "cpio")
 	cmd := exec.Command("cpio", "-itv", "--quiet")
 	cmd.Stdin = bytes.NewReader(raw)
 	out, err := cmd.CombinedOutput()
@@ -408,9 +405,7 @@ func TestReadRefuses(t *testing.T) {
 }
 
 func TestZstdFrame(t *testing.T) {
-	if _, err := exec.LookPath("zstd"); err != nil {
-		t.Skip("zstd not installed")
-	}
+	testtool.Need(t, "zstd")
 	var out bytes.Buffer
 	if _, err := Build(&out, input(t, newFakeTree(t), zstdConfig, wanted...)); err != nil {
 		t.Fatal(err)
@@ -439,9 +434,7 @@ func TestZstdFrame(t *testing.T) {
 }
 
 func TestXZCheck(t *testing.T) {
-	if _, err := exec.LookPath("xz"); err != nil {
-		t.Skip("xz not installed")
-	}
+	testtool.Need(t, "xz")
 	var out bytes.Buffer
 	if _, err := Build(&out, input(t, newFakeTree(t), "CONFIG_RD_XZ=y\n", wanted...)); err != nil {
 		t.Fatal(err)

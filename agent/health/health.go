@@ -13,6 +13,7 @@ package health
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -20,6 +21,8 @@ import (
 	"time"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/slate-os/slate/internal/jsonduration"
 )
 
 // Systemd is the little of systemd's manager API the check needs.
@@ -134,6 +137,15 @@ type Verdict struct {
 	// units not active yet when the check gave up, as "name (active/sub)".
 	Failed  []string `json:"failed,omitempty"`
 	Waiting []string `json:"waiting,omitempty"`
+}
+
+// MarshalJSON writes Waited as a string ("3.2s", see internal/jsonduration).
+func (v Verdict) MarshalJSON() ([]byte, error) {
+	type plain Verdict
+	return json.Marshal(struct {
+		plain
+		Waited jsonduration.Duration `json:"waited"`
+	}{plain(v), jsonduration.Duration(v.Waited)})
 }
 
 // Run looks at systemd every Poll until the boot is good, a unit failed

@@ -163,7 +163,7 @@ func (s *Store) SaveJournal(id string, journal []byte) error {
 	if _, err := os.Stat(filepath.Join(dir, bootFile)); err != nil {
 		return fmt.Errorf("journal of boot %s: no boot record: %w", id, err)
 	}
-	return writeAtomic(filepath.Join(dir, journalFile), capTail(journal, MaxJournal))
+	return fsync.WriteFile(filepath.Join(dir, journalFile), capTail(journal, MaxJournal), 0o644)
 }
 
 // Boot reads a boot's record.
@@ -230,7 +230,7 @@ func (s *Store) writeBoot(b *Boot) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(filepath.Join(dir, bootFile), append(data, '\n'))
+	return fsync.WriteFile(filepath.Join(dir, bootFile), append(data, '\n'), 0o644)
 }
 
 // pruneBoots removes the oldest boot directories beyond MaxBoots, never
@@ -272,38 +272,6 @@ func (s *Store) pruneBoots(keep string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// writeAtomic writes path through a temporary file in the same directory:
-// fsync, rename, fsync the directory.
-func writeAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Chmod(0o644); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	return fsync.Path(dir)
 }
 
 // capTail returns the last max bytes of b, from a line start, after a note

@@ -326,7 +326,7 @@ func moveFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(dst, data); err != nil {
+	if err := fsync.WriteFile(dst, data, 0o644); err != nil {
 		return err
 	}
 	return os.Remove(src)

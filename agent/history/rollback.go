@@ -213,7 +213,7 @@ func (s *Store) record(name string, from *slots.Info, gen int, to *slots.Info, r
 		errs = append(errs, err)
 	}
 	if len(console) > 0 {
-		if err := writeAtomic(filepath.Join(stage, consoleFile), console); err != nil {
+		if err := fsync.WriteFile(filepath.Join(stage, consoleFile), console, 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -257,7 +257,7 @@ func (s *Store) record(name string, from *slots.Info, gen int, to *slots.Info, r
 		}
 	}
 	if journal.Len() > 0 {
-		if err := writeAtomic(filepath.Join(stage, journalFile), journal.Bytes()); err != nil {
+		if err := fsync.WriteFile(filepath.Join(stage, journalFile), journal.Bytes(), 0o644); err != nil {
 			return nil, err
 		}
 	}
@@ -271,7 +271,7 @@ func (s *Store) record(name string, from *slots.Info, gen int, to *slots.Info, r
 	if err != nil {
 		return nil, err
 	}
-	if err := writeAtomic(filepath.Join(stage, rollbackFile), append(data, '\n')); err != nil {
+	if err := fsync.WriteFile(filepath.Join(stage, rollbackFile), append(data, '\n'), 0o644); err != nil {
 		return nil, err
 	}
 	if err := fsync.Path(filepath.Join(stage, pstoreDir)); err != nil {

@@ -1,31 +1,78 @@
 package node
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/record"
-	"github.com/slate-os/slate/builder/disk"
 )
+
+// testPart is one partition of the fake node's disk.
+type testPart struct {
+	Number      int
+	Name, GUID  string
+	Start, Size int64
+}
+
+type testPlan struct{ Partitions []testPart }
+
+func (p testPlan) Part(n int) testPart { return p.Partitions[n-1] }
+
+// newPlan is slate's layout (ESP, root a, root b, state), written with
+// go-diskfs: the agent must not import the builder's disk package.
+func newPlan() testPlan {
+	var p testPlan
+	off := int64(1 << 20)
+	for i, pt := range []struct {
+		name string
+		size int64
+	}{{boot.PartESP, 64 << 20}, {boot.SlotA.PartitionName(), 128 << 20}, {boot.SlotB.PartitionName(), 128 << 20}, {boot.PartState, 64 << 20}} {
+		p.Partitions = append(p.Partitions, testPart{Number: i + 1, Name: pt.name,
+			GUID: fmt.Sprintf("%08x-1111-4222-8333-444444444444", i+1), Start: off, Size: pt.size})
+		off += pt.size
+	}
+	return p
+}
+
+func createDisk(t *testing.T, path string, p testPlan) {
+	t.Helper()
+	last := p.Partitions[len(p.Partitions)-1]
+	d, err := diskfs.Create(path, last.Start+last.Size+1<<20, diskfs.SectorSizeDefault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	types := map[int]string{boot.NumESP: boot.TypeESP, boot.NumRootA: boot.TypeRootX8664, boot.NumRootB: boot.TypeRootX8664, boot.NumState: boot.TypeVar}
+	tbl := &gpt.Table{LogicalSectorSize: 512, PhysicalSectorSize: 512, ProtectiveMBR: true}
+	for _, pt := range p.Partitions {
+		tbl.Partitions = append(tbl.Partitions, &gpt.Partition{Index: pt.Number, Start: uint64(pt.Start / 512),
+			End: uint64((pt.Start+pt.Size)/512 - 1), Size: uint64(pt.Size), Type: gpt.Type(types[pt.Number]), Name: pt.Name, GUID: pt.GUID})
+	}
+	if err := d.Partition(tbl); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // fakeNode lays out a sysfs, a /dev with the disk as a sparse file and a
 // boot record, as a booted node has them.
-func fakeNode(t *testing.T, slot string, partuuid func(disk.Plan) string) (Paths, disk.Plan) {
+func fakeNode(t *testing.T, slot string, partuuid func(testPlan) string) (Paths, testPlan) {
 	t.Helper()
 	root := t.TempDir()
 	p := Paths{Record: filepath.Join(root, "run/boot.json"), Sys: filepath.Join(root, "sys"), Dev: filepath.Join(root, "dev"), EFIVars: filepath.Join(root, "efivars")}
-	plan := disk.NewPlan(disk.Layout{ESPSize: 64 << 20, SlotSize: 128 << 20, StateSize: 64 << 20}, []byte("seed"))
+	plan := newPlan()
 	for _, d := range []string{p.Dev, p.EFIVars, filepath.Join(p.Sys, "class/block"), filepath.Join(p.Sys, "devices/virtio/block/vda/queue")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := disk.Create(filepath.Join(p.Dev, "vda"), plan); err != nil {
-		t.Fatal(err)
-	}
+	createDisk(t, filepath.Join(p.Dev, "vda"), plan)
 	diskSys := filepath.Join(p.Sys, "devices/virtio/block/vda")
 	os.WriteFile(filepath.Join(diskSys, "queue/logical_block_size"), []byte("512\n"), 0o644)
 	os.Symlink(diskSys, filepath.Join(p.Sys, "class/block/vda"))
@@ -45,7 +92,7 @@ func fakeNode(t *testing.T, slot string, partuuid func(disk.Plan) string) (Paths
 	return p, plan
 }
 
-func slotA(plan disk.Plan) string { return strings.ToUpper(plan.Part(boot.NumRootA).GUID) }
+func slotA(plan testPlan) string { return strings.ToUpper(plan.Part(boot.NumRootA).GUID) }
 
 func TestDiscover(t *testing.T) {
 	p, plan := fakeNode(t, "a", slotA)
@@ -67,7 +114,7 @@ func TestDiscover(t *testing.T) {
 }
 
 func TestDiscoverRefuses(t *testing.T) {
-	p, _ := fakeNode(t, "a", func(plan disk.Plan) string { return plan.Part(boot.NumRootB).GUID })
+	p, _ := fakeNode(t, "a", func(plan testPlan) string { return plan.Part(boot.NumRootB).GUID })
 	if _, err := Discover(p); err == nil || !strings.Contains(err.Error(), "slot a is PARTUUID") {
 		t.Errorf("record naming slot b's partition: %v", err)
 	}

@@ -133,7 +133,7 @@ func (e *ESP) entries() (map[boot.Slot][]entryFile, error) {
 }
 
 // Read reports both slots; a slot without an entry is Empty. When a slot has
-// two entries (which must never happen, see DESIGN.md), the one with the
+// two entries (which must never happen, see ARCHITECTURE.md), the one with the
 // highest generation is reported, with a problem naming both.
 func (e *ESP) Read() (map[boot.Slot]*Info, error) {
 	all, err := e.entries()
@@ -357,44 +357,15 @@ func (e *ESP) mkdirAll(dir string) error {
 	return fsync.Path(filepath.Dir(dir))
 }
 
-// writeAtomic writes name in dir through a temporary file: write, fsync,
-// rename, fsync dir. Stale temporary files in dir are removed first.
+// writeAtomic writes name in dir through a temporary file (fsync.WriteFrom:
+// write, fsync, rename, fsync dir). Stale temporary files in dir are
+// removed first.
 func writeAtomic(dir, name string, r io.Reader) (n int64, err error) {
 	if err := removeTemps(dir); err != nil {
 		return 0, err
 	}
-	tmp := filepath.Join(dir, tmpPrefix+name+tmpSuffix)
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	// 1 MiB: kernels and initramfs images are tens of MB; small writes
-	// cost a FAT update each.
-	n, err = io.CopyBuffer(onlyWriter{f}, r, make([]byte, 1<<20))
-	if err != nil {
-		return n, err
-	}
-	if err = f.Sync(); err != nil {
-		return n, err
-	}
-	if err = f.Close(); err != nil {
-		return n, err
-	}
-	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return n, err
-	}
-	return n, fsync.Path(dir)
+	return fsync.WriteFrom(filepath.Join(dir, name), filepath.Join(dir, tmpPrefix+name+tmpSuffix), r, 0o644)
 }
-
-// onlyWriter hides *os.File's ReadFrom, so CopyBuffer uses the buffer
-// instead of copy_file_range/sendfile paths that ignore it.
-type onlyWriter struct{ io.Writer }
 
 func isTemp(name string) bool {
 	return strings.HasPrefix(name, tmpPrefix) && strings.HasSuffix(name, tmpSuffix)

@@ -4,12 +4,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/slate-os/slate/builder/artifact"
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/artifact"
+	"github.com/slate-os/slate/signature"
 )
 
 // The upgrade's signature check takes cosign v3's Sigstore bundles as it
-// takes .sig signatures (builder/signature has the format's own tests).
+// takes .sig signatures (signature has the format's own tests).
 func TestPolicyBundle(t *testing.T) {
 	key, other := newKey(t), newKey(t)
 	b := makeArtifact(t, art{version: "2.4", unsigned: true})

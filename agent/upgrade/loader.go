@@ -28,8 +28,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/builder/artifact"
 )
 
 // loaderPlan is what an upgrade does with the artifact's systemd-boot:

@@ -11,10 +11,10 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/nodeconfig"
-	"github.com/slate-os/slate/builder/artifact"
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/signature"
 )
 
 // Where trust comes from.

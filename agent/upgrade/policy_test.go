@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/nodeconfig"
-	"github.com/slate-os/slate/builder/artifact"
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/signature"
 )
 
 func newKey(t testing.TB) crypto.Signer {

@@ -27,10 +27,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 
 	"github.com/slate-os/slate/agent/slots"
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/verity"
-	"github.com/slate-os/slate/builder/artifact"
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/signature"
 )
 
 // art describes a test artifact.

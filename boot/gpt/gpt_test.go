@@ -12,17 +12,14 @@ import (
 	"testing"
 
 	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 const stateUUID = "11111111-2222-3333-4444-555555555555"
 
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install gdisk fdisk)", tool)
-		}
-	}
+	testtool.Need(t, tools...)
 }
 
 func run(t *testing.T, name string, args ...string) string {

@@ -511,7 +511,7 @@ func (u *Update) check() error {
 // PKIX encodings of the two key types slate verifies differ only after a
 // fixed prefix (the algorithm and, for ECDSA, the curve and an uncompressed
 // point), so the init checks keys without an ASN.1 or x509 parser; the
-// agent parses them fully (builder/signature). TestCheckPublicKey pins
+// agent parses them fully (signature). TestCheckPublicKey pins
 // these bytes against crypto/x509.
 var (
 	pkixP256Prefix    = []byte{0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04}

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // InitFailure is a fatal error of the init, kept across reboots: first in
@@ -140,47 +142,20 @@ func WriteInitFailure(dir string, f InitFailure, keep int) (string, error) {
 		return "", err
 	}
 	p := filepath.Join(dir, initFailureName(next))
-	tmp := p + ".tmp"
-	if err := writeSync(tmp, append(b, '\n')); err != nil {
-		return "", err
-	}
-	if err := os.Rename(tmp, p); err != nil {
+	if err := fsync.WriteFile(p, append(b, '\n'), 0o644); err != nil {
 		return "", err
 	}
 	seqs = append(seqs, next)
+	pruned := false
 	for len(seqs) > keep && keep > 0 {
 		os.Remove(filepath.Join(dir, initFailureName(seqs[0])))
 		seqs = seqs[1:]
+		pruned = true
 	}
-	if err := syncPath(dir); err != nil {
-		return "", err
+	if pruned {
+		if err := fsync.Path(dir); err != nil {
+			return "", err
+		}
 	}
 	return p, nil
-}
-
-func writeSync(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if serr := f.Sync(); err == nil {
-		err = serr
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func syncPath(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -1,8 +1,8 @@
 // Package record defines the boot record: what the init did on this boot,
 // written as JSON to boot.BootRecord (/run/slate/boot.json) just before it
 // switches root. The agent (slate status, slate health) and the QEMU tests
-// read it. It imports only the standard library and internal/clip (which
-// imports nothing else), so anything can link it.
+// read it. It imports only the standard library, internal/clip and
+// internal/fsync (which import nothing else), so anything can link it.
 //
 // The node's taint (a config used access.breakGlass) is kept on the state
 // partition, not in the record: see Taint.
@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/internal/clip"
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // FormatVersion is the record's schema version; readers should refuse a
@@ -202,7 +203,7 @@ func (r *Record) Marshal() ([]byte, error) {
 	return append(b, '\n'), nil
 }
 
-// Write writes the record to path atomically (temporary file, then rename).
+// Write writes the record to path atomically and durably (internal/fsync).
 func (r *Record) Write(path string) error {
 	b, err := r.Marshal()
 	if err != nil {
@@ -211,11 +212,7 @@ func (r *Record) Write(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return fsync.WriteFile(path, b, 0o644)
 }
 
 // Parse decodes a record. Fields it does not know are ignored (a newer init

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // Taint marks a node that booted with a node config that used
@@ -72,16 +74,7 @@ func MarkTainted(path string, at time.Time, sha256, source string) (*Taint, erro
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	tmp := path + ".tmp"
-	if err := writeSync(tmp, append(b, '\n')); err != nil {
-		os.Remove(tmp)
-		return nil, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return nil, err
-	}
-	if err := syncPath(filepath.Dir(path)); err != nil {
+	if err := fsync.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return nil, err
 	}
 	return t, nil

@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 // pseudoRandom returns n reproducible pseudo-random bytes.
@@ -114,11 +116,7 @@ func cases() []vsCase {
 
 func needVeritysetup(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("veritysetup")
-	if err != nil {
-		t.Skip("veritysetup (Debian package cryptsetup-bin) is not installed; cannot check against the reference tool")
-	}
-	return p
+	return testtool.Path(t, "veritysetup") // the reference tool
 }
 
 func run(t *testing.T, name string, args ...string) (string, error) {

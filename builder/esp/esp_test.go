@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 const (
@@ -89,9 +91,7 @@ func writeESP(t *testing.T, offset int64, files []File, opt Options) string {
 
 func needTool(t *testing.T, name, pkg string) {
 	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Fatalf("%s not found: install %s (apt-get install -y %s)", name, pkg, pkg)
-	}
+	testtool.Need(t, name) // pkg: testtool names it
 }
 
 // fsckClean runs `fsck.fat -n` and fails unless it exits 0 and says nothing

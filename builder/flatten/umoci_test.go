@@ -15,6 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 // umoci (Debian package umoci, installed by make deps for make test) is another
@@ -25,16 +27,8 @@ import (
 
 func needUmoci(t *testing.T) {
 	t.Helper()
-	skip := t.Skip
-	if os.Getenv("SLATE_REQUIRE_QEMU") != "" { // make test and CI: never pass by skipping
-		skip = t.Fatal
-	}
-	if _, err := exec.LookPath("umoci"); err != nil {
-		skip("umoci not installed (apt-get install umoci, or make deps): the oracle tests need it")
-	}
-	if os.Geteuid() != 0 {
-		skip("umoci unpacks devices and owners as root only")
-	}
+	testtool.Need(t, "umoci") // the oracle tests need it
+	testtool.Root(t, "umoci unpacks devices and owners as root only")
 }
 
 // umociRoot unpacks img with umoci; the root in canonical form.

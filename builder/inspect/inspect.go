@@ -17,12 +17,13 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/builder/artifact"
 	"github.com/slate-os/slate/builder/disk"
 	"github.com/slate-os/slate/builder/esp"
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/initramfs"
+	"github.com/slate-os/slate/signature"
 )
 
 // Report describes a disk or an artifact.
@@ -89,6 +90,8 @@ func Path(p string) (*Report, error) {
 	ref := p
 	if err == nil && fi.IsDir() {
 		ref = "oci:" + p
+	} else if err := source.CheckLocal(p); err != nil {
+		return nil, err // a typo, not an image on Docker Hub
 	}
 	a, err := artifact.Open(ref)
 	if err != nil {

@@ -171,6 +171,18 @@ func Layer(agentBinary string, modTime time.Time, im Image) (v1.Layer, error) {
 	return &layer{data: data, digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}}, nil
 }
 
+// UnitsLayer is Layer without the agent binary, dated the Unix epoch: the
+// units and the directories a node config can refer to, for checking a
+// config against an image offline (slate config check --image).
+func UnitsLayer() v1.Layer {
+	data, err := tarball(nil, Image{}, time.Unix(0, 0).UTC())
+	if err != nil {
+		panic(err) // constant input
+	}
+	sum := sha256.Sum256(data)
+	return &layer{data: data, digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}}
+}
+
 type entry struct {
 	typ  byte
 	mode int64
@@ -181,13 +193,15 @@ type entry struct {
 func tarball(agent []byte, im Image, mtime time.Time) ([]byte, error) {
 	files := map[string]entry{
 		ImageInfo:       {typ: tar.TypeReg, mode: 0o644, body: im.Info.Marshal()},
-		AgentPath:       {typ: tar.TypeReg, mode: 0o755, body: agent},
 		HealthUnit:      {typ: tar.TypeReg, mode: 0o644, body: []byte(HealthService)},
 		HealthRequires:  {typ: tar.TypeSymlink, mode: 0o777, link: HealthLink},
 		HealthWants:     {typ: tar.TypeSymlink, mode: 0o777, link: HealthLink},
 		BlessBootDropIn: {typ: tar.TypeReg, mode: 0o644, body: []byte(BlessBootConf)},
 		UpgradeUnit:     {typ: tar.TypeReg, mode: 0o644, body: []byte(UpgradeService)},
 		UpgradeTimer:    {typ: tar.TypeReg, mode: 0o644, body: []byte(UpgradeTimerUnit)},
+	}
+	if agent != nil {
+		files[AgentPath] = entry{typ: tar.TypeReg, mode: 0o755, body: agent}
 	}
 	for i, k := range im.UpdateKeys {
 		files[UpdateKeyPath(i)] = entry{typ: tar.TypeReg, mode: 0o644, body: k}
@@ -260,7 +274,7 @@ func CheckAgent(p string) error {
 	}
 	defer f.Close()
 	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
-		return fmt.Errorf("agent binary %s is for %s (%s), not x86-64: nodes are amd64; build slate with GOARCH=amd64 CGO_ENABLED=0", p, f.Machine, f.Class)
+		return fmt.Errorf("agent binary %s is for %s (%s), not %s: nodes are %s; build slate with GOARCH=%s CGO_ENABLED=0", p, f.Machine, f.Class, boot.ArchName, boot.Arch, boot.Arch)
 	}
 	switch f.Type {
 	case elf.ET_EXEC:

@@ -12,15 +12,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/slate-os/slate/internal/testimage"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 func need(t *testing.T, tools ...string) {
 	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (make deps)", tool)
-		}
-	}
+	testtool.Need(t, tools...)
 }
 
 func build(t *testing.T, o testimage.Options, out string) (*Boot, error) {

@@ -3,11 +3,14 @@
 // docker-save tarball (docker-archive:FILE, or a path to a .tar file).
 // From an index it picks linux/amd64, checking a layout's manifest against
 // the digest its index gives (builder/flatten checks the rest as it reads).
+// A path that does not exist is reported as such, never looked up in a
+// registry (LocalPath).
 package source
 
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,10 +21,12 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/slate-os/slate/boot"
 )
 
 // Platform is the only one slate builds for today.
-var Platform = v1.Platform{OS: "linux", Architecture: "amd64"}
+var Platform = v1.Platform{OS: boot.OS, Architecture: boot.Arch}
 
 // Options tune how a reference is opened.
 type Options struct {
@@ -34,10 +39,74 @@ type Options struct {
 // Open resolves ref to an image.
 func Open(ref string, opt Options) (v1.Image, error) {
 	img, err := open(ref, opt)
+	var nf *NotFoundError
+	if errors.As(err, &nf) {
+		return nil, fmt.Errorf("source: %w", err) // the error names the path
+	}
 	if err != nil {
 		return nil, fmt.Errorf("source %s: %w", ref, err)
 	}
 	return img, nil
+}
+
+// NotFoundError is a local path that does not exist: a typo, never a
+// registry lookup.
+type NotFoundError struct {
+	Path string
+	// Ref is set when Path could have been meant as a Docker Hub image.
+	Ref bool
+}
+
+func (e *NotFoundError) Error() string {
+	msg := "no such file or directory: " + e.Path
+	if e.Ref {
+		msg += " (an image on Docker Hub needs its tag or registry: " + e.Path + ":latest, docker.io/" + e.Path + ")"
+	}
+	return msg
+}
+
+// Is makes errors.Is(err, fs.ErrNotExist) hold.
+func (e *NotFoundError) Is(target error) bool { return target == fs.ErrNotExist }
+
+// LocalPath says whether ref names a file or directory here rather than an
+// image in a registry, so that a typo is reported as a missing file and
+// not looked up on Docker Hub. It does when ref exists, starts with /, ./,
+// ../ or ~, or has no registry-like form: a name without a slash and
+// without a tag or digest ("node.raw"), a path whose first element is not a
+// registry host (a host has a dot or a port, or is localhost) and that has
+// no tag or digest ("build/node.oci"), or anything that does not parse as a
+// reference. Docker Hub's images are still reached with a tag
+// ("debian:bookworm", "org/node:1.4") or in full ("docker.io/library/debian").
+func LocalPath(ref string) bool {
+	if _, err := os.Lstat(ref); err == nil {
+		return true
+	}
+	for _, p := range []string{"/", "./", "../", "~"} {
+		if strings.HasPrefix(ref, p) {
+			return true
+		}
+	}
+	if ref == "." || ref == ".." {
+		return true
+	}
+	if _, err := name.ParseReference(ref); err != nil {
+		return true
+	}
+	last := ref[strings.LastIndex(ref, "/")+1:]
+	tagged := strings.Contains(last, ":") || strings.Contains(ref, "@")
+	first, _, nested := strings.Cut(ref, "/")
+	host := nested && (strings.ContainsAny(first, ".:") || first == "localhost")
+	return !host && !tagged
+}
+
+// CheckLocal returns a *NotFoundError for a ref that LocalPath takes for a
+// path and that does not exist, nil otherwise.
+func CheckLocal(ref string) error {
+	if _, err := os.Lstat(ref); err == nil || !LocalPath(ref) {
+		return nil
+	}
+	_, err := name.ParseReference(ref)
+	return &NotFoundError{Path: ref, Ref: err == nil && !strings.HasPrefix(ref, ".") && !strings.HasPrefix(ref, "/") && !strings.HasPrefix(ref, "~")}
 }
 
 func open(ref string, opt Options) (v1.Image, error) {
@@ -57,6 +126,9 @@ func open(ref string, opt Options) (v1.Image, error) {
 			return fromLayout(ref, "")
 		}
 		return fromTarball(ref)
+	}
+	if err := CheckLocal(ref); err != nil {
+		return nil, err
 	}
 	var nopts []name.Option
 	if opt.Insecure {
@@ -105,6 +177,9 @@ type Archive struct{ v1.Image }
 func (Archive) DiffIDsOnly() bool { return true }
 
 func fromLayout(dir, sel string) (v1.Image, error) {
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil, &NotFoundError{Path: dir}
+	}
 	if _, err := os.Stat(filepath.Join(dir, "index.json")); err != nil {
 		return nil, fmt.Errorf("%s is not an OCI layout (no index.json)", dir)
 	}

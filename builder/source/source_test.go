@@ -1,10 +1,13 @@
 package source
 
 import (
+	"errors"
 	"io"
+	"io/fs"
 	"log"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,7 +84,7 @@ func TestLayoutSelection(t *testing.T) {
 		"oci:" + dir + ":nope":        `has no image "nope"`,
 		"oci:" + t.TempDir():          "is not an OCI layout",
 		"docker-archive:/nonexistent": "reading docker-save tarball",
-		"not a ref!":                  "not a file, an oci: layout or a registry reference",
+		"not a ref!":                  "no such file or directory: not a ref!",
 	} {
 		if _, err := Open(ref, Options{}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Open(%q) = %v, want an error containing %q", ref, err, want)
@@ -138,5 +141,38 @@ func TestSplitLayoutRef(t *testing.T) {
 		if d != want[0] || s != want[1] {
 			t.Errorf("SplitLayoutRef(%q) = %q, %q; want %q, %q", in, d, s, want[0], want[1])
 		}
+	}
+}
+
+// A path that does not exist is a typo to report, never a registry lookup.
+func TestLocalPath(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("here.tar", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for ref, local := range map[string]bool{
+		"/nonexistent": true, "./x": true, "../x": true, "~/node.oci": true, ".": true,
+		"node.raw": true, "build/node.oci": true, "here.tar": true, "Not/A/Ref!": true,
+		"debian:bookworm": false, "org/node:1.4": false, "registry.example/org/node": false,
+		"localhost/node": false, "10.0.2.2:5000/slate/node": false, "docker.io/library/debian": false,
+		"org/node@sha256:" + strings.Repeat("ab", 32): false,
+	} {
+		if got := LocalPath(ref); got != local {
+			t.Errorf("LocalPath(%q) = %v, want %v", ref, got, local)
+		}
+	}
+	for ref, want := range map[string]string{
+		"/nonexistent": "source: no such file or directory: /nonexistent",
+		"node.raw":     "source: no such file or directory: node.raw (an image on Docker Hub needs its tag or registry: node.raw:latest, docker.io/node.raw)",
+		"oci:/nope":    "source: no such file or directory: /nope",
+	} {
+		_, err := Open(ref, Options{})
+		if err == nil || err.Error() != want || !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("Open(%q): %v, want %q", ref, err, want)
+		}
+	}
+	if err := CheckLocal("here.tar"); err != nil {
+		t.Errorf("CheckLocal of an existing file: %v", err)
 	}
 }

@@ -13,8 +13,8 @@ import (
 	"strings"
 
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/strictyaml"
+	"github.com/slate-os/slate/signature"
 )
 
 const (

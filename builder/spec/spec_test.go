@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/signature"
 )
 
 const good = `

@@ -17,24 +17,22 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/slate-os/slate/agent/assess"
 	"github.com/slate-os/slate/agent/health"
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/node"
 	"github.com/slate-os/slate/agent/slots"
 	"github.com/slate-os/slate/agent/status"
 	"github.com/slate-os/slate/agent/upgrade"
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/nodeconfig"
-	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/internal/progress"
 )
 
 // StateDir is the agent's directory on the state partition.
 const StateDir = "/var/lib/slate"
-
-// blessBoot is systemd's own blesser; where the image lacks it, the agent
-// renames the entry itself.
-const blessBoot = "/usr/lib/systemd/systemd-bless-boot"
 
 // agentNode finds the node and mounts its ESP.
 func agentNode() (*node.Node, *slots.ESP, error) {
@@ -176,11 +174,16 @@ without this check), and one whose command line carries slate.* arguments
 			if ref == "" {
 				return errors.New("no artifact: give REF or oci:DIR, or set update.source in the node config")
 			}
+			if fi, err := os.Stat(ref); err == nil && fi.IsDir() {
+				ref = artifact.LayoutPrefix + ref // a layout, as inspect and sign take it
+			} else if err := source.CheckLocal(ref); err != nil {
+				return err // a typo, not an image on Docker Hub
+			}
 			pol, info, err := updatePolicy(cfg)
 			if err != nil {
 				return err
 			}
-			opts := []artifact.Option{artifact.WithContext(cmd.Context()), artifact.WithKeychain(authn.DefaultKeychain), artifact.WithPlatform("linux", "amd64")}
+			opts := []artifact.Option{artifact.WithContext(cmd.Context()), artifact.WithKeychain(authn.DefaultKeychain), artifact.WithPlatform(boot.OS, boot.Arch)}
 			if cfg.Update.Insecure && sameRegistry(ref, cfg.Update.Source) {
 				opts = append(opts, artifact.Insecure())
 			}
@@ -310,129 +313,33 @@ systemd-bless-boot marks a good boot after boot-complete.target.`,
 	}
 }
 
-// maxHealthTimeout stays under slate-health.service's TimeoutStartSec
-// (20min), so the agent, not systemd's kill, decides.
-const maxHealthTimeout = 15 * time.Minute
-
-// runHealth assesses the boot. An error on a boot on trial exits non-zero,
-// and the unit's FailureAction reboots: a try is spent. On a boot that is
-// not on trial an error is reported and nothing else: a good slot must not
-// reboot in a loop because the agent cannot do its work.
+// runHealth assesses the boot (agent/assess) on the real node.
 func runHealth(ctx context.Context) error {
-	counted, err := assess(ctx)
-	if err != nil && !counted {
-		fmt.Printf("slate health: %v\nslate health: this boot is not on trial: not rebooting\n", err)
-		return nil
-	}
-	return err
-}
-
-func assess(ctx context.Context) (counted bool, err error) {
-	// Read first, so even a failure to find the node knows whether it may reboot.
-	counted, _ = node.System.BootCounted()
-	n, esp, err := agentNode()
-	if err != nil {
-		return counted, err
-	}
-	cfg, err := nodeConfig()
-	if err != nil {
-		return counted, err
-	}
-	info, err := esp.Read()
-	if err != nil {
-		return counted, err
-	}
-	run := info[n.Running]
-	if !counted && run.Counting {
-		// The loader booted a counted entry without counting it: slate
-		// checks rather than trusts (see DESIGN.md, boot counting).
-		if run.TriesLeft > 0 {
-			e, err := esp.Count(n.Running)
+	return assess.Run(ctx, assess.System{
+		BootCounted: node.System.BootCounted,
+		Node: func() (*assess.Node, error) {
+			n, esp, err := agentNode()
 			if err != nil {
-				return counted, err
+				return nil, err
 			}
-			fmt.Printf("slate health: the boot loader did not count this boot of slot %s; slate counted it (%s)\n", n.Running, e.FileName())
-			if info, err = esp.Read(); err != nil {
-				return counted, err
+			cfg, err := nodeConfig()
+			if err != nil {
+				return nil, err
 			}
-			run, counted = info[n.Running], true
-		} else if other := info[n.Running.Other()]; other.State == slots.Good {
-			fmt.Printf("slate health: the boot loader booted slot %s with no tries left; slot %s boots next\n", n.Running, other.Slot)
-			if _, err := esp.Promote(other.Slot); err != nil {
-				return counted, err
+			return &assess.Node{Running: n.Running, Version: n.Record.Version, ESP: esp, Health: cfg.Health}, nil
+		},
+		BootID: node.BootID,
+		Connect: func(ctx context.Context) (assess.Systemd, error) {
+			sd, err := health.Connect(ctx)
+			if err != nil {
+				return nil, err
 			}
-			return counted, reboot(ctx)
-		}
-	}
-	id, err := node.BootID()
-	if err != nil {
-		return counted, err
-	}
-	store := &history.Store{Dir: StateDir}
-	b := history.Boot{
-		ID: id, Slot: n.Running, Version: n.Record.Version, Generation: run.Generation,
-		Entry: run.EntryFile, Counting: counted, TriesLeft: run.TriesLeft, Started: time.Now().UTC(),
-	}
-	if err := store.BeginBoot(b); err != nil {
-		fmt.Fprintln(os.Stderr, "slate health: recording the boot:", err)
-	}
-	if rbs, err := store.NoteRollbacks(info, n.Running, history.DefaultSources()); err != nil {
-		fmt.Fprintln(os.Stderr, "slate health: recording rollbacks:", err)
-	} else {
-		for _, rb := range rbs {
-			fmt.Printf("slate health: slot %s (%s) rolled back to slot %s: %s; logs kept in %s\n",
-				rb.FromSlot, rb.FromVersion, rb.ToSlot, rb.Cause, store.RollbackDir(rb))
-		}
-	}
-	sd, err := health.Connect(ctx)
-	if err != nil {
-		return counted, err
-	}
-	defer sd.Close()
-	timeout := time.Duration(cfg.Health.Timeout)
-	if timeout == 0 {
-		timeout = health.DefaultTimeout
-	}
-	if timeout > maxHealthTimeout {
-		fmt.Printf("slate health: health.timeout %s is longer than %s: waiting %s\n", timeout, maxHealthTimeout, maxHealthTimeout)
-		timeout = maxHealthTimeout
-	}
-	v := health.Check{RequiredUnits: cfg.Health.RequiredUnits, Target: "multi-user.target", Timeout: timeout, Poll: time.Second}.Run(ctx, sd)
-	if v.Good {
-		if err := store.FinishBoot(id, history.ResultGood, ""); err != nil {
-			fmt.Fprintln(os.Stderr, "slate health: recording the result:", err)
-		}
-		fmt.Printf("slate health: slot %s (%s) is healthy after %s\n", n.Running, n.Record.Version, v.Waited.Round(time.Second/10))
-		if counted {
-			if _, err := os.Stat(blessBoot); err != nil {
-				if err := esp.Bless(n.Running); err != nil {
-					return counted, fmt.Errorf("marking slot %s good: %w", n.Running, err)
-				}
-				fmt.Printf("slate health: slot %s marked good (no systemd-bless-boot in this image)\n", n.Running)
-			}
-		}
-		return counted, nil
-	}
-	fmt.Printf("slate health: slot %s (%s) is NOT healthy: %s\n", n.Running, n.Record.Version, v.Reason)
-	if err := store.FinishBoot(id, history.ResultBad, v.Reason); err != nil {
-		fmt.Fprintln(os.Stderr, "slate health: recording the result:", err)
-	}
-	if j, err := (history.Journalctl{}).BootLog(ctx, id); err == nil {
-		if err := store.SaveJournal(id, j); err != nil {
-			fmt.Fprintln(os.Stderr, "slate health: keeping the journal:", err)
-		}
-	}
-	if !counted {
-		// A blessed slot has nothing to fall back to by counting; a reboot
-		// would only loop. Report and stay up.
-		fmt.Println("slate health: this boot is not on trial (slot already good): not rebooting")
-		return counted, nil
-	}
-	fmt.Println("slate health: rebooting; this spends one of the slot's tries")
-	if err := sd.Reboot(ctx); err != nil {
-		return counted, err
-	}
-	return counted, errors.New("unhealthy boot")
+			return sd, nil
+		},
+		Store:   &history.Store{Dir: StateDir},
+		Sources: history.DefaultSources(),
+		Journal: history.Journalctl{},
+	})
 }
 
 func espCmd() *cobra.Command {

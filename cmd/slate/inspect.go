@@ -1,14 +1,19 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
-	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/builder/inspect"
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/builder/source"
+	"github.com/slate-os/slate/internal/progress"
+	"github.com/slate-os/slate/signature"
 )
 
 func inspectCmd() *cobra.Command {
@@ -91,11 +96,24 @@ func pushCmd() *cobra.Command {
 Credentials come from the Docker config (docker login), as with other OCI tools.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var opts []artifact.Option
+			pr := progress.New(os.Stderr)
+			started := false
+			opts := []artifact.Option{artifact.WithContext(cmd.Context()), artifact.WithProgress(func(done, total int64) {
+				if !started {
+					pr.Sized("push", total)
+					started = true
+				}
+				pr.Bytes(done)
+			})}
 			if insecure {
 				opts = append(opts, artifact.Insecure())
 			}
-			p, err := artifact.Push(args[0], args[1], opts...)
+			dir := strings.TrimPrefix(args[0], artifact.LayoutPrefix)
+			if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+				return &source.NotFoundError{Path: dir}
+			}
+			p, err := artifact.Push(dir, args[1], opts...)
+			pr.Done()
 			if err != nil {
 				return err
 			}

@@ -1,5 +1,6 @@
-// Command slate builds immutable node images (build, push, inspect) and,
-// on a node, manages its slots (upgrade, rollback, status, health).
+// Command slate builds immutable node images (build, sign, push, inspect,
+// config check) and, on a node, manages its slots (upgrade, rollback,
+// status, health).
 package main
 
 import (
@@ -27,7 +28,8 @@ rollback, status and the boot health check.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(buildCmd(), keygenCmd(), signCmd(), pushCmd(), inspectCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd())
+	root.AddCommand(buildCmd(), keygenCmd(), signCmd(), pushCmd(), inspectCmd(), configCmd(), versionCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd())
+	setVersionFlag(root)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "slate:", err)
 		os.Exit(1)

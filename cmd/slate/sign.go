@@ -15,8 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/slate-os/slate/builder/artifact"
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/artifact"
+	"github.com/slate-os/slate/builder/source"
+	"github.com/slate-os/slate/signature"
 )
 
 func signCmd() *cobra.Command {
@@ -62,6 +63,8 @@ sha256-<hex> where the registry lacks it). Nodes accept both formats.`,
 			ref := args[0]
 			if fi, err := os.Stat(ref); err == nil && fi.IsDir() {
 				ref = artifact.LayoutPrefix + ref // as push and inspect take a layout
+			} else if err := source.CheckLocal(ref); err != nil {
+				return err // a typo, not an image on Docker Hub
 			}
 			if bundle {
 				d, err := artifact.SignBundle(ref, key, opts...)

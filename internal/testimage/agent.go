@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/slate-os/slate/boot"
 )
 
 // AgentPackage is the agent the builder puts in every root image.
@@ -79,7 +81,7 @@ func goBuild(name, dir, target string) (string, error) {
 	tmp := fmt.Sprintf("%s.tmp-%d", final, os.Getpid())
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", tmp, target)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS="+boot.OS, "GOARCH="+boot.Arch)
 	if o, err := cmd.CombinedOutput(); err != nil {
 		os.Remove(tmp)
 		return "", fmt.Errorf("go build %s: %v\n%s", target, err, o)

@@ -16,6 +16,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/slate-os/slate/boot"
 )
 
 // Epoch is every entry's mtime and the image's creation time.
@@ -200,7 +202,7 @@ func Image(layers ...[]Entry) (v1.Image, error) {
 		return nil, err
 	}
 	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.OS, cf.Architecture = boot.OS, boot.Arch
 	cf.Created = v1.Time{Time: Epoch}
 	cf.Config.Labels = map[string]string{"org.opencontainers.image.version": "1.0.0"}
 	return mutate.ConfigFile(img, cf)

@@ -16,19 +16,19 @@ import (
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/builder"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	node.Cleanup()
+	testnode.Cleanup()
 	os.Exit(code)
 }
 
 var bootTimeout = vm.Scale(4 * time.Minute)
 
-const probe = node.PrintRecord + `
+const probe = testnode.PrintRecord + `
 echo "MULTIUSER=$(systemctl is-active multi-user.target)"
 echo "FAILED=$(systemctl list-units --state=failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
 if touch /usr/slate-test 2>/dev/null; then echo USRWRITE=yes; else echo USRWRITE=no; fi
@@ -48,15 +48,15 @@ sync
 // TestBootReadOnlyAndPersistent boots slot A twice: the root is read-only,
 // /etc changes die at reboot, /var and the machine-id persist.
 func TestBootReadOnlyAndPersistent(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
+	d := testnode.Disk(t, "plain", nil)
 	start := time.Now()
-	m := node.Boot(t, d.Disk, probe+node.ThenReboot, nil)
-	first := node.Run(t, m, bootTimeout)
+	m := testnode.Boot(t, d.Disk, probe+testnode.ThenReboot, nil)
+	first := testnode.Run(t, m, bootTimeout)
 	t.Logf("first boot to the test script: %.1fs", time.Since(start).Seconds())
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
-	rec := node.Record(t, first)
+	rec := testnode.Record(t, first)
 	if rec.Slot != "a" || rec.Version != "test" || rec.RootHash != d.RootHash || !rec.FirstBoot {
 		t.Errorf("boot record: %+v", rec)
 	}
@@ -85,12 +85,12 @@ func TestBootReadOnlyAndPersistent(t *testing.T) {
 	if err := m.Boot(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	second := node.Run(t, m, bootTimeout)
+	second := testnode.Run(t, m, bootTimeout)
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("second boot to the test script: %.1fs", time.Since(start).Seconds())
-	rec2 := node.Record(t, second)
+	rec2 := testnode.Record(t, second)
 	if rec2.FirstBoot {
 		t.Error("second boot is recorded as a first boot")
 	}
@@ -111,13 +111,13 @@ func TestBootReadOnlyAndPersistent(t *testing.T) {
 // TestStateGrowsToDiskEnd boots a disk enlarged to three times its built
 // size: the first boot grows the state partition to the end of the disk.
 func TestStateGrowsToDiskEnd(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
-	m := node.Boot(t, d.Disk, `
+	d := testnode.Disk(t, "plain", nil)
+	m := testnode.Boot(t, d.Disk, `
 echo "PART=$(cat /sys/class/block/vda4/start) $(cat /sys/class/block/vda4/size)"
 echo "DISK=$(cat /sys/class/block/vda/size)"
 echo "VARSIZE=$(df -B1 --output=size /var | tail -n1 | tr -d ' ')"
-`+node.PrintRecord+node.ThenPoweroff, func(c *vm.Config) { c.DiskSize = 3 * d.Plan.Size })
-	r := node.Run(t, m, bootTimeout)
+`+testnode.PrintRecord+testnode.ThenPoweroff, func(c *vm.Config) { c.DiskSize = 3 * d.Plan.Size })
+	r := testnode.Run(t, m, bootTimeout)
 	var start, size, diskSectors int64
 	fmt.Sscan(r.Get("PART"), &start, &size)
 	fmt.Sscan(r.Get("DISK"), &diskSectors)
@@ -133,7 +133,7 @@ echo "VARSIZE=$(df -B1 --output=size /var | tail -n1 | tr -d ' ')"
 	if want := (3*d.Plan.Size - d.Plan.Part(boot.NumState).Start) * 9 / 10; varSize < want {
 		t.Errorf("/var is %d bytes, want more than %d", varSize, want)
 	}
-	if rec := node.Record(t, r); !rec.StateGrown {
+	if rec := testnode.Record(t, r); !rec.StateGrown {
 		t.Errorf("record does not say the state partition grew: %+v", rec)
 	}
 }
@@ -143,9 +143,9 @@ echo "VARSIZE=$(df -B1 --output=size /var | tail -n1 | tr -d ' ')"
 // The first such failure of an uncounted boot reboots once (what a second
 // one does is TestInitFailureStopsLoop's).
 func TestDamagedStateIsNotFormatted(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
-	m := node.Boot(t, d.Disk, "mkdir -p /var/lib/precious && echo data > /var/lib/precious/x && sync"+node.ThenPoweroff, nil)
-	node.Run(t, m, bootTimeout)
+	d := testnode.Disk(t, "plain", nil)
+	m := testnode.Boot(t, d.Disk, "mkdir -p /var/lib/precious && echo data > /var/lib/precious/x && sync"+testnode.ThenPoweroff, nil)
+	testnode.Run(t, m, bootTimeout)
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
@@ -172,20 +172,20 @@ func TestDamagedStateIsNotFormatted(t *testing.T) {
 // TestMissingSlotPartition: an entry naming a partition that is not there
 // gives a plain console message and a reboot, not a hang.
 func TestMissingSlotPartition(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
+	d := testnode.Disk(t, "plain", nil)
 	raw := filepath.Join(t.TempDir(), "bad.raw")
-	node.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
+	testnode.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
 	esp := d.Plan.Part(boot.NumESP)
 	img := fmt.Sprintf("%s@@%d", raw, esp.Start)
-	entry := node.Cmd(t, "mtype", "-i", img, "::/loader/entries/slate-a.conf")
+	entry := testnode.Cmd(t, "mtype", "-i", img, "::/loader/entries/slate-a.conf")
 	root := d.Plan.Part(boot.NumRootA).GUID
 	bogus := "00000000-1111-4222-8333-444444444444"
 	entry = strings.Replace(entry, boot.ArgRoot+"="+root, boot.ArgRoot+"="+bogus+" "+boot.ArgRebootDelay+"=1s", 1)
 	local := filepath.Join(t.TempDir(), "slate-a.conf")
 	os.WriteFile(local, []byte(entry), 0o644)
-	node.Cmd(t, "mcopy", "-o", "-i", img, local, "::/loader/entries/slate-a.conf")
+	testnode.Cmd(t, "mcopy", "-o", "-i", img, local, "::/loader/entries/slate-a.conf")
 
-	m := node.Boot(t, raw, "echo should not run\n", nil)
+	m := testnode.Boot(t, raw, "echo should not run\n", nil)
 	mt, err := m.Expect(regexp.MustCompile(`slate-init: FATAL: .*no partition with PARTUUID `+bogus+`.*rebooting in 1s`), bootTimeout)
 	if err != nil {
 		t.Fatal(err)
@@ -212,9 +212,9 @@ func TestMissingSlotPartition(t *testing.T) {
 // still stop the boot, as squashfs fails to decompress the block, so the
 // test waits for dm-verity's own message.
 func TestVerityRefusesModifiedRoot(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
+	d := testnode.Disk(t, "plain", nil)
 	raw := filepath.Join(t.TempDir(), "modified.raw")
-	node.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
+	testnode.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
 	slot := d.Plan.Part(boot.NumRootA).Start
 	f, err := os.OpenFile(raw, os.O_RDWR, 0)
 	if err != nil {
@@ -242,7 +242,7 @@ func TestVerityRefusesModifiedRoot(t *testing.T) {
 	f.Close()
 	t.Logf("changed the byte at %d of slot A's %d-byte squashfs (data block %d)", off, used, off/4096)
 
-	m := node.Boot(t, raw, "echo SHOULD-NOT-RUN\n", nil)
+	m := testnode.Boot(t, raw, "echo SHOULD-NOT-RUN\n", nil)
 	mt, err := m.Expect(regexp.MustCompile(`device-mapper: verity: .*data block (\d+) is corrupted`), bootTimeout)
 	if err != nil {
 		t.Fatal(err)
@@ -259,7 +259,7 @@ func TestVerityRefusesModifiedRoot(t *testing.T) {
 		t.Errorf("the guest ended with %s, want a reboot (guest-reset)", exit)
 	}
 	for _, l := range m.ConsoleTail(200) {
-		if strings.Contains(l, "SHOULD-NOT-RUN") || strings.Contains(l, node.Begin) {
+		if strings.Contains(l, "SHOULD-NOT-RUN") || strings.Contains(l, testnode.Begin) {
 			t.Errorf("the modified root booted: %s", l)
 		}
 	}
@@ -267,7 +267,7 @@ func TestVerityRefusesModifiedRoot(t *testing.T) {
 
 func qemuIO(t *testing.T, disk, cmd string) {
 	t.Helper()
-	out := node.Cmd(t, "qemu-io", "-f", "qcow2", "-c", cmd, disk)
+	out := testnode.Cmd(t, "qemu-io", "-f", "qcow2", "-c", cmd, disk)
 	if strings.Contains(out, "Pattern verification failed") || strings.Contains(out, "failed") {
 		t.Fatalf("qemu-io %s: %s", cmd, out)
 	}

@@ -18,14 +18,14 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
 
 // initFailureProbe prints what the good boot after the failures knows of them.
 // It waits for slate-health first: both mount the ESP, and one that finds
 // the other mounting it fails (EBUSY).
-const initFailureProbe = node.PrintRecord + `
+const initFailureProbe = testnode.PrintRecord + `
 i=0; while [ "$(systemctl is-active slate-health.service)" = activating ] && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done
 echo "STATUS=$(slate status --json | base64 -w0)"
 slate status | sed 's/^/status: /'
@@ -41,10 +41,10 @@ echo "KEPT=$(ls /var/lib/slate/init-failures/ | tr '\n' ' ')"
 // marker written back), the next boot formats it and `slate status` shows
 // the kept failure; the EFI variable is gone.
 func TestInitFailureStopsLoop(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
+	d := testnode.Disk(t, "plain", nil)
 	st := d.Plan.Part(boot.NumState)
 	raw := filepath.Join(t.TempDir(), "damaged.raw")
-	node.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
+	testnode.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
 	f, err := os.OpenFile(raw, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +59,7 @@ func TestInitFailureStopsLoop(t *testing.T) {
 
 	// Boot 1: fails, reboots.
 	start := time.Now()
-	m := node.Boot(t, raw, initFailureProbe+node.ThenPoweroff, nil)
+	m := testnode.Boot(t, raw, initFailureProbe+testnode.ThenPoweroff, nil)
 	if _, err := m.Expect("slate-init: boot counting: not counted", bootTimeout); err != nil {
 		t.Fatal(err)
 	}
@@ -115,21 +115,21 @@ func TestInitFailureStopsLoop(t *testing.T) {
 	// Repair: the builder's first-boot marker back at the partition's start.
 	marker := filepath.Join(t.TempDir(), "marker")
 	os.WriteFile(marker, append([]byte(boot.StateUnformatted), make([]byte, 512-len(boot.StateUnformatted))...), 0o644)
-	node.Cmd(t, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -s %s %d 512", marker, st.Start), m.Disk())
+	testnode.Cmd(t, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -s %s %d 512", marker, st.Start), m.Disk())
 
 	// Boot 3: good; the failure moves to the state partition.
 	start = time.Now()
 	if err := m.Boot(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	r := node.Run(t, m, bootTimeout)
+	r := testnode.Run(t, m, bootTimeout)
 	t.Logf("boot 3 (repaired) to the test script: %.1fs", time.Since(start).Seconds())
 	for _, l := range r.Lines {
 		if strings.HasPrefix(l, "status: ") {
 			t.Log(l)
 		}
 	}
-	rec := node.Record(t, r)
+	rec := testnode.Record(t, r)
 	if !rec.FirstBoot {
 		t.Errorf("the repaired partition was not formatted: %+v", rec)
 	}

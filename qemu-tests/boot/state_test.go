@@ -10,7 +10,7 @@ import (
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/internal/testimage"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
 
@@ -35,7 +35,7 @@ func bigVar() (string, string) {
 	return b.String(), hex.EncodeToString(h.Sum(nil))
 }
 
-const stateProbe = node.PrintRecord + `
+const stateProbe = testnode.PrintRecord + `
 echo "MULTIUSER=$(systemctl is-active multi-user.target)"
 echo "MULTIUSER_US=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 echo "FAILED=$(systemctl list-units --state=failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
@@ -53,7 +53,7 @@ echo "VARAVAIL=$(df -B1 --output=avail /var | tail -n1 | tr -d ' ')"
 // filesystem. Two boots.
 func TestStateHoldsBigVarAndGrowsWithDisk(t *testing.T) {
 	body, sum := bigVar()
-	d := node.BuildVariant(t, node.Variant{Name: "bigvar", Version: "test", Disk: true, Entries: []testimage.Entry{
+	d := testnode.BuildVariant(t, testnode.Variant{Name: "bigvar", Version: "test", Disk: true, Entries: []testimage.Entry{
 		testimage.Dir("var/cache/slate-test"),
 		testimage.File("var/cache/slate-test/big", body),
 	}})
@@ -66,13 +66,13 @@ func TestStateHoldsBigVarAndGrowsWithDisk(t *testing.T) {
 
 	// 1. The first boot, at the built size (no DiskSize).
 	start := time.Now()
-	m := node.Boot(t, d.Disk, stateProbe+node.ThenPoweroff, nil)
-	first := node.Run(t, m, vm.Scale(8*time.Minute))
+	m := testnode.Boot(t, d.Disk, stateProbe+testnode.ThenPoweroff, nil)
+	first := testnode.Run(t, m, vm.Scale(8*time.Minute))
 	wall := time.Since(start)
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
-	rec := node.Record(t, first)
+	rec := testnode.Record(t, first)
 	us, _ := strconv.ParseInt(first.Get("MULTIUSER_US"), 10, 64)
 	var copyMS int64
 	for _, s := range rec.Steps {
@@ -101,15 +101,15 @@ func TestStateHoldsBigVarAndGrowsWithDisk(t *testing.T) {
 	}
 
 	// 2. The disk grows by 1 GiB between boots.
-	node.Cmd(t, "qemu-img", "resize", "-q", "-f", "qcow2", m.Disk(), "+1G")
+	testnode.Cmd(t, "qemu-img", "resize", "-q", "-f", "qcow2", m.Disk(), "+1G")
 	if err := m.Boot(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	second := node.Run(t, m, vm.Scale(6*time.Minute))
+	second := testnode.Run(t, m, vm.Scale(6*time.Minute))
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
 	}
-	rec2 := node.Record(t, second)
+	rec2 := testnode.Record(t, second)
 	partBefore, partAfter := atoi(first.Get("PART"))*512, atoi(second.Get("PART"))*512
 	varBefore, varAfter := atoi(first.Get("VARSIZE")), atoi(second.Get("VARSIZE"))
 	t.Logf("after the disk grew by 1 GiB: state partition %d -> %d MiB, /var (df) %d -> %d MiB; record: state_grown %v state_fs_grown %v state_size %d state_fs_size %d",

@@ -14,13 +14,13 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	node.Cleanup()
+	testnode.Cleanup()
 	os.Exit(code)
 }
 
@@ -64,10 +64,10 @@ for f in /etc/slate-test/*.txt; do [ -f "$f" ] && echo "MODE $(basename $f)=$(st
 echo "MARKERS=$(cat /run/marker-* 2>/dev/null | tr '\n' ' ')"
 echo "UNITS=$(ls /etc/systemd/system | grep marker- | tr '\n' ' ')"
 echo "SWAPPINESS=$(cat /proc/sys/vm/swappiness)"
-` + node.PrintRecord
+` + testnode.PrintRecord
 
 // checkApplied says whether config tag's effects, and only its, are in place.
-func checkApplied(t *testing.T, r *node.Result, tag string) {
+func checkApplied(t *testing.T, r *testnode.Result, tag string) {
 	t.Helper()
 	want := map[string]string{
 		"HOSTNAME":             "node-" + tag,
@@ -88,16 +88,16 @@ func checkApplied(t *testing.T, r *node.Result, tag string) {
 // starts; after a reboot with another config only the new one's effects are
 // there.
 func TestConfigEveryBoot(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
-	m := node.Boot(t, d.Disk, probe+node.ThenReboot, func(c *vm.Config) {
+	d := testnode.Disk(t, "plain", nil)
+	m := testnode.Boot(t, d.Disk, probe+testnode.ThenReboot, func(c *vm.Config) {
 		c.FwCfgStrings[fwCfgConfig] = nodeConfig("one")
 	})
 	if _, err := m.Expect(regexp.MustCompile(`slate-init: config from fw_cfg \(sha256 [0-9a-f]+.*\) applied`), bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r := node.Run(t, m, bootTimeout)
+	r := testnode.Run(t, m, bootTimeout)
 	checkApplied(t, r, "one")
-	if rec := node.Record(t, r); rec.Config == nil || rec.Config.Source != "fw_cfg" || !rec.Config.Applied || len(rec.Config.SHA256) != 64 {
+	if rec := testnode.Record(t, r); rec.Config == nil || rec.Config.Source != "fw_cfg" || !rec.Config.Applied || len(rec.Config.SHA256) != 64 {
 		t.Errorf("record's config: %+v", rec.Config)
 	}
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
@@ -110,7 +110,7 @@ func TestConfigEveryBoot(t *testing.T) {
 	if err := m.Boot(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	r = node.Run(t, m, bootTimeout)
+	r = testnode.Run(t, m, bootTimeout)
 	checkApplied(t, r, "second")
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Fatal(err)
@@ -126,7 +126,7 @@ func TestConfigEveryBoot(t *testing.T) {
 	if _, err := m.Expect(regexp.MustCompile(`slate-init: no node config found`), bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r = node.Run(t, m, bootTimeout)
+	r = testnode.Run(t, m, bootTimeout)
 	if h, f := r.Get("HOSTNAME"), r.Get("FILES"); h != "slate" || f != "" {
 		t.Errorf("with no config: hostname %q, files %q; want the image's defaults", h, f)
 	}
@@ -135,37 +135,37 @@ func TestConfigEveryBoot(t *testing.T) {
 // TestConfigDriveAndCmdline: the same config through a config drive and
 // through the kernel command line gives the same result.
 func TestConfigDriveAndCmdline(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
+	d := testnode.Disk(t, "plain", nil)
 
 	drive := filepath.Join(t.TempDir(), "config.img")
-	node.Cmd(t, "mkfs.vfat", "-n", "SLATE-CONFI", "-C", drive, "4096")
+	testnode.Cmd(t, "mkfs.vfat", "-n", "SLATE-CONFI", "-C", drive, "4096")
 	cfgFile := filepath.Join(t.TempDir(), "slate.yaml")
 	os.WriteFile(cfgFile, []byte(nodeConfig("drive")), 0o644)
-	node.Cmd(t, "mcopy", "-i", drive, cfgFile, "::/slate.yaml")
-	m := node.Boot(t, d.Disk, probe+node.ThenPoweroff, func(c *vm.Config) {
+	testnode.Cmd(t, "mcopy", "-i", drive, cfgFile, "::/slate.yaml")
+	m := testnode.Boot(t, d.Disk, probe+testnode.ThenPoweroff, func(c *vm.Config) {
 		c.Disks = append(c.Disks, vm.Disk{Path: drive, Format: "raw"})
 	})
 	if _, err := m.Expect(regexp.MustCompile(`slate-init: config from config-drive .*applied`), bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	checkApplied(t, node.Run(t, m, bootTimeout), "drive")
+	checkApplied(t, testnode.Run(t, m, bootTimeout), "drive")
 
 	// The command line: a data: URL in slot A's boot entry.
 	raw := filepath.Join(t.TempDir(), "cmdline.raw")
-	node.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
+	testnode.Cmd(t, "cp", "--sparse=always", d.Disk, raw)
 	esp := d.Plan.Part(boot.NumESP)
 	img := fmt.Sprintf("%s@@%d", raw, esp.Start)
-	entry := node.Cmd(t, "mtype", "-i", img, "::/loader/entries/slate-a.conf")
+	entry := testnode.Cmd(t, "mtype", "-i", img, "::/loader/entries/slate-a.conf")
 	url := boot.ArgConfig + "=data:;base64," + base64.StdEncoding.EncodeToString([]byte(nodeConfig("cmd")))
 	entry = strings.Replace(entry, "\noptions ", "\noptions "+url+" ", 1)
 	local := filepath.Join(t.TempDir(), "slate-a.conf")
 	os.WriteFile(local, []byte(entry), 0o644)
-	node.Cmd(t, "mcopy", "-o", "-i", img, local, "::/loader/entries/slate-a.conf")
-	m2 := node.Boot(t, raw, probe+node.ThenPoweroff, nil)
+	testnode.Cmd(t, "mcopy", "-o", "-i", img, local, "::/loader/entries/slate-a.conf")
+	m2 := testnode.Boot(t, raw, probe+testnode.ThenPoweroff, nil)
 	if _, err := m2.Expect(regexp.MustCompile(`slate-init: config from cmdline .*applied`), bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	checkApplied(t, node.Run(t, m2, bootTimeout), "cmd")
+	checkApplied(t, testnode.Run(t, m2, bootTimeout), "cmd")
 }
 
 // TestBadConfigsApplyNothing: an invalid config, one that writes under /usr
@@ -173,7 +173,7 @@ func TestConfigDriveAndCmdline(t *testing.T) {
 // why on the console naming the field, and the node boots on defaults.
 // breakGlass marks the node tainted.
 func TestBadConfigsApplyNothing(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
+	d := testnode.Disk(t, "plain", nil)
 	valid := nodeConfig("bad")
 	cases := []struct {
 		name, config, field string
@@ -184,7 +184,7 @@ func TestBadConfigsApplyNothing(t *testing.T) {
 		{"symlink escape", strings.Replace(valid, "/etc/slate-test/bad.txt", "/etc/os-release", 1), `files\[0\]\.path`},
 	}
 
-	m := node.Boot(t, d.Disk, probe+node.ThenReboot, func(c *vm.Config) {
+	m := testnode.Boot(t, d.Disk, probe+testnode.ThenReboot, func(c *vm.Config) {
 		c.FwCfgStrings[fwCfgConfig] = cases[0].config
 	})
 	for i, tc := range cases {
@@ -201,11 +201,11 @@ func TestBadConfigsApplyNothing(t *testing.T) {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		t.Logf("%s: %s", tc.name, mt.Line)
-		r := node.Run(t, m, bootTimeout)
+		r := testnode.Run(t, m, bootTimeout)
 		if h, f := r.Get("HOSTNAME"), r.Get("FILES"); h != "slate" || f != "" {
 			t.Errorf("%s: hostname %q, files %q: something was applied", tc.name, h, f)
 		}
-		if rec := node.Record(t, r); rec.Config == nil || rec.Config.Applied || rec.Config.Error == "" || len(rec.Config.SHA256) != 64 {
+		if rec := testnode.Record(t, r); rec.Config == nil || rec.Config.Applied || rec.Config.Error == "" || len(rec.Config.SHA256) != 64 {
 			t.Errorf("%s: record's config: %+v", tc.name, rec.Config)
 		}
 		if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
@@ -224,9 +224,9 @@ func TestBadConfigsApplyNothing(t *testing.T) {
 	if _, err := m.Expect(regexp.MustCompile(`slate-init: .*tainted`), bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r := node.Run(t, m, bootTimeout)
+	r := testnode.Run(t, m, bootTimeout)
 	checkApplied(t, r, "bad")
-	if rec := node.Record(t, r); rec.Config == nil || !rec.Config.Tainted {
+	if rec := testnode.Record(t, r); rec.Config == nil || !rec.Config.Tainted {
 		t.Errorf("breakGlass: record's config: %+v", rec.Config)
 	}
 }

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
 
@@ -37,7 +37,7 @@ echo "ROOTHASH=$(grep '^root:' /etc/shadow | cut -d: -f2)"
 i=0; while [ "$(systemctl is-active slate-health.service)" = activating ] && [ $i -lt 300 ]; do sleep 1; i=$((i+1)); done
 echo "STATUS=$(slate status --json | base64 -w0)"
 slate status | sed 's/^/status: /'
-` + node.PrintRecord
+` + testnode.PrintRecord
 
 // taintStatus is the part of `slate status --json` this test reads.
 type taintStatus struct {
@@ -54,7 +54,7 @@ type taintStatus struct {
 	}
 }
 
-func statusOf(t *testing.T, r *node.Result) taintStatus {
+func statusOf(t *testing.T, r *testnode.Result) taintStatus {
 	t.Helper()
 	var st taintStatus
 	b, err := base64.StdEncoding.DecodeString(r.Get("STATUS"))
@@ -73,18 +73,18 @@ func statusOf(t *testing.T, r *node.Result) taintStatus {
 // config) it is tainted still, by the first config, and the console says
 // why the config is invalid in one short line.
 func TestBreakGlassTaintKept(t *testing.T) {
-	d := node.Disk(t, "plain", nil)
+	d := testnode.Disk(t, "plain", nil)
 	sum := sha256.Sum256([]byte(glassConfig))
 	glassSHA := hex.EncodeToString(sum[:])
 
 	// Boot 1: breakGlass.
-	m := node.Boot(t, d.Disk, taintProbe+node.ThenReboot, func(c *vm.Config) {
+	m := testnode.Boot(t, d.Disk, taintProbe+testnode.ThenReboot, func(c *vm.Config) {
 		c.FwCfgStrings[fwCfgConfig] = glassConfig
 	})
 	if _, err := m.Expect("slate-init: warning: this node is tainted: its config sets access.breakGlass (kept in /var/lib/slate/tainted", bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r := node.Run(t, m, bootTimeout)
+	r := testnode.Run(t, m, bootTimeout)
 	if h, s, p := r.Get("HOSTNAME"), r.Get("SUDOERS"), r.Get("ROOTHASH"); h != "node-glass" || s != "root ALL=(ALL) ALL" || !strings.HasPrefix(p, "$6$saltsalt$") {
 		t.Errorf("breakGlass config not applied: hostname %q, sudoers %q, root's hash %q", h, s, p)
 	}
@@ -97,7 +97,7 @@ func TestBreakGlassTaintKept(t *testing.T) {
 	if st.Taint != nil {
 		since = st.Taint.Since
 	}
-	if rec := node.Record(t, r); rec.Taint == nil || rec.Taint.ConfigSHA256 != glassSHA {
+	if rec := testnode.Record(t, r); rec.Taint == nil || rec.Taint.ConfigSHA256 != glassSHA {
 		t.Errorf("boot record's taint: %+v", rec.Taint)
 	}
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
@@ -111,7 +111,7 @@ func TestBreakGlassTaintKept(t *testing.T) {
 	if err := m.SetFwCfgString(fwCfgConfig, huge, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.SetFwCfgString(node.FwCfgTest, taintProbe+node.ThenPoweroff, false); err != nil {
+	if err := m.SetFwCfgString(testnode.FwCfgTest, taintProbe+testnode.ThenPoweroff, false); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Boot(t.Context()); err != nil {
@@ -130,7 +130,7 @@ func TestBreakGlassTaintKept(t *testing.T) {
 	if _, err := m.Expect(regexp.MustCompile(`slate-init: warning: this node is tainted since .*, by config sha256:`+glassSHA[:12]+`… from fw_cfg \(access\.breakGlass\): it stays so until it is re-imaged`), bootTimeout); err != nil {
 		t.Fatal(err)
 	}
-	r = node.Run(t, m, bootTimeout)
+	r = testnode.Run(t, m, bootTimeout)
 	if h, s, p := r.Get("HOSTNAME"), r.Get("SUDOERS"), r.Get("ROOTHASH"); h != "slate" || s != "" || strings.HasPrefix(p, "$6$saltsalt$") {
 		t.Errorf("something applied: hostname %q, sudoers %q, root's hash %q", h, s, p)
 	}

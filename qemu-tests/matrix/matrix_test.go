@@ -17,13 +17,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	node.Cleanup()
+	testnode.Cleanup()
 	os.Exit(code)
 }
 
@@ -50,22 +50,22 @@ echo "KERNEL=$(uname -r)"
 echo "SYSTEMD=$(systemctl --version | head -n1)"
 echo "UPTIME=$(cut -d' ' -f1 /proc/uptime)"
 echo "MULTIUSER_US=$(systemctl show --value -p ActiveEnterTimestampMonotonic multi-user.target)"
-` + node.PrintRecord + node.ThenPoweroff
+` + testnode.PrintRecord + testnode.ThenPoweroff
 
 // bootImage builds (once) a disk from the matrix image base, boots it on
 // bus and checks the boot; it returns the probe's output.
-func bootImage(t *testing.T, base string, bus vm.Bus) *node.Result {
+func bootImage(t *testing.T, base string, bus vm.Bus) *testnode.Result {
 	t.Helper()
-	res := node.BuildVariant(t, node.Variant{Name: "matrix-" + base, Base: base, Version: "matrix-" + base, Disk: true})
+	res := testnode.BuildVariant(t, testnode.Variant{Name: "matrix-" + base, Base: base, Version: "matrix-" + base, Disk: true})
 	start := time.Now()
 	m := vm.Start(t, vm.Config{Name: base + "-" + string(bus), Disk: res.Disk, DiskFormat: "raw", DiskBus: bus,
-		FwCfgStrings: map[string]string{node.FwCfgTest: probe}})
-	r := node.Run(t, m, bootTimeout)
+		FwCfgStrings: map[string]string{testnode.FwCfgTest: probe}})
+	r := testnode.Run(t, m, bootTimeout)
 	took := time.Since(start)
 	if _, err := m.WaitExit(vm.ShutdownTimeout); err != nil {
 		t.Error(err)
 	}
-	rec := node.Record(t, r)
+	rec := testnode.Record(t, r)
 	us, _ := strconv.ParseInt(r.Get("MULTIUSER_US"), 10, 64)
 	t.Logf("%s on %s: kernel %s, %s; initramfs %d KiB (%d modules); /var %s MB (%s .debs); multi-user %.1fs after the kernel started; power-on to the probe %.0fs",
 		base, bus, r.Get("KERNEL"), r.Get("SYSTEMD"), res.InitramfsSize>>10, len(res.Initramfs),
@@ -90,9 +90,9 @@ func bootImage(t *testing.T, base string, bus vm.Bus) *node.Result {
 
 // TestMatrixBoots boots each image of the matrix on virtio-blk.
 func TestMatrixBoots(t *testing.T) {
-	for _, base := range node.MatrixImages {
+	for _, base := range testnode.MatrixImages {
 		t.Run(base, func(t *testing.T) {
-			node.Matrix(t, base)
+			testnode.Matrix(t, base)
 			t.Parallel()
 			r := bootImage(t, base, vm.BusVirtio)
 			// As debootstrap leaves it: apt's downloads are in /var, and
@@ -111,7 +111,7 @@ func TestControllers(t *testing.T) {
 	const base = "bookworm-generic"
 	for _, bus := range []vm.Bus{vm.BusSCSI, vm.BusNVMe, vm.BusSATA} {
 		t.Run(string(bus), func(t *testing.T) {
-			node.Matrix(t, base)
+			testnode.Matrix(t, base)
 			t.Parallel()
 			r := bootImage(t, base, bus)
 			want := map[vm.Bus]string{vm.BusSCSI: "/dev/sd", vm.BusNVMe: "/dev/nvme", vm.BusSATA: "/dev/sd"}[bus]

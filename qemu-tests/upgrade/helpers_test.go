@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/builder/signature"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/signature"
 )
 
 // FwCfgConfig is the fw_cfg entry the init reads the node config from.
@@ -37,7 +37,7 @@ var (
 )
 
 // testDir holds the package's shared files (registry blobs, snapshots);
-// node.Cleanup removes it.
+// testnode.Cleanup removes it.
 func testDir() string {
 	return filepath.Join(os.TempDir(), fmt.Sprintf("slate-qemu-tests-%d", os.Getpid()))
 }
@@ -139,7 +139,7 @@ varsum() { echo "VARSUM=$(sha256sum < /var/lib/slate-test/kept 2>/dev/null | cut
 // probe starts every script: what runs, and its health.
 const probe = prelude + `
 version
-` + node.PrintRecord + `
+` + testnode.PrintRecord + `
 waithealth
 `
 
@@ -154,7 +154,7 @@ func startNodeConfig(t *testing.T, name, disk, format, vars, script, config stri
 	t.Helper()
 	return vm.Start(t, vm.Config{
 		Name: name, Disk: disk, DiskFormat: format, Vars: vars, Network: true,
-		FwCfgStrings: map[string]string{node.FwCfgTest: script, FwCfgConfig: config},
+		FwCfgStrings: map[string]string{testnode.FwCfgTest: script, FwCfgConfig: config},
 	})
 }
 
@@ -177,8 +177,8 @@ func takeSnapshot(t *testing.T, m *vm.Machine, name string) snapshot {
 		t.Fatal(err)
 	}
 	s := snapshot{filepath.Join(dir, "disk.qcow2"), filepath.Join(dir, "vars.fd")}
-	node.Cmd(t, "cp", "--sparse=always", m.Disk(), s.disk)
-	node.Cmd(t, "cp", m.Vars(), s.vars)
+	testnode.Cmd(t, "cp", "--sparse=always", m.Disk(), s.disk)
+	testnode.Cmd(t, "cp", m.Vars(), s.vars)
 	return s
 }
 
@@ -186,7 +186,7 @@ func takeSnapshot(t *testing.T, m *vm.Machine, name string) snapshot {
 func (s snapshot) start(t *testing.T, name, script string) *vm.Machine {
 	t.Helper()
 	vars := filepath.Join(t.TempDir(), "vars.fd")
-	node.Cmd(t, "cp", s.vars, vars)
+	testnode.Cmd(t, "cp", s.vars, vars)
 	return startNode(t, name, s.disk, "qcow2", vars, script)
 }
 
@@ -194,8 +194,8 @@ func (s snapshot) start(t *testing.T, name, script string) *vm.Machine {
 type bootRun struct {
 	Slot, Version string // from the init's "slot X, image version Y" line
 	Lines         []string
-	Script        *node.Result // nil if the test script never started
-	Ended         bool         // the script printed its end marker
+	Script        *testnode.Result // nil if the test script never started
+	Ended         bool             // the script printed its end marker
 	Exit          vm.Exit
 }
 
@@ -237,7 +237,7 @@ func waitBoot(t *testing.T, m *vm.Machine, timeout time.Duration) *bootRun {
 			break
 		}
 	}
-	b.Script, b.Ended = node.ParseResult(lines)
+	b.Script, b.Ended = testnode.ParseResult(lines)
 	return b
 }
 
@@ -245,7 +245,7 @@ func waitBoot(t *testing.T, m *vm.Machine, timeout time.Duration) *bootRun {
 func nextBoot(t *testing.T, m *vm.Machine, script string) {
 	t.Helper()
 	if script != "" {
-		if err := m.SetFwCfgString(node.FwCfgTest, script, false); err != nil {
+		if err := m.SetFwCfgString(testnode.FwCfgTest, script, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -356,12 +356,12 @@ func (i slotInfo) String() string {
 }
 
 // getStatus decodes the STATUS=<base64> line the status function printed.
-func getStatus(t *testing.T, r *node.Result) *status {
+func getStatus(t *testing.T, r *testnode.Result) *status {
 	t.Helper()
 	return getStatusKey(t, r, "STATUS")
 }
 
-func getStatusKey(t *testing.T, r *node.Result, key string) *status {
+func getStatusKey(t *testing.T, r *testnode.Result, key string) *status {
 	t.Helper()
 	if r == nil {
 		t.Fatal("no script output, so no status")
@@ -385,7 +385,7 @@ func decodeStatus(t *testing.T, b64, context string) *status {
 }
 
 // logStatus logs the human status lines the script printed.
-func logStatus(t *testing.T, what string, r *node.Result) {
+func logStatus(t *testing.T, what string, r *testnode.Result) {
 	t.Helper()
 	var b strings.Builder
 	for _, l := range r.Lines {
@@ -406,11 +406,11 @@ func checkSlot(t *testing.T, what string, st *status, s, state, version string) 
 }
 
 // begin starts a scenario: it skips the test where QEMU tests do not run
-// (-short, no QEMU, no reference image; see node.Reference) and logs the
+// (-short, no QEMU, no reference image; see testnode.Reference) and logs the
 // scenario's wall time when it ends.
 func begin(t *testing.T) {
 	t.Helper()
-	node.Reference(t)
+	testnode.Reference(t)
 	t.Parallel()
 	start := time.Now()
 	t.Cleanup(func() { t.Logf("wall time: %s", time.Since(start).Round(time.Second)) })

@@ -11,7 +11,7 @@ import (
 	"github.com/slate-os/slate/builder"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/internal/testimage"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 )
 
 // VersionFile is the marker every test image carries: its version.
@@ -54,7 +54,7 @@ exit 1
 `
 
 // variants are the test images by name.
-var variants = map[string]node.Variant{
+var variants = map[string]testnode.Variant{
 	"v1": {Name: "v1", Version: "v1", Entries: appLayer("v1", "/bin/true"), Disk: true, Tweak: sizes},
 	"v2": {Name: "v2", Version: "v2", Entries: appLayer("v2", "/bin/true"), Tweak: sizes},
 	"v3-panic": {Name: "v3-panic", Version: "v3-panic", Tweak: sizes,
@@ -116,7 +116,7 @@ func image(t testing.TB, name string) *published {
 		}
 		s.Update.PublicKeys = append(s.Update.PublicKeys, testPublicKey())
 	}
-	res := node.BuildVariant(t, v)
+	res := testnode.BuildVariant(t, v)
 	pubMu.Lock()
 	defer pubMu.Unlock()
 	if p, ok := pubs[name]; ok {

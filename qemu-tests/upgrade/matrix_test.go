@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 )
 
 // TestUpgradeAcrossReleases upgrades a node built from Debian bookworm (the
@@ -16,8 +16,8 @@ import (
 // boots as good as before. /var (the node's own file and the images' apt
 // downloads) is kept throughout.
 func TestUpgradeAcrossReleases(t *testing.T) {
-	node.Matrix(t, "bookworm-generic")
-	node.Matrix(t, "trixie")
+	testnode.Matrix(t, "bookworm-generic")
+	testnode.Matrix(t, "trixie")
 	begin(t)
 	from, to := image(t, "bookworm"), image(t, "trixie")
 	const facts = `
@@ -86,7 +86,7 @@ agent UPGRADE slate upgrade ` + to.Ref + "\n"
 	}
 
 	// Back on bookworm, under trixie's systemd-boot.
-	nextBoot(t, m, probe+facts+"varsum\nstatus\n"+node.ThenPoweroff)
+	nextBoot(t, m, probe+facts+"varsum\nstatus\n"+testnode.ThenPoweroff)
 	b3 := waitBoot(t, m, exitTimeout)
 	if b3.Script == nil || !b3.Ended {
 		t.Fatalf("the boot after the rollback (%s) did not run its script; console:\n%s", b3, tail(b3.Lines, 80))

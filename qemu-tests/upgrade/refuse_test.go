@@ -18,9 +18,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/slate-os/slate/builder/artifact"
-	"github.com/slate-os/slate/builder/signature"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/artifact"
+	"github.com/slate-os/slate/qemu-tests/testnode"
+	"github.com/slate-os/slate/signature"
 )
 
 // TestRefusals is scenario 6: in one boot of a v1 node, `slate upgrade`
@@ -131,7 +131,7 @@ func TestRefusals(t *testing.T) {
 	// The image the node runs: nothing to do, and no reboot (without
 	// --no-reboot: a wrong reboot would cut the script short).
 	script += "try uptodate slate upgrade " + v1img.Ref + "\n"
-	script += "try rollback slate rollback --no-reboot\nstatus AFTER\n" + node.ThenReboot
+	script += "try rollback slate rollback --no-reboot\nstatus AFTER\n" + testnode.ThenReboot
 
 	m := freshV1(t, "refusals", script)
 	b := waitBoot(t, m, exitTimeout)
@@ -184,7 +184,7 @@ func TestRefusals(t *testing.T) {
 		t.Fatalf("the refusals' boot ended with %s, want the script's reboot", b.Exit)
 	}
 
-	nextBoot(t, m, probe+"status\n"+node.ThenPoweroff)
+	nextBoot(t, m, probe+"status\n"+testnode.ThenPoweroff)
 	b = waitBoot(t, m, exitTimeout)
 	if b.Script == nil || b.Slot != "a" || b.Script.Get("VERSION") != "v1" {
 		t.Fatalf("the boot after the refusals: %s; want slot a (v1)", b)

@@ -26,7 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/artifact"
 )
 
 // GuestHost is the host's 127.0.0.1 as QEMU user networking shows it to

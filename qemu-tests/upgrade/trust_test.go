@@ -14,9 +14,9 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/slate-os/slate/builder/signature"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/signature"
 )
 
 // TestNoConfigRefusesUnsigned: trust comes from the image and fails closed.
@@ -35,15 +35,15 @@ func TestNoConfigRefusesUnsigned(t *testing.T) {
 	script := probe + "status BEFORE\n" +
 		"mkdir -p /run/art && echo " + art + " | base64 -d | tar -xz -C /run/art\n" +
 		"try unsigned slate upgrade --no-reboot oci:/run/art\n" +
-		"status AFTER\n" + node.ThenPoweroff
+		"status AFTER\n" + testnode.ThenPoweroff
 	m := vm.Start(t, vm.Config{Name: "no-config", Disk: v1img.Disk, DiskFormat: "raw",
-		FwCfgStrings: map[string]string{node.FwCfgTest: script}})
+		FwCfgStrings: map[string]string{testnode.FwCfgTest: script}})
 	b := waitBoot(t, m, exitTimeout)
 	if b.Script == nil || !b.Ended {
 		t.Fatalf("the script did not finish: %s; console:\n%s", b, tail(b.Lines, 80))
 	}
 	r := b.Script
-	if rec := node.Record(t, r); rec.Config != nil && rec.Config.Applied {
+	if rec := testnode.Record(t, r); rec.Config != nil && rec.Config.Applied {
 		t.Fatalf("the node applied a config (%+v); the test needs none", rec.Config)
 	}
 

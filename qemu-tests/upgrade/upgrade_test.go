@@ -22,14 +22,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/slate-os/slate/builder/signature"
-	"github.com/slate-os/slate/qemu-tests/node"
+	"github.com/slate-os/slate/qemu-tests/testnode"
 	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/signature"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	node.Cleanup()
+	testnode.Cleanup()
 	os.Exit(code)
 }
 
@@ -106,7 +106,7 @@ agent UPGRADE slate upgrade %s
 			n.First.Exit, strings.Join(n.First.Script.Lines, "\n"))
 	}
 
-	nextBoot(t, m, probe+"varsum\nstatus\n"+node.ThenPoweroff)
+	nextBoot(t, m, probe+"varsum\nstatus\n"+testnode.ThenPoweroff)
 	n.Second = waitBoot(t, m, exitTimeout)
 	if n.Second.Script == nil || !n.Second.Ended {
 		t.Fatalf("the boot after the upgrade (%s) did not run its script; console:\n%s", n.Second, tail(n.Second.Lines, 60))
@@ -352,7 +352,7 @@ func TestRollback(t *testing.T) {
 	var gens [3]map[string]int
 	for i, want := range []struct{ slot, version string }{{"b", "v2"}, {"a", "v1"}, {"b", "v2"}} {
 		if i == 2 {
-			nextBoot(t, m, probe+"varsum\nstatus\n"+node.ThenPoweroff)
+			nextBoot(t, m, probe+"varsum\nstatus\n"+testnode.ThenPoweroff)
 		} else if i == 1 {
 			nextBoot(t, m, "")
 		}

@@ -15,11 +15,15 @@
 //   - The base image is never written: every disk is attached through a
 //     qcow2 overlay (`qemu-img create -f qcow2 -b BASE -F FMT`), so one
 //     cached reference image serves every test, concurrently.
-//   - The serial console goes to a socket chardev with logfile=: QEMU writes
-//     every byte to console.log (the file CI keeps) and to the socket (which
-//     the harness drains, so a slow reader never stalls the guest, and which
-//     carries [Machine.Send] input). [Machine.Expect] follows console.log, so
-//     it works the same in interactive mode, where the console is on stdio.
+//   - The serial console goes to a socket chardev, which the harness drains
+//     (so a slow reader never stalls the guest) into console.log, the file
+//     CI keeps, and [Config.Console]; the socket also carries [Machine.Send]
+//     input. The harness writes the log itself, not QEMU's logfile=: QEMU 7.2
+//     writes a chunk to the logfile again each time it retries a partial
+//     write to the socket, which doubled characters in the log (see args).
+//     In interactive mode the console is on stdio and there QEMU's
+//     logfile= writes console.log. [Machine.Expect] follows console.log, so
+//     it works the same in both.
 //   - QMP and the console are connected over socketpairs passed to QEMU as
 //     inherited file descriptors (`-chardev socket,fd=N`): no socket paths
 //     (t.TempDir paths can exceed the 108-byte sun_path limit), no

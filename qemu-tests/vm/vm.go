@@ -3,14 +3,12 @@ package vm
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,173 +16,6 @@ import (
 	"testing"
 	"time"
 )
-
-// Paths in Debian's ovmf package. The 4 MiB build has the larger variable
-// store, and it is what the reference image was booted with.
-const (
-	DefaultFirmware     = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	DefaultVarsTemplate = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-)
-
-// Config describes a machine. The zero Config is a diskless UEFI machine
-// with 1 GiB, 2 CPUs and no network, whose OVMF ends up in its shell.
-type Config struct {
-	// Name labels the machine in errors and in the names of saved logs,
-	// for tests that run more than one machine. Optional.
-	Name string
-
-	// Disk is the base image, raw or qcow2, attached first (vda). It is
-	// never written: the machine runs on a qcow2 overlay of it in its work
-	// dir, see [Machine.Disk]. Empty means no disk.
-	Disk string
-	// DiskFormat is "raw" or "qcow2"; empty means ask `qemu-img info`.
-	DiskFormat string
-	// DiskSize, if not 0, is the overlay's size in bytes, for a guest that
-	// grows its last partition to the end of the disk. 0 keeps the base's.
-	DiskSize int64
-	// DiskBus is the controller Disk is attached to: BusVirtio (the
-	// default), BusSCSI, BusNVMe or BusSATA.
-	DiskBus Bus
-	// Disks are further disks, attached after Disk in order, each on its
-	// own Bus; their QEMU drive ids are disk0, disk1... in that order (for
-	// QMP commands that name a drive).
-	Disks []Disk
-
-	// Firmware is the OVMF code image; empty means DefaultFirmware.
-	Firmware string
-	// Vars is an OVMF variable store to use in place: QEMU writes to it,
-	// and it outlives the machine, for tests that carry EFI variables
-	// across machines. Empty means a fresh copy of VarsTemplate in the work
-	// dir, which lasts as long as the Machine (across Boot calls), so
-	// systemd-boot's counting starts clean for each test.
-	Vars string
-	// VarsTemplate is what a fresh variable store is copied from; empty
-	// means DefaultVarsTemplate.
-	VarsTemplate string
-
-	// FwCfg adds fw_cfg entries from host files: name (such as
-	// "opt/slate/config") → path. A Linux guest with the qemu_fw_cfg
-	// module reads them at /sys/firmware/qemu_fw_cfg/by_name/NAME/raw.
-	FwCfg map[string]string
-	// FwCfgStrings adds fw_cfg entries with the given contents. They are
-	// written to files in the work dir, so any bytes (commas, newlines,
-	// YAML) pass unharmed.
-	FwCfgStrings map[string]string
-
-	// Network gives the guest QEMU user networking (a virtio NIC; DHCP;
-	// the host's 127.0.0.1 is 10.0.2.2 from the guest). Forwards imply it.
-	// Without it the machine has no NIC at all.
-	Network bool
-	// Forwards expose guest ports on the host's 127.0.0.1.
-	Forwards []Forward
-
-	// MemoryMiB defaults to 1024, CPUs to 2.
-	MemoryMiB int
-	CPUs      int
-
-	// AllowReboot, when false (the default), passes -no-reboot: a reset by
-	// the guest (or SystemReset) makes QEMU exit with Exit.Reason
-	// "guest-reset", so a test sees each boot as one QEMU run and boots the
-	// next with [Machine.Boot], possibly after looking at the disk. When
-	// true, a reset reboots within the same QEMU process.
-	AllowReboot bool
-
-	// Interactive puts the console on this process's stdin and stdout with
-	// QEMU's monitor multiplexed in (`-serial mon:stdio`: Ctrl-A X quits,
-	// Ctrl-A C toggles the monitor), for `make run`. The console log and
-	// Expect still work; Send does not.
-	Interactive bool
-	// Console, if set, receives a copy of the console output as it arrives
-	// (os.Stdout for `make demo`). Ignored when Interactive.
-	Console io.Writer
-
-	// ExtraArgs are appended to QEMU's command line.
-	ExtraArgs []string
-
-	// Dir is the work dir for StartContext; empty means a new temporary
-	// directory, removed by Close. Start always uses t.TempDir.
-	Dir string
-}
-
-// Disk is an extra disk.
-type Disk struct {
-	Path   string
-	Format string // "raw" or "qcow2"; empty means ask qemu-img
-	// InPlace attaches Path itself, so the guest's writes land in it (a
-	// scratch disk the test inspects afterwards). By default the disk gets
-	// an overlay and Path is never written, like Config.Disk.
-	InPlace bool
-	// Bus is the controller; empty means BusVirtio.
-	Bus Bus
-}
-
-// Bus is a disk controller, as the guest sees it. Firmware (OVMF) boots
-// from each; the guest's kernel needs its driver (virtio_blk,
-// virtio_scsi + sd_mod, nvme, ahci + sd_mod).
-type Bus string
-
-const (
-	BusVirtio Bus = "virtio" // virtio-blk-pci: /dev/vda
-	BusSCSI   Bus = "scsi"   // scsi-hd on a virtio-scsi-pci controller: /dev/sda
-	BusNVMe   Bus = "nvme"   // an NVMe controller per disk: /dev/nvme0n1
-	BusSATA   Bus = "sata"   // ide-hd on q35's built-in AHCI controller: /dev/sda
-)
-
-// driveArgs are the QEMU arguments that attach drive id (its -drive options
-// in opts, without if=) on bus b; sata counts the SATA ports used so far,
-// scsi says whether the virtio-scsi controller is there yet.
-func driveArgs(b Bus, id, opts string, sata *int, scsi *bool) ([]string, error) {
-	switch b {
-	case "", BusVirtio:
-		return []string{"-drive", opts + ",if=virtio,id=" + id}, nil
-	case BusSCSI:
-		a := []string{"-drive", opts + ",if=none,id=" + id}
-		if !*scsi {
-			*scsi = true
-			a = append(a, "-device", "virtio-scsi-pci,id=scsi0")
-		}
-		return append(a, "-device", "scsi-hd,bus=scsi0.0,drive="+id), nil
-	case BusNVMe:
-		return []string{"-drive", opts + ",if=none,id=" + id, "-device", "nvme,serial=slate-" + id + ",drive=" + id}, nil
-	case BusSATA:
-		// q35's ICH9 AHCI controller has six ports, ide.0 to ide.5.
-		if *sata >= 6 {
-			return nil, errors.New("more than 6 SATA disks")
-		}
-		a := []string{"-drive", opts + ",if=none,id=" + id, "-device", fmt.Sprintf("ide-hd,bus=ide.%d,drive=%s", *sata, id)}
-		*sata++
-		return a, nil
-	}
-	return nil, fmt.Errorf("unknown disk bus %q", b)
-}
-
-// Forward exposes a guest port on the host.
-type Forward struct {
-	GuestPort int
-	// HostPort on 127.0.0.1; 0 picks a free one, see [Machine.HostAddr].
-	HostPort int
-	UDP      bool
-}
-
-// Exit says how a QEMU run ended.
-type Exit struct {
-	// Code is QEMU's exit status; -1 if a signal killed it.
-	Code int
-	// Reason is the reason of QEMU's last SHUTDOWN event: "guest-shutdown"
-	// (the guest powered off), "guest-reset" (the guest rebooted under
-	// -no-reboot), "host-qmp-quit" (Quit), "host-qmp-system-reset"
-	// (SystemReset under -no-reboot), "guest-panic", "host-signal"... or
-	// "" when QEMU ended without one (killed, or failed to start).
-	Reason string
-}
-
-func (e Exit) String() string {
-	reason := e.Reason
-	if reason == "" {
-		reason = "no shutdown event"
-	}
-	return fmt.Sprintf("status %d, %s", e.Code, reason)
-}
 
 // Machine is one virtual machine: its disks' overlays, its EFI variables
 // and its console log, and at most one running QEMU process at a time.
@@ -626,69 +457,6 @@ func (m *Machine) Boot(ctx context.Context) error {
 	return nil
 }
 
-// args builds QEMU's command line for the next boot.
-func (m *Machine) args() []string {
-	c := m.cfg
-	mem, cpus := c.MemoryMiB, c.CPUs
-	if mem == 0 {
-		mem = 1024
-	}
-	if cpus == 0 {
-		cpus = 2
-	}
-	fw := c.Firmware
-	if fw == "" {
-		fw = DefaultFirmware
-	}
-	a := []string{
-		"-machine", "q35",
-		// One TCG thread for all vCPUs: multi-threaded TCG (QEMU 7.2) once
-		// left both vCPUs of a guest spinning in kmem_cache_alloc for good,
-		// and with two test packages sharing 2 cores, make test ran in
-		// 16m45s this way against 18m33s multi-threaded. A lone guest boots
-		// slower (99 s against 71 s for three boots).
-		"-accel", "tcg,thread=single",
-		"-cpu", "max", // not -svm: that breaks the guest
-		"-smp", strconv.Itoa(cpus),
-		"-m", strconv.Itoa(mem),
-		"-display", "none",
-		"-monitor", "none",
-		"-chardev", "socket,id=qmp,fd=3",
-		"-mon", "chardev=qmp,mode=control",
-	}
-	if c.Interactive {
-		logfile := "logfile=" + optEscape(m.consoleLog) + ",logappend=on"
-		a = append(a,
-			"-chardev", "stdio,id=con0,mux=on,"+logfile,
-			"-serial", "chardev:con0",
-			"-mon", "chardev=con0,mode=readline")
-	} else {
-		a = append(a,
-			// No logfile= here: QEMU 7.2 writes a chunk to the logfile
-			// again each time it retries a partial write to the socket,
-			// which doubled characters in the log (measured). The
-			// harness writes the log from what it reads instead.
-			"-chardev", "socket,id=con0,fd=4",
-			"-serial", "chardev:con0")
-	}
-	if !c.AllowReboot {
-		a = append(a, "-no-reboot")
-	}
-	a = append(a,
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+optEscape(fw),
-		"-drive", "if=pflash,format=raw,unit=1,file="+optEscape(m.vars))
-	a = append(a, m.drives...)
-	for _, f := range m.fwcfg {
-		a = append(a, "-fw_cfg", f)
-	}
-	if m.nicArg != "" {
-		a = append(a, "-nic", m.nicArg)
-	} else {
-		a = append(a, "-nic", "none")
-	}
-	return append(a, c.ExtraArgs...)
-}
-
 func (r *run) drainConsole(logPath string, w io.Writer) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -720,37 +488,6 @@ func (m *Machine) current() *run {
 	return m.run
 }
 
-// ShutdownTimeout is how long a guest may take to go down once its work is
-// done: generous, since a busy host slows a TCG guest's shutdown many times,
-// and it is not what any test measures.
-const ShutdownTimeout = 5 * time.Minute
-
-// WaitExit waits for QEMU to exit and says how it ended. It is an error if
-// QEMU is still running after timeout (scaled by SLATE_TIMEOUT_SCALE) or
-// exited with a non-zero status; the error carries the console's tail.
-// After a guest power-off or reboot, Exit.Reason tells which it was. A
-// timeout of 0 waits as long as QEMU runs (`make run`).
-func (m *Machine) WaitExit(timeout time.Duration) (Exit, error) {
-	r := m.current()
-	if r == nil {
-		return Exit{}, fmt.Errorf("%s: WaitExit: the machine was never booted", m.label)
-	}
-	if timeout <= 0 {
-		<-r.done
-	} else {
-		scaled := Scale(timeout)
-		select {
-		case <-r.done:
-		case <-time.After(scaled):
-			return Exit{}, fmt.Errorf("%s: qemu still running after %s; %s", m.label, scaled, m.consoleTail(errorLines))
-		}
-	}
-	if r.exit.Code != 0 {
-		return r.exit, fmt.Errorf("%s: qemu exited: %s (%v); %s; %s", m.label, r.exit, r.werr, m.qemuTail(), m.consoleTail(errorLines))
-	}
-	return r.exit, nil
-}
-
 // Execute runs a QMP command and returns its "return" value. args is
 // marshalled to JSON (nil for none). A command QEMU refuses returns a
 // *QMPError.
@@ -764,121 +501,6 @@ func (m *Machine) Execute(command string, args any) (json.RawMessage, error) {
 		return nil, fmt.Errorf("%s: %w", m.label, err)
 	}
 	return ret, nil
-}
-
-// Quit cuts the power: QMP `quit` ends QEMU at once, with no warning to the
-// guest (QEMU itself still flushes the overlay and vars files, so the host
-// side is consistent). It waits for QEMU to exit, killing it if needed.
-// That is the power-failure step of upgrade tests; Boot powers on again.
-func (m *Machine) Quit() error {
-	r := m.current()
-	if r == nil || r.hasExited() {
-		return nil
-	}
-	_, err := m.Execute("quit", nil)
-	if err != nil && !errors.Is(err, errQMPClosed) && !r.hasExited() {
-		_ = r.kill()
-		return err
-	}
-	select {
-	case <-r.done:
-		return nil
-	case <-time.After(Scale(30 * time.Second)):
-		_ = r.kill()
-		return fmt.Errorf("%s: qemu ignored quit; killed it", m.label)
-	}
-}
-
-// SystemPowerdown presses the ACPI power button; the guest decides what
-// to do (systemd powers off; OVMF ignores it). It does not wait.
-func (m *Machine) SystemPowerdown() error {
-	_, err := m.Execute("system_powerdown", nil)
-	return err
-}
-
-// SystemReset presses the reset button: an instant reboot with no
-// shutdown in the guest. Without AllowReboot, QEMU then exits
-// (Exit.Reason "host-qmp-system-reset") as for a guest reboot.
-func (m *Machine) SystemReset() error {
-	_, err := m.Execute("system_reset", nil)
-	return err
-}
-
-// Kill ends QEMU with SIGKILL and waits for it. Test cleanup does this.
-func (m *Machine) Kill() error {
-	r := m.current()
-	if r == nil {
-		return nil
-	}
-	return r.kill()
-}
-
-func (r *run) kill() error {
-	if r.hasExited() {
-		return nil
-	}
-	_ = r.cmd.Process.Kill()
-	<-r.done
-	return nil
-}
-
-// terminate asks QEMU to stop with SIGTERM (it restores the terminal and
-// flushes its files), then kills it if it does not.
-func (r *run) terminate() {
-	if r.hasExited() {
-		return
-	}
-	_ = r.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-r.done:
-	case <-time.After(5 * time.Second):
-		_ = r.kill()
-	}
-}
-
-// Close stops QEMU (Quit, then SIGTERM, then SIGKILL) and removes the work
-// dir if StartContext made it.
-func (m *Machine) Close() error {
-	if r := m.current(); r != nil && !r.hasExited() {
-		if r.qmp != nil {
-			_, _ = r.qmp.execute("quit", nil, 5*time.Second)
-			select {
-			case <-r.done:
-			case <-time.After(5 * time.Second):
-			}
-		}
-		r.terminate()
-	}
-	if m.ownDir {
-		return os.RemoveAll(m.dir)
-	}
-	return nil
-}
-
-// SetFwCfgString sets (or, with remove, drops) a fw_cfg entry with the
-// given contents for the next Boot: a node that reboots can find another
-// config, as after an operator's change.
-func (m *Machine) SetFwCfgString(name, contents string, remove bool) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	prefix := "name=" + optEscape(name) + ","
-	kept := m.fwcfg[:0]
-	for _, a := range m.fwcfg {
-		if !strings.HasPrefix(a, prefix) {
-			kept = append(kept, a)
-		}
-	}
-	m.fwcfg = kept
-	if remove {
-		return nil
-	}
-	path := filepath.Join(m.dir, fmt.Sprintf("fw_cfg%d", m.fwcfgN))
-	m.fwcfgN++
-	if err := os.WriteFile(path, []byte(contents), 0o644); err != nil {
-		return err
-	}
-	m.fwcfg = append(m.fwcfg, prefix+"file="+optEscape(path))
-	return nil
 }
 
 // Dir is the machine's work dir: overlays, vars, console.log, qemu.log
@@ -952,27 +574,6 @@ func timeoutScale() (float64, error) {
 	return f, nil
 }
 
-// optEscape escapes a value for QEMU's comma-separated options.
-func optEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
-
-func imageFormat(path string) (string, error) {
-	out, err := exec.Command("qemu-img", "info", "--output=json", path).Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return "", fmt.Errorf("qemu-img info %s: %s", path, strings.TrimSpace(string(ee.Stderr)))
-		}
-		return "", fmt.Errorf("qemu-img info %s: %w", path, err)
-	}
-	var info struct {
-		Format string `json:"format"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil || info.Format == "" {
-		return "", fmt.Errorf("qemu-img info %s: no format in %q", path, out)
-	}
-	return info.Format, nil
-}
-
 // socketpair returns a connected pair: a net.Conn for the harness and a
 // file to hand to QEMU.
 func socketpair() (net.Conn, *os.File, error) {
@@ -1022,24 +623,4 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
-}
-
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-func shellQuote(args []string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		if a == "" || strings.ContainsAny(a, " \t\n'\"\\$`*?[]{}()<>|&;#~") {
-			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
-		}
-		q[i] = a
-	}
-	return strings.Join(q, " ")
 }

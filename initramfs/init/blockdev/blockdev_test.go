@@ -12,6 +12,7 @@ import (
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/gpt"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 const stateUUID = "11111111-2222-3333-4444-555555555555"
@@ -19,9 +20,7 @@ const stateUUID = "11111111-2222-3333-4444-555555555555"
 // makeDisk writes a slate-like GPT disk image of size mib with sgdisk.
 func makeDisk(t *testing.T, dir string, mib int) string {
 	t.Helper()
-	if _, err := exec.LookPath("sgdisk"); err != nil {
-		t.Skip("sgdisk not installed")
-	}
+	testtool.Need(t, "sgdisk")
 	p := filepath.Join(dir, "disk.img")
 	if err := os.WriteFile(p, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -141,14 +140,8 @@ func TestWait(t *testing.T) {
 // TestGrowLoop grows a real partition of a loop device: GPT rewrite, then
 // BLKPG, checked through sysfs. It needs root and loop devices.
 func TestGrowLoop(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root for loop devices")
-	}
-	for _, tool := range []string{"losetup", "partx", "sgdisk"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
+	testtool.Root(t, "loop devices")
+	testtool.Need(t, "losetup", "partx", "sgdisk")
 	dir := t.TempDir()
 	img := makeDisk(t, dir, 24)
 	if err := os.Truncate(img, 64<<20); err != nil {

@@ -126,3 +126,37 @@ func TestRebootDelay(t *testing.T) {
 		t.Errorf("Parse with bad delay: %v %v", warns, err)
 	}
 }
+
+// The builder and the agent write a slot's line with boot.SlotCmdline; the
+// init must read back every field, whatever case the PARTUUIDs came in.
+func TestSlotCmdlineRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		base string
+		a    boot.SlotArgs
+	}{
+		{"", boot.SlotArgs{Slot: boot.SlotA, RootPartUUID: root, RootHash: hash, StatePartUUID: state, Version: "1.4.2"}},
+		{"  console=ttyS0,115200 panic=10 " + boot.ArgRebootDelay + "=30s  ", boot.SlotArgs{Slot: boot.SlotB,
+			RootPartUUID: strings.ToUpper(root), RootHash: hash, StatePartUUID: strings.ToUpper(state), Version: "v2_rc-1"}},
+	} {
+		line := boot.SlotCmdline(tc.base, tc.a)
+		if line != strings.TrimSpace(line) || strings.Contains(line, strings.ToUpper(root)) {
+			t.Errorf("%q: want no surrounding spaces and lower-case PARTUUIDs", line)
+		}
+		p, warns, err := Parse(line)
+		if err != nil || len(warns) != 0 {
+			t.Fatalf("Parse(%q): %v %v", line, err, warns)
+		}
+		want := &Params{Slot: tc.a.Slot, RootPartUUID: strings.ToUpper(root), StatePartUUID: strings.ToUpper(state),
+			RootHash: hash, Version: tc.a.Version, RebootDelay: DefaultRebootDelay}
+		if tc.base != "" {
+			want.RebootDelay = 30 * time.Second
+		}
+		if !reflect.DeepEqual(p, want) {
+			t.Errorf("Parse(%q) =\n%+v\nwant\n%+v", line, p, want)
+		}
+		// The agent reads the version of an entry with boot.CmdlineValue.
+		if v := boot.CmdlineValue(line, boot.ArgVersion); v != tc.a.Version {
+			t.Errorf("CmdlineValue(%q, version) = %q", line, v)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 // fakeBlock is a /sys/class/block and /dev whose devices are image files.
@@ -57,13 +59,13 @@ func (fb *fakeBlock) source(t *testing.T, wait time.Duration) ConfigDrive {
 			fb.mounted = append(fb.mounted, filepath.Base(dev))
 			switch fstype {
 			case FSVfat:
-				need(t, "mcopy", "mdir")
+				testtool.Need(t, "mcopy", "mdir")
 				if out, err := exec.Command("mdir", "-b", "-i", dev, "::").Output(); err == nil && len(strings.TrimSpace(string(out))) > 0 {
 					return exec.Command("mcopy", "-s", "-i", dev, "::*", dir).Run()
 				}
 				return nil
 			case FSISO9660:
-				need(t, "isoinfo")
+				testtool.Need(t, "isoinfo")
 				out, err := exec.Command("isoinfo", "-R", "-f", "-i", dev).Output()
 				if err != nil {
 					return err

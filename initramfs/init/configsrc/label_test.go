@@ -8,16 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-)
 
-func need(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s is not installed", tool)
-		}
-	}
-}
+	"github.com/slate-os/slate/internal/testtool"
+)
 
 func run(t *testing.T, name string, args ...string) {
 	t.Helper()
@@ -30,7 +23,7 @@ func run(t *testing.T, name string, args ...string) {
 // 12, 16 or 32), labelled label ("" for none), holding files (with mtools).
 func mkVfat(t *testing.T, dir, name string, sizeMiB, fatBits int, label string, files map[string]string) string {
 	t.Helper()
-	need(t, "mkfs.vfat")
+	testtool.Need(t, "mkfs.vfat")
 	img := filepath.Join(dir, name)
 	f, err := os.Create(img)
 	if err != nil {
@@ -47,7 +40,7 @@ func mkVfat(t *testing.T, dir, name string, sizeMiB, fatBits int, label string, 
 	}
 	run(t, "mkfs.vfat", append(args, img)...)
 	for n, content := range files {
-		need(t, "mcopy")
+		testtool.Need(t, "mcopy")
 		src := filepath.Join(t.TempDir(), n)
 		os.WriteFile(src, []byte(content), 0o644)
 		run(t, "mcopy", "-i", img, src, "::"+n)
@@ -70,18 +63,13 @@ func mkISO(t *testing.T, dir, name, label string, plain bool, files map[string]s
 		args = append(args, "-R", "-J")
 	}
 	args = append(args, tree)
-	for _, tool := range []string{"genisoimage", "mkisofs", "xorrisofs"} {
-		if _, err := exec.LookPath(tool); err == nil {
-			run(t, tool, args...)
-			return img
-		}
-	}
-	if _, err := exec.LookPath("xorriso"); err == nil {
+	switch tool := testtool.Any(t, "genisoimage", "mkisofs", "xorrisofs", "xorriso"); tool {
+	case "xorriso":
 		run(t, "xorriso", append([]string{"-as", "mkisofs"}, args...)...)
-		return img
+	default:
+		run(t, tool, args...)
 	}
-	t.Skip("no genisoimage, mkisofs or xorriso")
-	return ""
+	return img
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
@@ -177,12 +165,12 @@ func TestProbeOther(t *testing.T) {
 	copy(bad[0x2B:], "SLATE-CONFI")
 	bad[0x26] = 0x29
 	cases["bad-bpb"] = write("bad-bpb", bad)
-	if _, err := exec.LookPath("sgdisk"); err == nil {
+	if testtool.Have(t, "sgdisk") {
 		gpt := write("gpt", make([]byte, 8<<20))
 		run(t, "sgdisk", "-o", "-n", "1:2048:+2M", "-c", "1:SLATE-CONFIG", gpt)
 		cases["gpt"] = gpt
 	}
-	if _, err := exec.LookPath("mkfs.ext4"); err == nil {
+	if testtool.Have(t, "mkfs.ext4") {
 		ext := write("ext4", nil)
 		os.Truncate(ext, 8<<20)
 		run(t, "mkfs.ext4", "-q", "-L", "SLATE-CONFIG", ext)

@@ -6,12 +6,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/slate-os/slate/boot/record"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 // smokeConfig is a node config that leaves marks the guest init reports.
@@ -87,7 +87,7 @@ func testConfigSources(t *testing.T, work, kernel, initrd, disk, cmdline string)
 	applied("fw_cfg", out, "fw_cfg", "opt/slate/config", smokeConfig("from-fwcfg", "fw_cfg"), "from-fwcfg", "fw_cfg")
 
 	// A vfat config drive.
-	if _, err := exec.LookPath("mcopy"); err == nil {
+	if testtool.Have(t, "mcopy") {
 		cfg := smokeConfig("from-vfat", "vfat")
 		img := filepath.Join(work, "config-vfat.img")
 		os.WriteFile(img, nil, 0o644)
@@ -101,7 +101,7 @@ func testConfigSources(t *testing.T, work, kernel, initrd, disk, cmdline string)
 	}
 
 	// An ISO 9660 config drive.
-	if _, err := exec.LookPath("genisoimage"); err == nil {
+	if testtool.Have(t, "genisoimage") {
 		cfg := smokeConfig("from-iso", "iso9660")
 		tree := filepath.Join(work, "iso-tree")
 		os.MkdirAll(tree, 0o755)

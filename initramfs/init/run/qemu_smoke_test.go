@@ -45,6 +45,7 @@ import (
 	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/initramfs"
 	"github.com/slate-os/slate/initramfs/internal/initbuild"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 const (
@@ -138,14 +139,6 @@ func main() {
 }
 `
 
-func need(t *testing.T, tools ...string) {
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
-}
-
 func sh(t *testing.T, dir, name string, args ...string) {
 	t.Helper()
 	cmd := exec.Command(name, args...)
@@ -164,7 +157,7 @@ func TestQEMUSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots QEMU")
 	}
-	need(t, "qemu-system-x86_64", "mksquashfs", "sgdisk", "mke2fs", "ldd")
+	testtool.Need(t, "qemu-system-x86_64", "mksquashfs", "sgdisk", "mke2fs", "e2fsck", "ldd")
 	work := t.TempDir()
 	if kdir == "" {
 		kdir = filepath.Join(work, "kernel")
@@ -229,7 +222,7 @@ func TestQEMUSmoke(t *testing.T) {
 	}
 	// The host's e2fsprogs and their libraries.
 	for _, tool := range []string{"mke2fs", "e2fsck"} {
-		p, _ := exec.LookPath(tool)
+		p := testtool.Path(t, tool)
 		copyFileTo(t, p, filepath.Join(rootfs, "usr/sbin", tool))
 		out, _ := exec.Command("ldd", p).Output()
 		for _, line := range strings.Split(string(out), "\n") {

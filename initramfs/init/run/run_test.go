@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/slate-os/slate/initramfs/layout"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 func TestReadLoadList(t *testing.T) {
@@ -29,9 +30,7 @@ func TestReadLoadList(t *testing.T) {
 }
 
 func TestImageTool(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("chroot needs root")
-	}
+	testtool.Root(t, "chroot")
 	// Chrooting into / runs the host's tools: enough to check exit codes and output.
 	code, out, err := imageTool("/", "sh", "-c", "echo hello; exit 3")
 	if err != nil || code != 3 || strings.TrimSpace(string(out)) != "hello" {

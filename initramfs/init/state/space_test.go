@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 func TestNeeds(t *testing.T) {
@@ -124,12 +126,8 @@ func TestResizeFS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("mounts a loop device")
 	}
-	if os.Getuid() != 0 {
-		t.Skip("needs root")
-	}
-	if _, err := exec.LookPath("losetup"); err != nil {
-		t.Skip("no losetup")
-	}
+	testtool.Root(t, "loop devices and mount")
+	testtool.Need(t, "losetup")
 	p := sparse(t, 64<<20, nil)
 	mkfsExt4(t, p)
 	if err := os.Truncate(p, 200<<20); err != nil {

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/internal/fsync"
 )
 
 // Kind is what the start of the state partition holds.
@@ -160,7 +161,7 @@ func MachineID(varRoot string) (id string, created bool, replaced string, err er
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return "", false, "", err
 	}
-	if err := writeFileSync(p, []byte(id+"\n"), 0o444); err != nil {
+	if err := fsync.WriteFile(p, []byte(id+"\n"), 0o444); err != nil {
 		return "", false, "", err
 	}
 	return id, true, replaced, nil
@@ -173,38 +174,6 @@ func truncate(s string, n int) string {
 	return s
 }
 
-// writeFileSync writes a file atomically and durably: temporary file,
-// fsync, rename, fsync of the directory.
-func writeFileSync(p string, data []byte, mode os.FileMode) error {
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		return err
-	}
-	if d, err := os.Open(filepath.Dir(p)); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
-}
-
 // MarkPopulated records that the image's /var was copied, with the image
 // version that provided it.
 func MarkPopulated(varRoot, version string) error {
@@ -212,7 +181,7 @@ func MarkPopulated(varRoot, version string) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}
-	return writeFileSync(p, []byte("image-version="+version+"\n"), 0o644)
+	return fsync.WriteFile(p, []byte("image-version="+version+"\n"), 0o644)
 }
 
 // Populated reports whether MarkPopulated ran on this filesystem.

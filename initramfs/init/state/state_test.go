@@ -12,14 +12,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/internal/testtool"
 )
 
 func mkfsExt4(t *testing.T, p string) {
 	t.Helper()
-	mkfs, err := exec.LookPath("mkfs.ext4")
-	if err != nil {
-		t.Skip("mkfs.ext4 not installed")
-	}
+	mkfs := testtool.Path(t, "mkfs.ext4")
 	if out, err := exec.Command(mkfs, "-q", "-F", "-L", "slate-state", p).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
 	}

@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/slate-os/slate/boot"
 )
 
 // Package is the init's import path relative to the module root.
@@ -25,7 +27,7 @@ var Flags = []string{"-trimpath", "-buildvcs=false", "-ldflags=-s -w -buildid="}
 // Env is set on top of the caller's environment: a static x86-64 Linux
 // binary (the disk's root slots are x86-64), no user GOFLAGS, no toolchain
 // switch.
-var Env = []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOAMD64=v1", "GOFLAGS=", "GOTOOLCHAIN=local"}
+var Env = []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=" + boot.Arch, "GOAMD64=v1", "GOFLAGS=", "GOTOOLCHAIN=local"}
 
 // ModuleRoot returns the directory of the go.mod of the current directory's module.
 func ModuleRoot() (string, error) {

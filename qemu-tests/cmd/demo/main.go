@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/builder/inspect"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )

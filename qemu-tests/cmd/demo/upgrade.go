@@ -14,7 +14,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
-	"github.com/slate-os/slate/builder/artifact"
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
 

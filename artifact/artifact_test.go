@@ -746,10 +746,14 @@ func TestPushOpenRegistry(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "out")
 	digest := in.write(t, dir)
 
-	// No tag: the version tags it.
-	got, err := Push(dir, host+"/slate/node-update", opts...)
+	// No tag: the version tags it. The upload reports its progress.
+	var done, total, calls int64
+	got, err := Push(dir, host+"/slate/node-update", append(opts, WithProgress(func(d, t int64) { done, total, calls = d, t, calls+1 }))...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if calls == 0 || total == 0 || done != total {
+		t.Errorf("progress: %d calls, last %d of %d bytes", calls, done, total)
 	}
 	if got.Digest != digest || got.Ref.String() != host+"/slate/node-update:1.4.0" || got.Signed {
 		t.Errorf("pushed %+v, layout has %s (unsigned)", got, digest)

@@ -24,7 +24,7 @@ import (
 )
 
 // fixture is what cosign v3.1.3 stored in a registry for one artifact
-// (builder/artifact's TestCosignInterop wrote it, SLATE_COSIGN_FIXTURE):
+// (artifact's TestCosignInterop wrote it, SLATE_COSIGN_FIXTURE):
 //
 //	cosign sign --key cosign.key --tlog-upload=false --use-signing-config=false [--new-bundle-format=false] REF@DIGEST
 //

@@ -23,7 +23,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/signature"
 )
 
 // TestCosignInterop signs an artifact in a registry with the real cosign,
@@ -32,7 +32,7 @@ import (
 // VerifySignature accepts them (and cosign slate's). It runs only when
 // SLATE_COSIGN names a cosign binary (see README, "Signed artifacts"):
 //
-//	SLATE_COSIGN=/path/to/cosign go test -run CosignInterop -v ./builder/artifact
+//	SLATE_COSIGN=/path/to/cosign go test -run CosignInterop -v ./artifact
 //
 // With SLATE_COSIGN_FIXTURE=DIR it also writes what cosign stored for the
 // ECDSA key (bundle, referrer manifest, public key, the artifact's

@@ -20,8 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/fsync"
+	"github.com/slate-os/slate/signature"
 )
 
 // Signatures reads the signature image stored beside the artifact, under
@@ -277,27 +277,10 @@ func storeManifest(dir string, img v1.Image, desc v1.Descriptor, replace match.M
 	if err := fsync.Path(blobs); err != nil {
 		return err
 	}
-	if err := replaceFile(filepath.Join(dir, "index.json"), raw); err != nil {
+	if err := fsync.WriteFile(filepath.Join(dir, "index.json"), raw, 0o644); err != nil {
 		return err
 	}
 	return removeUnreferenced(dir, idx)
-}
-
-// replaceFile writes path through a temporary file, fsync and rename.
-func replaceFile(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	if err := fsync.Path(tmp); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return fsync.Path(filepath.Dir(path))
 }
 
 // removeUnreferenced deletes the sha256 blobs that neither idx's manifests

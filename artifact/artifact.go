@@ -1,6 +1,6 @@
 // Package artifact is slate's update artifact: an OCI artifact that carries
 // everything an upgrade writes into a slot, stored as an OCI image layout
-// (see DESIGN.md, "Update artifact and the atomic swap").
+// (see ARCHITECTURE.md, "The artifact and the atomic swap").
 //
 // The artifact is one OCI image manifest:
 //
@@ -37,7 +37,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/signature"
 )
 
 // Media types of the artifact and its parts.

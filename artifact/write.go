@@ -20,8 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/slate-os/slate/boot"
-	"github.com/slate-os/slate/builder/signature"
 	"github.com/slate-os/slate/internal/fsync"
+	"github.com/slate-os/slate/signature"
 )
 
 // Blob is the content of one layer: a file (Path) or a stream (Open). Set

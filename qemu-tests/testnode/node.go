@@ -1,11 +1,11 @@
-// Package node builds test disks from the reference image and boots them
+// Package testnode builds test disks from the reference image and boots them
 // under QEMU with a script to run inside the guest.
 //
 // The test image is the reference image plus one layer: a systemd unit that,
 // once the node is up, runs the shell script handed to QEMU as the fw_cfg
 // entry opt/slate/test and prints its output on the serial console between
 // markers. So every scenario is a script, not a new image.
-package node
+package testnode
 
 import (
 	"context"

@@ -24,7 +24,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/signature"
 )
 
 func ecKey(t testing.TB) *ecdsa.PrivateKey {

@@ -21,7 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
-	"github.com/slate-os/slate/builder/signature"
+	"github.com/slate-os/slate/signature"
 )
 
 // LayoutPrefix marks an Open reference as an OCI layout directory.
@@ -35,6 +35,7 @@ type options struct {
 	keychain authn.Keychain
 	ctx      context.Context
 	os, arch string
+	progress func(done, total int64)
 }
 
 func makeOptions(opts []Option) *options {
@@ -55,9 +56,15 @@ func WithKeychain(kc authn.Keychain) Option { return func(o *options) { o.keycha
 // WithContext bounds registry requests.
 func WithContext(ctx context.Context) Option { return func(o *options) { o.ctx = ctx } }
 
+// WithProgress reports Push's upload as it goes: the bytes sent and the
+// bytes to send.
+func WithProgress(f func(done, total int64)) Option {
+	return func(o *options) { o.progress = f }
+}
+
 // WithPlatform makes Open refuse an artifact built for another platform
-// (os "linux", arch in OCI naming: "amd64"). The agent passes
-// runtime.GOOS, runtime.GOARCH.
+// (OCI naming: "linux", "amd64"). The agent passes the nodes' platform,
+// boot.OS and boot.Arch.
 func WithPlatform(os, arch string) Option {
 	return func(o *options) { o.os, o.arch = os, arch }
 }
@@ -457,7 +464,26 @@ func Push(dir, ref string, opts ...Option) (Pushed, error) {
 	}
 	// Push the layout's own image, so the registry gets the very bytes of
 	// the layout's manifest and blobs.
-	if err := remote.Write(target, a.Image, o.remoteOptions()...); err != nil {
+	ropts := o.remoteOptions()
+	var drained chan struct{}
+	if o.progress != nil {
+		updates, f := make(chan v1.Update, 64), o.progress
+		drained = make(chan struct{})
+		ropts = append(ropts, remote.WithProgress(updates))
+		go func() {
+			defer close(drained)
+			for u := range updates { // closed when remote.Write returns
+				if u.Error == nil {
+					f(u.Complete, u.Total)
+				}
+			}
+		}()
+	}
+	err = remote.Write(target, a.Image, ropts...)
+	if drained != nil && err == nil {
+		<-drained
+	}
+	if err != nil {
 		return Pushed{}, fmt.Errorf("push %s to %s: %w", dir, target, err)
 	}
 	signed, err := pushSignatures(a, target.Context(), o)

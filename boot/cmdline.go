@@ -1,0 +1,31 @@
+package boot
+
+import "strings"
+
+// SlotArgs are what a slot's boot entry tells the init about the slot.
+type SlotArgs struct {
+	Slot          Slot
+	RootPartUUID  string // the slot's root partition
+	RootHash      string // dm-verity root hash of the slot's image, hex
+	StatePartUUID string
+	Version       string // the image's version label
+}
+
+// SlotCmdline is the kernel command line of a slot's boot entry: base (the
+// image's own arguments) then the init's. The builder writes slot A's, the
+// agent an upgraded slot's and the init parses it (initramfs/init/cmdline,
+// whose tests parse this back). PARTUUIDs go in lower case, as the kernel
+// and blkid show them; the init accepts either case.
+func SlotCmdline(base string, a SlotArgs) string {
+	args := []string{
+		ArgSlot + "=" + string(a.Slot),
+		ArgRoot + "=" + strings.ToLower(a.RootPartUUID),
+		ArgRootHash + "=" + a.RootHash,
+		ArgState + "=" + strings.ToLower(a.StatePartUUID),
+		ArgVersion + "=" + a.Version,
+	}
+	if base = strings.TrimSpace(base); base != "" {
+		args = append([]string{base}, args...)
+	}
+	return strings.Join(args, " ")
+}
