@@ -102,6 +102,23 @@ func LocalPath(ref string) bool {
 // CheckLocal returns a *NotFoundError for a ref that LocalPath takes for a
 // path and that does not exist, nil otherwise.
 func CheckLocal(ref string) error {
+	// oci:DIR[:TAG|@DIGEST] and docker-archive:FILE are local by their
+	// prefix: the directory or file must be there.
+	if p, ok := strings.CutPrefix(ref, "oci:"); ok {
+		if _, err := os.Stat(filepath.Join(p, "index.json")); err != nil {
+			p, _ = SplitLayoutRef(p)
+		}
+		if _, err := os.Stat(p); err != nil {
+			return &NotFoundError{Path: p}
+		}
+		return nil
+	}
+	if p, ok := strings.CutPrefix(ref, "docker-archive:"); ok {
+		if _, err := os.Stat(p); err != nil {
+			return &NotFoundError{Path: p}
+		}
+		return nil
+	}
 	if _, err := os.Lstat(ref); err == nil || !LocalPath(ref) {
 		return nil
 	}

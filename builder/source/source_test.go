@@ -172,7 +172,20 @@ func TestLocalPath(t *testing.T) {
 			t.Errorf("Open(%q): %v, want %q", ref, err, want)
 		}
 	}
-	if err := CheckLocal("here.tar"); err != nil {
-		t.Errorf("CheckLocal of an existing file: %v", err)
+	if err := os.Mkdir("node.oci", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{"here.tar", "oci:node.oci", "oci:node.oci:v2", "oci:node.oci@sha256:" + strings.Repeat("ab", 32), "docker-archive:here.tar"} {
+		if err := CheckLocal(ref); err != nil {
+			t.Errorf("CheckLocal(%q), which exists: %v", ref, err)
+		}
+	}
+	for ref, want := range map[string]string{
+		"oci:nope.oci": "no such file or directory: nope.oci", "oci:nope.oci:v2": "no such file or directory: nope.oci",
+		"docker-archive:nope.tar": "no such file or directory: nope.tar",
+	} {
+		if err := CheckLocal(ref); err == nil || err.Error() != want {
+			t.Errorf("CheckLocal(%q) = %v, want %q", ref, err, want)
+		}
 	}
 }
