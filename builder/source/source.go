@@ -105,11 +105,9 @@ func CheckLocal(ref string) error {
 	// oci:DIR[:TAG|@DIGEST] and docker-archive:FILE are local by their
 	// prefix: the directory or file must be there.
 	if p, ok := strings.CutPrefix(ref, "oci:"); ok {
-		if _, err := os.Stat(filepath.Join(p, "index.json")); err != nil {
-			p, _ = SplitLayoutRef(p)
-		}
-		if _, err := os.Stat(p); err != nil {
-			return &NotFoundError{Path: p}
+		dir, _ := layoutRef(p)
+		if _, err := os.Stat(dir); err != nil {
+			return &NotFoundError{Path: dir}
 		}
 		return nil
 	}
@@ -129,12 +127,7 @@ func CheckLocal(ref string) error {
 func open(ref string, opt Options) (v1.Image, error) {
 	switch {
 	case strings.HasPrefix(ref, "oci:"):
-		rest := strings.TrimPrefix(ref, "oci:")
-		if _, err := os.Stat(filepath.Join(rest, "index.json")); err == nil {
-			return fromLayout(rest, "") // a directory whose name has a colon
-		}
-		dir, sel := SplitLayoutRef(rest)
-		return fromLayout(dir, sel)
+		return fromLayout(layoutRef(strings.TrimPrefix(ref, "oci:")))
 	case strings.HasPrefix(ref, "docker-archive:"):
 		return fromTarball(strings.TrimPrefix(ref, "docker-archive:"))
 	}
@@ -160,6 +153,15 @@ func open(ref string, opt Options) (v1.Image, error) {
 		kc = authn.DefaultKeychain
 	}
 	return remote.Image(r, remote.WithAuthFromKeychain(kc), remote.WithPlatform(Platform))
+}
+
+// layoutRef is SplitLayoutRef, except that a layout directory whose name
+// has a colon is taken whole.
+func layoutRef(s string) (dir, sel string) {
+	if _, err := os.Stat(filepath.Join(s, "index.json")); err == nil {
+		return s, ""
+	}
+	return SplitLayoutRef(s)
 }
 
 // SplitLayoutRef splits "DIR[:TAG|@DIGEST]" into the directory and the
