@@ -37,6 +37,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/signature"
 )
 
@@ -100,26 +101,9 @@ type Config struct {
 	Created time.Time `json:"created"`
 }
 
-// RootInfo describes the root layer: Size bytes in total, the squashfs in
-// [0, DataSize), the dm-verity superblock at HashOffset and the hash tree
-// after it, as `veritysetup format --hash-offset=HashOffset` lays them out.
-type RootInfo struct {
-	// Size is the whole root layer in bytes. Write fills it in when zero.
-	Size int64 `json:"size"`
-	// DataSize is the squashfs padded to a multiple of 4 KiB.
-	DataSize int64 `json:"dataSize"`
-	// HashOffset is where the verity superblock starts (>= DataSize).
-	HashOffset int64 `json:"hashOffset"`
-	// RootHash is the verity root hash, lowercase hex.
-	RootHash string `json:"rootHash"`
-	// Salt is the verity salt, hex; empty for none.
-	Salt string `json:"salt"`
-	// Algorithm is the verity hash algorithm: "sha256".
-	Algorithm string `json:"algorithm"`
-	// DataBlockSize and HashBlockSize are the verity block sizes in bytes.
-	DataBlockSize int `json:"dataBlockSize"`
-	HashBlockSize int `json:"hashBlockSize"`
-}
+// RootInfo describes the root layer: the squashfs and its dm-verity
+// superblock and hash tree, byte for byte what goes into a root partition.
+type RootInfo = verity.Layout
 
 // Artifact is an update artifact read by Open.
 //

@@ -70,7 +70,7 @@ func makeInputs(t testing.TB, dataBlocks int64, sparse bool) inputs {
 		DataBlockSize: 4096,
 		HashBlockSize: 4096,
 	}
-	size := rootMinSize(ri)
+	size := ri.MinSize()
 	in := inputs{
 		cfg: Config{
 			Version:       "1.4.0",

@@ -135,10 +135,8 @@ func checkLayerSizes(m *v1.Manifest) []string {
 }
 
 var (
-	tagRE      = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
-	sha256RE   = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
-	rootHashRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	saltRE     = regexp.MustCompile(`^([0-9a-f]{2}){0,256}$`)
+	tagRE    = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$`)
+	sha256RE = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 	// loaderVersionRE: what boot.ParseLoaderInfo accepts as a version.
 	loaderVersionRE = regexp.MustCompile(`^[!-~]{1,128}$`)
 )
@@ -202,84 +200,6 @@ func checkConfig(c Config) []string {
 			}
 		}
 	}
-	p = append(p, checkRoot(c.Root)...)
+	p = append(p, c.Root.Check("config.root")...)
 	return p
-}
-
-func checkRoot(r RootInfo) []string {
-	var p []string
-	bad := func(field, format string, args ...any) {
-		p = append(p, "config.root."+field+": "+fmt.Sprintf(format, args...))
-	}
-
-	if r.Algorithm != "sha256" {
-		bad("algorithm", "%q, want \"sha256\"", r.Algorithm)
-	}
-	if r.RootHash == "" {
-		bad("rootHash", "missing")
-	} else if !rootHashRE.MatchString(r.RootHash) {
-		bad("rootHash", "%q is not a sha256 hash (64 lowercase hex digits, got %d characters)", r.RootHash, len(r.RootHash))
-	}
-	if !saltRE.MatchString(r.Salt) {
-		bad("salt", "%q is not lowercase hex of at most 256 bytes", r.Salt)
-	}
-	blockOK := func(field string, n int) bool {
-		if n < 512 || n > 4096 || n&(n-1) != 0 {
-			bad(field, "%d, want a power of two from 512 to 4096", n)
-			return false
-		}
-		return true
-	}
-	dataOK := blockOK("dataBlockSize", r.DataBlockSize)
-	hashOK := blockOK("hashBlockSize", r.HashBlockSize)
-
-	switch {
-	case r.DataSize <= 0:
-		bad("dataSize", "%d, want the squashfs size padded to 4 KiB", r.DataSize)
-		dataOK = false
-	case r.DataSize%4096 != 0:
-		bad("dataSize", "%d is not a multiple of 4096 (the squashfs is padded to 4 KiB)", r.DataSize)
-		dataOK = false
-	case dataOK && r.DataSize%int64(r.DataBlockSize) != 0:
-		bad("dataSize", "%d is not a multiple of dataBlockSize %d", r.DataSize, r.DataBlockSize)
-		dataOK = false
-	}
-	switch {
-	case r.HashOffset < r.DataSize:
-		bad("hashOffset", "%d is inside the data (dataSize %d)", r.HashOffset, r.DataSize)
-		hashOK = false
-	case hashOK && r.HashOffset%int64(r.HashBlockSize) != 0:
-		bad("hashOffset", "%d is not a multiple of hashBlockSize %d", r.HashOffset, r.HashBlockSize)
-		hashOK = false
-	}
-	if dataOK && hashOK {
-		if min := rootMinSize(r); r.Size < min {
-			bad("size", "%d, but the data, verity superblock and hash tree need at least %d bytes (hashOffset %d + superblock %d + tree %d)",
-				r.Size, min, r.HashOffset, r.HashBlockSize, min-r.HashOffset-int64(r.HashBlockSize))
-		}
-	} else if r.Size <= r.HashOffset {
-		bad("size", "%d, want more than hashOffset %d", r.Size, r.HashOffset)
-	}
-	return p
-}
-
-// rootMinSize is the smallest root layer r can describe: everything up to
-// HashOffset, the verity superblock (one hash block), and the hash tree the
-// kernel's dm-verity expects for DataSize/DataBlockSize data blocks. It
-// assumes a sha256 (32-byte) digest; with unusable block sizes it returns
-// just past HashOffset.
-func rootMinSize(r RootInfo) int64 {
-	if r.DataBlockSize <= 0 || r.HashBlockSize < 64 || r.DataSize < 0 {
-		return r.HashOffset + 1
-	}
-	blocks := r.DataSize / int64(r.DataBlockSize)
-	perBlock := int64(r.HashBlockSize / 32)
-	var tree int64
-	// Like drivers/md/dm-verity-target.c: levels until one block holds
-	// the hashes of the level below; each level rounds up.
-	for n := blocks; n > 1; {
-		n = (n + perBlock - 1) / perBlock
-		tree += n
-	}
-	return r.HashOffset + int64(r.HashBlockSize) + tree*int64(r.HashBlockSize)
 }

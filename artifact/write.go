@@ -86,10 +86,10 @@ func Write(dir string, cfg Config, blobs Blobs) (v1.Hash, error) {
 
 	// Check the config before reading hundreds of MB. The root's size is
 	// only known once it is copied; until then assume the smallest that
-	// fits (checkRoot reports inconsistent sizes anyway).
+	// fits (Check reports inconsistent sizes anyway).
 	pre := cfg
 	if pre.Root.Size == 0 {
-		pre.Root.Size = rootMinSize(pre.Root)
+		pre.Root.Size = pre.Root.MinSize()
 	}
 	p := checkConfig(pre)
 	if cfg.SystemdBootVersion != "" && blobs.SystemdBoot.isZero() {

@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -323,7 +322,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	initrd := filepath.Join(b.work, "initramfs")
 	err = b.parallel("verity and initramfs", map[string]func() error{
 		"verity": func() error {
-			info, tree, err := appendVerity(sqfs, seed[:])
+			info, tree, err := verity.Append(sqfs, seed[:])
 			if err == nil {
 				rootInfo = info
 				b.res.RootHash, b.res.RootSize = tree.RootHashHex(), info.Size
@@ -424,44 +423,6 @@ func DefaultSlotSize(root int64) int64 {
 	const step = 256 << 20
 	s := (2*root + step - 1) / step * step
 	return max(s, int64(spec.MinSlotSize))
-}
-
-// appendVerity pads the squashfs to 4 KiB, hashes it and appends the
-// superblock and hash tree.
-func appendVerity(path string, seed []byte) (artifact.RootInfo, *verity.Tree, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return artifact.RootInfo{}, nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return artifact.RootInfo{}, nil, err
-	}
-	dataSize := (fi.Size() + verity.BlockSize - 1) / verity.BlockSize * verity.BlockSize
-	if err := f.Truncate(dataSize); err != nil {
-		return artifact.RootInfo{}, nil, err
-	}
-	salt := sha256.Sum256(append([]byte("slate verity salt\x00"), seed...))
-	var uuid [16]byte
-	u := sha256.Sum256(append([]byte("slate verity uuid\x00"), seed...))
-	copy(uuid[:], u[:16])
-	tree, err := verity.Build(io.NewSectionReader(f, 0, dataSize), dataSize, salt[:], uuid)
-	if err != nil {
-		return artifact.RootInfo{}, nil, fmt.Errorf("verity: %w", err)
-	}
-	if _, err := f.Seek(dataSize, io.SeekStart); err != nil {
-		return artifact.RootInfo{}, nil, err
-	}
-	if _, err := tree.WriteTo(f); err != nil {
-		return artifact.RootInfo{}, nil, fmt.Errorf("verity: %w", err)
-	}
-	info := artifact.RootInfo{
-		Size: dataSize + int64(tree.Size), DataSize: dataSize, HashOffset: int64(tree.HashOffset),
-		RootHash: tree.RootHashHex(), Salt: hex.EncodeToString(tree.Salt), Algorithm: "sha256",
-		DataBlockSize: verity.BlockSize, HashBlockSize: verity.BlockSize,
-	}
-	return info, tree, f.Sync()
 }
 
 func (b *build) initramfs(out string, bf *rootfs.Boot) (*initramfs.Info, error) {

@@ -79,8 +79,10 @@ type Config struct {
 	// written to /etc/systemd/network.
 	Network []NetworkFile `yaml:"network,omitempty" json:"network,omitempty"`
 
-	// Extensions are the system extensions (sysext) to merge, by name.
-	// Recorded for the agent; Apply writes nothing for them.
+	// Extensions are the system extensions (sysext) to merge: each a name
+	// (an extension the image carries, or one the node fetched before) or
+	// a registry reference the agent fetches (IsExtensionRef). Recorded for
+	// the agent, which verifies and activates them; Apply writes nothing.
 	Extensions []string `yaml:"extensions,omitempty" json:"extensions,omitempty"`
 	// Update is where the agent looks for the next image. Recorded only.
 	Update Update `yaml:"update,omitempty" json:"update,omitzero"`
@@ -192,6 +194,9 @@ type Update struct {
 type Health struct {
 	// RequiredUnits must be active for the boot to count as good.
 	RequiredUnits []string `yaml:"requiredUnits,omitempty" json:"requiredUnits,omitempty"`
+	// RequiredExtensions must be merged (by extension name) for the boot
+	// to count as good: a node that cannot use one rolls back.
+	RequiredExtensions []string `yaml:"requiredExtensions,omitempty" json:"requiredExtensions,omitempty"`
 	// Timeout is how long the check waits for them; 0 means the agent's default.
 	Timeout Duration `yaml:"timeout,omitempty" json:"timeout,omitzero"`
 }

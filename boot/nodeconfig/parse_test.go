@@ -299,7 +299,7 @@ func TestParseRefusals(t *testing.T) {
 		{"network name", head + "network:\n  - name: eth0\n    contents: \"[Match]\\nName=eth0\\n\"\n", "network[0].name", "must end in .network, .netdev, .link", 4},
 		{"network empty", head + "network:\n  - name: 10-a.network\n    contents: \"# nothing\\n\"\n", "network[0].contents", "no settings", 5},
 		{"network twice", head + "network:\n  - name: a.network\n    contents: \"[Match]\\nName=a\\n\"\n  - name: a.network\n    contents: \"[Match]\\nName=a\\n\"\n", "network[1].name", "also network[0]", 6},
-		{"extension name", head + "extensions: [\"a/b\"]\n", "extensions[0]", "not an extension name", 3},
+		{"extension name", head + "extensions: [\"a/b\"]\n", "extensions[0]", "neither an extension name", 3},
 		{"extension twice", head + "extensions: [a, a]\n", "extensions[1]", "also extensions[0]", 3},
 		{"update source", head + "update:\n  source: \"https://registry/x\"\n", "update.source", "not an OCI reference", 4},
 		{"update source upper", head + "update:\n  source: registry.example/Org/node\n", "update.source", "not an OCI reference", 4},
@@ -380,5 +380,41 @@ func TestParseAccepts(t *testing.T) {
 func TestLoad(t *testing.T) {
 	if _, err := Load(t.TempDir() + "/none.yaml"); err == nil {
 		t.Error("missing file loaded")
+	}
+}
+
+func TestExtensionEntries(t *testing.T) {
+	for _, c := range []struct {
+		e   string
+		ref bool
+	}{
+		{"tools", false},
+		{"registry.example/extensions/tools:1.0", true},
+		{"localhost:5000/ext/tools", true},
+		{"127.0.0.1:5000/ext/tools@sha256:" + strings.Repeat("a", 64), true},
+		{"ghcr.io/org/tools:v1@sha256:" + strings.Repeat("0", 64), true},
+		{"a/b", false},
+		{"Registry.example/Tools", false},
+	} {
+		if got := IsExtensionRef(c.e); got != c.ref {
+			t.Errorf("IsExtensionRef(%q) = %v, want %v", c.e, got, c.ref)
+		}
+	}
+	doc := "apiVersion: slate.dev/v1alpha1\nkind: NodeConfig\nextensions: [tools, registry.example/ext/gpu:1]\nhealth:\n  requiredExtensions: [gpu]\n"
+	c, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Extensions) != 2 || len(c.Health.RequiredExtensions) != 1 {
+		t.Fatalf("got %+v", c)
+	}
+	for doc, want := range map[string]string{
+		"health:\n  requiredExtensions: [registry.example/ext/gpu]\n": "health.requiredExtensions[0]",
+		"files:\n- path: /run/extensions/x/usr/bin/y\n":               "files[0].path",
+	} {
+		_, err := Parse([]byte("apiVersion: slate.dev/v1alpha1\nkind: NodeConfig\n" + doc))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: got %v, want an error naming %s", doc, err, want)
+		}
 	}
 }

@@ -166,8 +166,8 @@ func (c *Config) Validate() error {
 	seenExt := map[string]int{}
 	for i, e := range c.Extensions {
 		p := idx("extensions", i)
-		if !extensionRe.MatchString(e) || strings.Contains(e, "..") {
-			return fe(p, "%s is not an extension name (letters, digits and _ . + -, starting with a letter or digit)", q(e))
+		if !IsExtensionRef(e) && (!extensionRe.MatchString(e) || strings.Contains(e, "..")) {
+			return fe(p, "%s is neither an extension name (letters, digits and _ . + -, starting with a letter or digit) nor a registry reference (registry.example/extensions/tools:1.0, or @sha256:...)", q(e))
 		}
 		if j, ok := seenExt[e]; ok {
 			return fe(p, "%s is also extensions[%d]", e, j)
@@ -189,11 +189,16 @@ func (c *Config) Validate() error {
 var (
 	moduleRe    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,55}$`)
 	extensionRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$`)
-	labelRe     = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
-	tzPartRe    = regexp.MustCompile(`^[A-Za-z0-9_+-][A-Za-z0-9_+.-]*$`)
-	userRe      = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,30}\$?$`)
-	cryptRe     = regexp.MustCompile(`^\$(y|gy|7|2a|2b|2y|5|6)\$[./0-9A-Za-z$,=]*[./0-9A-Za-z]$`)
-	sysctlRe    = regexp.MustCompile(`^-?[A-Za-z0-9_*][A-Za-z0-9_*:@+-]*([./][A-Za-z0-9_*:@+-]+)+$`)
+	// A registry reference as the distribution spec's grammar has it: a
+	// domain with a dot or port (or localhost), a lowercase path, and a
+	// tag, a digest or both.
+	extensionRefRe = regexp.MustCompile(`^(localhost|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|[A-Za-z0-9.-]+:[0-9]+|localhost:[0-9]+|\[[0-9a-fA-F:]+\](:[0-9]+)?)` +
+		`(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$`)
+	labelRe  = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	tzPartRe = regexp.MustCompile(`^[A-Za-z0-9_+-][A-Za-z0-9_+.-]*$`)
+	userRe   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,30}\$?$`)
+	cryptRe  = regexp.MustCompile(`^\$(y|gy|7|2a|2b|2y|5|6)\$[./0-9A-Za-z$,=]*[./0-9A-Za-z]$`)
+	sysctlRe = regexp.MustCompile(`^-?[A-Za-z0-9_*][A-Za-z0-9_*:@+-]*([./][A-Za-z0-9_*:@+-]+)+$`)
 
 	// OCI references, after the distribution/reference grammar.
 	ociRef = func() *regexp.Regexp {
@@ -280,6 +285,11 @@ func checkNodePath(p string) error {
 	}
 	if p == "/run/slate" || strings.HasPrefix(p, "/run/slate/") {
 		return fmt.Errorf("%s is inside /run/slate, which is reserved for slate's own records", p)
+	}
+	for _, d := range []string{"/run/extensions", "/etc/extensions"} {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return fmt.Errorf("%s is inside %s, where only verified extensions go: name the extension in extensions", p, d)
+		}
 	}
 	return nil
 }
@@ -571,6 +581,17 @@ func (h *Health) check() error {
 		}
 		seen[u] = i
 	}
+	seenExt := map[string]int{}
+	for i, e := range h.RequiredExtensions {
+		p := idx("health.requiredExtensions", i)
+		if !extensionRe.MatchString(e) || strings.Contains(e, "..") {
+			return fe(p, "%s is not an extension name (the name in its extension-release, not a reference)", q(e))
+		}
+		if j, ok := seenExt[e]; ok {
+			return fe(p, "%s is also health.requiredExtensions[%d]", e, j)
+		}
+		seenExt[e] = i
+	}
 	if h.Timeout < 0 {
 		return fe("health.timeout", "%s is negative", h.Timeout)
 	}
@@ -726,4 +747,12 @@ func checkConflicts(es []entry) error {
 		}
 	}
 	return nil
+}
+
+// IsExtensionRef says whether an extensions entry is a registry reference
+// (fetched by the agent) rather than the name of an extension the node
+// already has (one the image carries, or one fetched before). A reference
+// has a registry domain and a path: registry.example/extensions/tools:1.0.
+func IsExtensionRef(e string) bool {
+	return len(e) <= 1024 && extensionRefRe.MatchString(e)
 }
