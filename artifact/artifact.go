@@ -29,9 +29,24 @@
 // to a registry (`slate push`), and Open reads one back from a layout or a
 // registry (the agent's `slate upgrade`). Nothing here holds a layer in
 // memory: layers are files, hashed and copied as streams.
+//
+// A system extension (package sysext) travels the same way, as a manifest
+// of its own kind:
+//
+//	artifactType  application/vnd.slate.sysext.v1
+//	config        application/vnd.slate.sysext.config.v1+json  (sysext.Config, JSON)
+//	layers[0]     application/vnd.slate.sysext.squashfs-verity.v1  NAME.raw
+//
+// WriteExtension, OpenExtension and ResolveExtension are its Write and Open;
+// Sign, SignBundle, Push, VerifySignature and Attached take both kinds. One
+// registry tag may hold an OCI index of extension manifests for several OS
+// releases: Push merges into it, ResolveExtension picks from it by the
+// signed configs.
 package artifact
 
 import (
+	"errors"
+	"fmt"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -39,6 +54,7 @@ import (
 
 	"github.com/slate-os/slate/boot/verity"
 	"github.com/slate-os/slate/signature"
+	"github.com/slate-os/slate/sysext"
 )
 
 // Media types of the artifact and its parts.
@@ -52,6 +68,11 @@ const (
 	// SystemdBootMediaType is the optional systemd-boot layer: the EFI
 	// binary as it is, at most boot.MaxSystemdBootSize bytes.
 	SystemdBootMediaType = types.MediaType("application/vnd.slate.systemd-boot.efi.v1")
+
+	// A system extension's manifest, config (sysext.Config) and image.
+	ExtensionArtifactType    = "application/vnd.slate.sysext.v1"
+	ExtensionConfigMediaType = types.MediaType("application/vnd.slate.sysext.config.v1+json")
+	ExtensionMediaType       = types.MediaType("application/vnd.slate.sysext.squashfs-verity.v1")
 )
 
 // Annotation keys and the layer titles Write sets.
@@ -65,7 +86,17 @@ const (
 	KernelTitle      = "vmlinuz"
 	InitramfsTitle   = "initramfs"
 	SystemdBootTitle = "systemd-bootx64.efi"
+
+	// Each entry of a registry index of extensions carries these (Push
+	// sets them), so that a person or a tool can tell the entries apart
+	// without fetching them; ResolveExtension trusts only the signed
+	// configs.
+	AnnotationExtensionRelease = "dev.slate.sysext.release" // sysext.Release.String()
+	AnnotationExtensionName    = "dev.slate.sysext.name"
 )
+
+// ExtensionTitle is the title of an extension's image layer.
+func ExtensionTitle(name string) string { return name + ".raw" }
 
 // Config is the artifact's config blob. It is marshalled as JSON in field
 // order, so the same Config always gives the same bytes.
@@ -99,13 +130,32 @@ type Config struct {
 	// Created is taken from the source image so builds are reproducible.
 	// Write stores it in UTC.
 	Created time.Time `json:"created"`
+	// OSRelease is the image's os-release, as far as matching extensions
+	// goes: an upgrade fetches the extensions for it before it writes a
+	// slot. Zero in artifacts from before extensions (and then omitted, so
+	// their configs keep their bytes).
+	OSRelease sysext.Release `json:"osRelease,omitzero"`
+	// Extensions are the extensions the image carries in its root
+	// (slate build --extension), in the order they were given.
+	Extensions []CarriedExtension `json:"extensions,omitempty"`
+}
+
+// CarriedExtension is an extension an image carries in its root's store.
+type CarriedExtension struct {
+	Name    string         `json:"name"`
+	Version string         `json:"version"`
+	Release sysext.Release `json:"release"`
+	// Digest is the extension artifact's manifest digest.
+	Digest string `json:"digest"`
 }
 
 // RootInfo describes the root layer: the squashfs and its dm-verity
 // superblock and hash tree, byte for byte what goes into a root partition.
 type RootInfo = verity.Layout
 
-// Artifact is an update artifact read by Open.
+// Artifact is an update artifact read by Open, or a system extension read
+// by OpenExtension or ResolveExtension (Extension is set then, and Config,
+// Root, Kernel, Initramfs and SystemdBoot are zero).
 //
 // The layers' Compressed and Uncompressed streams are the same, the bytes
 // as stored (nothing is ever decompressed, even a gzipped initramfs), and
@@ -124,6 +174,12 @@ type Artifact struct {
 	// SystemdBoot is layer 3, the image's systemd-boot; nil for an artifact
 	// written without it, which is valid.
 	SystemdBoot v1.Layer
+	// Extension is a system extension's parsed config; nil for an update
+	// artifact.
+	Extension *sysext.Config
+	// ExtensionImage is a system extension's layer 0, its image (squashfs
+	// and verity tree).
+	ExtensionImage v1.Layer
 	// Image is the underlying OCI image (manifest, config, raw layers).
 	Image v1.Image
 
@@ -139,3 +195,33 @@ type Artifact struct {
 // Where says where the artifact was read from: "oci:DIR[@DIGEST]" or a
 // registry reference with its digest.
 func (a *Artifact) Where() string { return a.where }
+
+// Errors Open and OpenExtension wrap when a reference holds the other kind,
+// and OpenExtension, Sign and SignBundle when it holds an index of
+// extensions (Extensions lists them, ResolveExtension picks one).
+var (
+	ErrIsExtension = errors.New("a system extension, not an update artifact")
+	ErrIsUpdate    = errors.New("an update artifact, not a system extension")
+	ErrIndex       = errors.New("an index of extensions")
+)
+
+// version is what tags the artifact: its config's version.
+func (a *Artifact) version() string {
+	if a.Extension != nil {
+		return a.Extension.Version
+	}
+	return a.Config.Version
+}
+
+// platform is the config's OS and architecture.
+func (a *Artifact) platform() (os, arch string) {
+	if a.Extension != nil {
+		return a.Extension.OS, a.Extension.Architecture
+	}
+	return a.Config.OS, a.Config.Architecture
+}
+
+// describe names an extension for messages: "gpu 1.0 for ID=debian VERSION_ID=12".
+func describe(c *sysext.Config) string {
+	return fmt.Sprintf("%s %s for %s", c.Name, c.Version, c.Release)
+}

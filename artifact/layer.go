@@ -21,6 +21,7 @@ type fileLayer struct {
 	digest    v1.Hash
 	size      int64
 	mediaType types.MediaType
+	title     string // its AnnotationTitle in the manifest
 }
 
 var _ v1.Layer = (*fileLayer)(nil)

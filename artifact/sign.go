@@ -101,16 +101,16 @@ func (a *Artifact) VerifySignature(key crypto.PublicKey) (*signature.Verified, e
 }
 
 // Sign signs the artifact at ref (oci:DIR[:TAG|@DIGEST] or a registry
-// reference) with key and stores the signature beside it: in the layout's
-// index.json or in the registry, under signature.Tag(digest), where `slate
-// push` and cosign look. Signatures by other keys are kept; this key's
+// reference; an update artifact or a system extension) with key and stores
+// the signature beside it: in the layout's index.json or in the registry,
+// under signature.Tag(digest), where `slate push` and cosign look. Signatures by other keys are kept; this key's
 // earlier one of the same digest is replaced. identity is the repository
 // the signer means (cosign's docker-reference; informative only); empty
 // signs a registry artifact with its own repository. It returns the
 // artifact's digest.
 func Sign(ref string, key crypto.Signer, identity string, opts ...Option) (v1.Hash, error) {
 	o := makeOptions(opts)
-	a, err := Open(ref, opts...)
+	a, err := openKind(ref, nil, opts)
 	if err != nil {
 		return v1.Hash{}, err
 	}
@@ -163,7 +163,7 @@ func Sign(ref string, key crypto.Signer, identity string, opts ...Option) (v1.Ha
 // artifact's digest.
 func SignBundle(ref string, key crypto.Signer, opts ...Option) (v1.Hash, error) {
 	o := makeOptions(opts)
-	a, err := Open(ref, opts...)
+	a, err := openKind(ref, nil, opts)
 	if err != nil {
 		return v1.Hash{}, err
 	}

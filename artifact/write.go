@@ -98,9 +98,22 @@ func Write(dir string, cfg Config, blobs Blobs) (v1.Hash, error) {
 	if len(p) > 0 {
 		return fail(&ValidationError{Problems: p})
 	}
-	replace, err := checkOutputDir(dir)
+	d, err := writeDir(dir, updateKind, func(tmp string) (v1.Hash, error) {
+		return writeLayout(tmp, &cfg, blobs)
+	})
 	if err != nil {
 		return fail(err)
+	}
+	return d, nil
+}
+
+// writeDir makes the layout at dir: fill writes it into an empty sibling
+// directory, which then replaces dir (see Write) once its files are synced.
+// k is the kind of artifact an existing dir must hold to be replaced.
+func writeDir(dir string, k *kind, fill func(tmp string) (v1.Hash, error)) (v1.Hash, error) {
+	replace, err := checkOutputDir(dir, k)
+	if err != nil {
+		return v1.Hash{}, err
 	}
 
 	parent, base := filepath.Split(dir)
@@ -109,7 +122,7 @@ func Write(dir string, cfg Config, blobs Blobs) (v1.Hash, error) {
 	}
 	tmp, err := os.MkdirTemp(parent, base+".tmp-")
 	if err != nil {
-		return fail(err)
+		return v1.Hash{}, err
 	}
 	done := false
 	defer func() {
@@ -118,72 +131,97 @@ func Write(dir string, cfg Config, blobs Blobs) (v1.Hash, error) {
 		}
 	}()
 
-	digest, err := writeLayout(tmp, &cfg, blobs)
+	digest, err := fill(tmp)
 	if err != nil {
-		return fail(err)
+		return v1.Hash{}, err
 	}
 	if err := normalizeAndSync(tmp); err != nil {
-		return fail(err)
+		return v1.Hash{}, err
 	}
 	if err := moveIntoPlace(tmp, dir, replace); err != nil {
-		return fail(err)
+		return v1.Hash{}, err
 	}
 	done = true
 	return digest, nil
 }
 
-// writeLayout writes the whole layout into the empty directory tmp.
+// writeLayout writes the whole update artifact layout into the empty
+// directory tmp.
 func writeLayout(tmp string, cfg *Config, blobs Blobs) (v1.Hash, error) {
-	lp, err := layout.Write(tmp, empty.Index)
+	lp, layers, err := stageLayers(tmp, updateKind, []Blob{blobs.Root, blobs.Kernel, blobs.Initramfs, blobs.SystemdBoot})
 	if err != nil {
 		return v1.Hash{}, err
 	}
-	blobDir := filepath.Join(tmp, "blobs", "sha256")
-	if err := os.MkdirAll(blobDir, 0o755); err != nil {
-		return v1.Hash{}, err
+	if len(layers) > updateKind.required { // Write refused a version without the blob
+		if err := setSystemdBootVersion(cfg, layers[updateKind.required].path); err != nil {
+			return v1.Hash{}, err
+		}
 	}
 
-	// Copy each input into the layout once, hashing it on the way. The
-	// layers are then files already in place; layout.AppendImage finds
-	// them there (right name, right size) and only writes the config,
-	// the manifest and index.json.
-	img := &image{}
-	for i, b := range []Blob{blobs.Root, blobs.Kernel, blobs.Initramfs, blobs.SystemdBoot} {
-		role := layerRoles[i]
+	if err := fillSize(updateKind, &cfg.Root.Size, layers[0]); err != nil {
+		return v1.Hash{}, err
+	}
+	if p := checkConfig(*cfg); len(p) > 0 {
+		return v1.Hash{}, &ValidationError{Problems: p}
+	}
+	return appendManifest(lp, updateKind, cfg, layers, cfg.Version)
+}
+
+// fillSize sets the config's size of layer 0 (k.sizeField) to the staged
+// blob's, or checks it when set.
+func fillSize(k *kind, size *int64, l *fileLayer) error {
+	switch {
+	case *size == 0:
+		*size = l.size
+	case *size != l.size:
+		return &ValidationError{What: k.errWhat(), Problems: []string{
+			fmt.Sprintf("%s: %d, but the %s blob is %d bytes", k.sizeField, *size, k.roles[0].name, l.size)}}
+	}
+	return nil
+}
+
+// stageLayers starts a layout of kind k in the empty directory tmp and
+// copies each blob into it once, hashing it on the way. The layers are
+// then files already in place; appendManifest's layout.AppendImage finds
+// them there (right name, right size) and only writes the config, the
+// manifest and index.json. Optional blobs, last, may be zero.
+func stageLayers(tmp string, k *kind, blobs []Blob) (layout.Path, []*fileLayer, error) {
+	lp, err := layout.Write(tmp, empty.Index)
+	if err != nil {
+		return "", nil, err
+	}
+	blobDir := filepath.Join(tmp, "blobs", "sha256")
+	if err := os.MkdirAll(blobDir, 0o755); err != nil {
+		return "", nil, err
+	}
+	var layers []*fileLayer
+	for i, b := range blobs {
+		role := k.roles[i]
 		if role.optional && b.isZero() {
 			break // optional layers come last
 		}
 		l, err := stageBlob(blobDir, b)
 		if err != nil {
-			return v1.Hash{}, fmt.Errorf("%s layer: %w", role.name, err)
+			return "", nil, fmt.Errorf("%s layer: %w", role.name, err)
 		}
 		if l.size == 0 {
-			return v1.Hash{}, fmt.Errorf("%s layer: empty", role.name)
+			return "", nil, fmt.Errorf("%s layer: empty", role.name)
 		}
 		if role.maxSize > 0 && l.size > role.maxSize {
-			return v1.Hash{}, fmt.Errorf("%s layer: %d bytes, more than a %s may be (%d)", role.name, l.size, role.name, role.maxSize)
+			return "", nil, fmt.Errorf("%s layer: %d bytes, more than a %s may be (%d)", role.name, l.size, role.name, role.maxSize)
 		}
-		l.mediaType = role.mediaType
-		img.layers = append(img.layers, l)
+		l.mediaType, l.title = role.mediaType, role.title
+		layers = append(layers, l)
 	}
-	if len(img.layers) > requiredLayers { // Write refused a version without the blob
-		if err := setSystemdBootVersion(cfg, img.layers[requiredLayers].path); err != nil {
-			return v1.Hash{}, err
-		}
-	}
+	return lp, layers, nil
+}
 
-	rootSize := img.layers[0].size
-	switch {
-	case cfg.Root.Size == 0:
-		cfg.Root.Size = rootSize
-	case cfg.Root.Size != rootSize:
-		return v1.Hash{}, &ValidationError{Problems: []string{
-			fmt.Sprintf("config.root.size: %d, but the root blob is %d bytes", cfg.Root.Size, rootSize)}}
-	}
-	if p := checkConfig(*cfg); len(p) > 0 {
-		return v1.Hash{}, &ValidationError{Problems: p}
-	}
-
+// appendManifest writes cfg (JSON, in field order) and a manifest of kind k
+// over the staged layers into the layout, listed in index.json and tagged
+// tag.
+func appendManifest(lp layout.Path, k *kind, cfg any, layers []*fileLayer, tag string) (v1.Hash, error) {
+	img := &image{artifactType: k.artifactType, layers: layers}
+	var err error
 	if img.rawConfig, err = json.Marshal(cfg); err != nil {
 		return v1.Hash{}, err
 	}
@@ -195,15 +233,15 @@ func writeLayout(tmp string, cfg *Config, blobs Blobs) (v1.Hash, error) {
 	m := v1.Manifest{
 		SchemaVersion: 2,
 		MediaType:     types.OCIManifestSchema1,
-		ArtifactType:  ArtifactType,
-		Config:        v1.Descriptor{MediaType: ConfigMediaType, Size: cfgSize, Digest: cfgDigest},
+		ArtifactType:  k.artifactType,
+		Config:        v1.Descriptor{MediaType: k.configType, Size: cfgSize, Digest: cfgDigest},
 	}
-	for i, l := range img.layers {
+	for _, l := range layers {
 		m.Layers = append(m.Layers, v1.Descriptor{
 			MediaType:   l.mediaType,
 			Size:        l.size,
 			Digest:      l.digest,
-			Annotations: map[string]string{AnnotationTitle: layerRoles[i].title},
+			Annotations: map[string]string{AnnotationTitle: l.title},
 		})
 	}
 	if img.rawManifest, err = json.Marshal(m); err != nil {
@@ -215,7 +253,7 @@ func writeLayout(tmp string, cfg *Config, blobs Blobs) (v1.Hash, error) {
 		return v1.Hash{}, err
 	}
 	if err := lp.AppendImage(vimg, layout.WithAnnotations(map[string]string{
-		AnnotationRefName: cfg.Version,
+		AnnotationRefName: tag,
 	})); err != nil {
 		return v1.Hash{}, err
 	}
@@ -285,6 +323,7 @@ func stageBlob(dir string, b Blob) (*fileLayer, error) {
 // image is the partial.CompressedImageCore Write hands to ggcr: our own
 // config and manifest bytes (no image config, no diff_ids) and file layers.
 type image struct {
+	artifactType string
 	rawConfig    []byte
 	configDigest v1.Hash
 	rawManifest  []byte
@@ -296,7 +335,7 @@ var _ partial.CompressedImageCore = (*image)(nil)
 func (i *image) RawConfigFile() ([]byte, error)      { return i.rawConfig, nil }
 func (i *image) MediaType() (types.MediaType, error) { return types.OCIManifestSchema1, nil }
 func (i *image) RawManifest() ([]byte, error)        { return i.rawManifest, nil }
-func (i *image) ArtifactType() (string, error)       { return ArtifactType, nil }
+func (i *image) ArtifactType() (string, error)       { return i.artifactType, nil }
 func (i *image) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
 	for _, l := range i.layers {
 		if l.digest == h {
@@ -311,7 +350,7 @@ func (i *image) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
 
 // checkOutputDir decides whether Write may put a layout at dir: true if
 // an existing directory is to be replaced.
-func checkOutputDir(dir string) (replace bool, err error) {
+func checkOutputDir(dir string, k *kind) (replace bool, err error) {
 	fi, err := os.Lstat(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -329,14 +368,15 @@ func checkOutputDir(dir string) (replace bool, err error) {
 	if len(entries) == 0 {
 		return true, nil
 	}
-	if why := notSlateLayout(dir, entries); why != "" {
-		return false, fmt.Errorf("%s exists and is not a slate update artifact (%s); refusing to replace it: remove it or choose another output", dir, why)
+	if why := notSlateLayout(dir, entries, k); why != "" {
+		return false, fmt.Errorf("%s exists and is not a slate %s (%s); refusing to replace it: remove it or choose another output", dir, k.what, why)
 	}
 	return true, nil
 }
 
-// notSlateLayout says why dir is not a slate artifact layout, or "".
-func notSlateLayout(dir string, entries []fs.DirEntry) string {
+// notSlateLayout says why dir is not a layout of slate artifacts of kind
+// k, or "".
+func notSlateLayout(dir string, entries []fs.DirEntry, k *kind) string {
 	for _, e := range entries {
 		switch e.Name() {
 		case "oci-layout", "index.json", "blobs":
@@ -356,7 +396,7 @@ func notSlateLayout(dir string, entries []fs.DirEntry) string {
 		return "index.json: " + err.Error()
 	}
 	for _, d := range idx.Manifests {
-		if d.ArtifactType != ArtifactType && !signature.IsTag(d.Annotations[AnnotationRefName]) && !signature.IsBundleType(d.ArtifactType) {
+		if d.ArtifactType != k.artifactType && !signature.IsTag(d.Annotations[AnnotationRefName]) && !signature.IsBundleType(d.ArtifactType) {
 			return fmt.Sprintf("index.json lists %s of artifact type %q", d.Digest, d.ArtifactType)
 		}
 	}

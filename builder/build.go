@@ -40,6 +40,7 @@ import (
 	"github.com/slate-os/slate/internal/jsonduration"
 	"github.com/slate-os/slate/internal/progress"
 	"github.com/slate-os/slate/signature"
+	"github.com/slate-os/slate/sysext"
 )
 
 // Options is one build.
@@ -57,6 +58,8 @@ type Options struct {
 	AgentBinary string
 	// Progress reports long steps; nil is quiet.
 	Progress *progress.Reporter
+	// ExtensionOptions reach the registries of the spec's extensions.
+	ExtensionOptions []artifact.Option
 }
 
 // Result says what was built.
@@ -83,6 +86,8 @@ type Result struct {
 	// upgrade unless a node config adds a key or allows unsigned ones.
 	UpdateKeys    []string `json:"updateKeys"`
 	AllowUnsigned bool     `json:"allowUnsigned,omitempty"`
+	// Extensions are the system extensions the image carries.
+	Extensions []Extension `json:"extensions,omitempty"`
 
 	// InitramfsSkipped are the optional modules the kernel lacks;
 	// InitramfsUnresolved the soft dependencies that name nothing it has.
@@ -279,6 +284,12 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if b.work, err = os.MkdirTemp("", "slate-build-"); err != nil {
 		return nil, err
 	}
+	// Extensions are checked and stored before the root's one pass, which
+	// carries them in a layer above the node files.
+	exts, err := b.extensions(ctx, keys, created)
+	if err != nil {
+		return nil, err
+	}
 
 	// 1. One pass over the flattened image, slate's node files on top (an
 	// image's own /usr/bin/slate loses): squashfs and boot files.
@@ -294,7 +305,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	// The image checked against its digests and flattened by the OCI layer
 	// rules (package flatten); rootfs.Build may run twice, see there.
 	var bootFiles *rootfs.Boot
-	err = flatten.Stream(ctx, img, flatten.Options{Upper: []v1.Layer{nodeLayer}, SlotSize: int64(s.Disk.SlotSize), WorkDir: b.work, ModTime: created},
+	err = flatten.Stream(ctx, img, flatten.Options{Upper: append([]v1.Layer{nodeLayer}, exts.layers()...), SlotSize: int64(s.Disk.SlotSize), WorkDir: b.work, ModTime: created},
 		func(ctx context.Context, stream io.Reader) (err error) {
 			bootFiles, err = rootfs.Build(ctx, stream, sqfs, rootfs.Options{
 				Compression: s.CompressionOrDefault(), Level: s.CompressionLevelOrDefault(), ModTime: created, WorkDir: b.work, Progress: b.p.Bytes,
@@ -305,6 +316,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("source %s: %w", s.Source, err)
 	}
 	b.res.KernelRelease = bootFiles.KernelRelease
+	if err := exts.match(bootFiles.OSRelease); err != nil {
+		return nil, err
+	}
 	// Checked now, before the slower steps: an explicit disk.stateSize
 	// too small for the first boot's copy of /var fails a disk's build (an
 	// artifact lands on nodes whose /var is already there).
@@ -389,6 +403,14 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 				Version: version, Architecture: boot.Arch, OS: boot.OS, Source: digest.String(),
 				KernelRelease: bootFiles.KernelRelease, Cmdline: cmdline, Root: rootInfo, Created: created,
 			}
+			// An upgrade fetches the extensions that match this os-release
+			// before it writes a slot (none: nil, a zero release).
+			osRelease, _, err := sysext.ParseRelease(bootFiles.OSRelease)
+			if err != nil {
+				return fmt.Errorf("artifact %s: the image's os-release: %w", s.Outputs.Artifact, err)
+			}
+			cfg.OSRelease = osRelease
+			cfg.Extensions = exts.carried()
 			// The image's systemd-boot goes along, so that an upgrade can bring
 			// the node's boot loader up to the image's (see agent/upgrade);
 			// Write puts its version in the config.

@@ -212,7 +212,8 @@ func TestBuildDiskAndArtifact(t *testing.T) {
 	}
 
 	// The artifact: config and root layer agree with the disk.
-	if rootCfg.Root.RootHash != res.RootHash || rootCfg.Version != "1.0.0" || rootCfg.Architecture != "amd64" {
+	if rootCfg.Root.RootHash != res.RootHash || rootCfg.Version != "1.0.0" || rootCfg.Architecture != "amd64" ||
+		rootCfg.OSRelease.ID != "testos" || rootCfg.OSRelease.VersionID != "1" {
 		t.Errorf("artifact config: %+v", rootCfg)
 	}
 	art, err := artifact.Open("oci:" + res.Artifact)

@@ -21,6 +21,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/slate-os/slate/agent/extensions"
 	"github.com/slate-os/slate/agent/health"
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/slots"
@@ -83,6 +84,10 @@ type System struct {
 	Sources history.Sources
 	// Journal gives a bad boot's journal, kept next to its record.
 	Journal history.Journal
+	// Extensions reads slate-sysext's report, which the check judges
+	// health.requiredExtensions by (extensions.ReadReport of
+	// extensions.ReportPath when nil).
+	Extensions func() (*extensions.Report, error)
 	// BlessBoot is systemd-bless-boot's path (BlessBoot when empty): when
 	// it does not exist, a good counted boot is blessed by the agent.
 	BlessBoot string
@@ -198,7 +203,8 @@ func assess(ctx context.Context, sys System) (counted bool, err error) {
 		fmt.Fprintf(out, "slate health: health.timeout %s is longer than %s: waiting %s\n", timeout, MaxTimeout, MaxTimeout)
 		timeout = MaxTimeout
 	}
-	v := health.Check{RequiredUnits: n.Health.RequiredUnits, Target: "multi-user.target", Timeout: timeout, Poll: sys.Poll}.Run(ctx, sd)
+	v := health.Check{RequiredUnits: n.Health.RequiredUnits, RequiredExtensions: n.Health.RequiredExtensions, Extensions: sys.Extensions,
+		Target: "multi-user.target", Timeout: timeout, Poll: sys.Poll}.Run(ctx, sd)
 	if v.Good {
 		if err := store.FinishBoot(id, history.ResultGood, ""); err != nil {
 			fmt.Fprintln(errw, "slate health: recording the result:", err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slate-os/slate/agent/extensions"
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/slots"
 	"github.com/slate-os/slate/boot"
@@ -138,8 +139,9 @@ type env struct {
 	failed                         []string // failed units: the boot is bad
 	rebootErr                      error
 	health                         nodeconfig.Health
-	blessBoot                      bool // the image has systemd-bless-boot
-	noStore                        bool // the state directory cannot be written
+	blessBoot                      bool               // the image has systemd-bless-boot
+	noStore                        bool               // the state directory cannot be written
+	extensions                     *extensions.Report // slate-sysext's report; nil: none
 }
 
 type result struct {
@@ -185,9 +187,15 @@ func (e env) system(t *testing.T) *result {
 			}
 			return &fakeSystemd{failed: e.failed, rebootErr: e.rebootErr, calls: &r.calls}, nil
 		},
-		Store:     &history.Store{Dir: store},
-		Sources:   history.Sources{PstoreDirs: []string{filepath.Join(dir, "pstore")}},
-		Journal:   fakeJournal("the bad boot's journal\n"),
+		Store:   &history.Store{Dir: store},
+		Sources: history.Sources{PstoreDirs: []string{filepath.Join(dir, "pstore")}},
+		Journal: fakeJournal("the bad boot's journal\n"),
+		Extensions: func() (*extensions.Report, error) {
+			if e.extensions == nil {
+				return nil, extensions.ErrNoReport
+			}
+			return e.extensions, nil
+		},
 		BlessBoot: bless,
 		Now:       func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) },
 		Poll:      time.Millisecond,
@@ -325,6 +333,27 @@ func TestAssess(t *testing.T) {
 			result:  history.ResultBad,
 			journal: true,
 			out:     []string{"slate health: slot b (vb) is NOT healthy: failed units: app.service (required)\n", "slate health: rebooting; this spends one of the slot's tries\n"},
+		},
+		{
+			name: "counted boot, a required extension refused: reboots",
+			env: env{counted: true, running: boot.SlotB, health: nodeconfig.Health{RequiredExtensions: []string{"gpu"}},
+				extensions: &extensions.Report{Entries: []extensions.Entry{{Entry: "gpu", Name: "gpu", State: extensions.Refused, Reason: "it is for debian VERSION_ID=13, this image is VERSION_ID=12"}}},
+				infos:      slotsOf(info("slate-a.conf", 1), info("slate-b+2-1.conf", 2))},
+			counted: true,
+			err:     "unhealthy boot",
+			calls:   []string{"connect", "reboot", "close"},
+			result:  history.ResultBad,
+			journal: true,
+			out:     []string{"slate health: slot b (vb) is NOT healthy: required extensions not merged: gpu (refused: it is for debian VERSION_ID=13, this image is VERSION_ID=12)\n"},
+		},
+		{
+			name: "a required extension merged",
+			env: env{health: nodeconfig.Health{RequiredExtensions: []string{"gpu"}},
+				extensions: &extensions.Report{Entries: []extensions.Entry{{Entry: "gpu", Name: "gpu", State: extensions.Merged}}},
+				infos:      slotsOf(info("slate-a.conf", 1), empty(boot.SlotB))},
+			calls:  []string{"connect", "close"},
+			result: history.ResultGood,
+			out:    []string{"slate health: slot a (va) is healthy"},
 		},
 		{
 			name:    "bad counted boot, reboot fails",

@@ -1,6 +1,6 @@
 // Package health decides whether this boot is good: the boot target is
-// reached, every unit the node config requires is active and no unit has
-// failed. `slate health` runs it from slate-health.service, before
+// reached, every unit the node config requires is active, no unit has
+// failed, and every extension it requires is merged. `slate health` runs it from slate-health.service, before
 // boot-complete.target; a bad verdict on a counted boot reboots, so the try
 // is spent and systemd-boot's counting can roll back.
 //
@@ -22,6 +22,7 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 
+	"github.com/slate-os/slate/agent/extensions"
 	"github.com/slate-os/slate/internal/jsonduration"
 )
 
@@ -125,6 +126,15 @@ type Check struct {
 	Timeout time.Duration
 	// Poll is the time between looks; DefaultPoll when zero.
 	Poll time.Duration
+	// RequiredExtensions must be merged (node config
+	// health.requiredExtensions, by extension name), as the report of
+	// slate-sysext.service says; Extensions reads that report
+	// (extensions.ReadReport of extensions.ReportPath when nil). A missing
+	// report is a bad boot: activation did not run. They are judged once
+	// nothing else is waiting: slate-sysext-fetch.service, which may still
+	// bring one, is done before multi-user.target.
+	RequiredExtensions []string
+	Extensions         func() (*extensions.Report, error)
 }
 
 // Verdict is the check's outcome.
@@ -194,16 +204,21 @@ func (c Check) Run(ctx context.Context, sd Systemd) Verdict {
 			if v.lastErr != "" {
 				v.Reason += "; last error: " + v.lastErr
 			}
+			if v.unmerged != "" {
+				v.Reason += "; " + v.unmerged
+			}
 			return v.Verdict
 		}
 		timer.Reset(min(poll, left))
 	}
 }
 
-// lookResult is a verdict and the last D-Bus error seen, if any.
+// lookResult is a verdict, the last D-Bus error seen, if any, and the
+// required extensions not merged.
 type lookResult struct {
 	Verdict
-	lastErr string
+	lastErr  string
+	unmerged string
 }
 
 // look is one look at systemd. done is true when the verdict is final.
@@ -234,6 +249,7 @@ func (c Check) look(ctx context.Context, sd Systemd, target string) (lookResult,
 		}
 	}
 	r.Failed = failed
+	r.unmerged = c.extensions()
 	if len(missing) > 0 || len(failed) > 0 {
 		var parts []string
 		if len(missing) > 0 {
@@ -249,16 +265,46 @@ func (c Check) look(ctx context.Context, sd Systemd, target string) (lookResult,
 			}
 			parts = append(parts, "failed units: "+strings.Join(names, ", "))
 		}
+		if r.unmerged != "" {
+			parts = append(parts, r.unmerged)
+		}
 		r.Reason = strings.Join(parts, "; ")
+		return r, true
+	}
+	if len(r.Waiting) == 0 && len(errs) == 0 && r.unmerged != "" {
+		r.Reason = r.unmerged
 		return r, true
 	}
 	if len(r.Waiting) == 0 && len(errs) == 0 {
 		r.Good = true
 		r.Reason = fmt.Sprintf("%s active, %d required units active, no failed units", target, len(c.RequiredUnits))
+		if n := len(c.RequiredExtensions); n > 0 {
+			r.Reason += fmt.Sprintf(", %d required extensions merged", n)
+		}
 		return r, true
 	}
 	if len(errs) > 0 {
 		r.lastErr = errs[len(errs)-1]
 	}
 	return r, false
+}
+
+// extensions says which required extensions are not merged, and why; ""
+// when they all are (or none is required).
+func (c Check) extensions() string {
+	if len(c.RequiredExtensions) == 0 {
+		return ""
+	}
+	read := c.Extensions
+	if read == nil {
+		read = func() (*extensions.Report, error) { return extensions.ReadReport(extensions.ReportPath) }
+	}
+	rep, err := read()
+	if err != nil {
+		return fmt.Sprintf("required extensions %s: not activated: %v", strings.Join(c.RequiredExtensions, ", "), err)
+	}
+	if bad := rep.Unmerged(c.RequiredExtensions); len(bad) > 0 {
+		return "required extensions not merged: " + strings.Join(bad, "; ")
+	}
+	return ""
 }

@@ -3,7 +3,8 @@
 // init's last failure (kept on the state partition by the init, see
 // record.InitFailure), the node config in force, whether the node is
 // tainted (a config used access.breakGlass since it was imaged: see
-// record.Taint) and this boot's health result.
+// record.Taint), this boot's health result and its system extensions
+// (agent/extensions' report).
 package status
 
 import (
@@ -14,6 +15,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/slate-os/slate/agent/extensions"
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/node"
 	"github.com/slate-os/slate/agent/slots"
@@ -46,6 +48,12 @@ type Status struct {
 	Update *Update `json:"update,omitempty"`
 	// SystemdBoot is the boot loader on the ESP and the one that booted.
 	SystemdBoot *SystemdBoot `json:"systemdBoot,omitempty"`
+	// Extensions is what slate-sysext.service did this boot: each node
+	// config extensions entry merged (name, version, digest) or refused or
+	// missing (why). ExtensionsError says why there is no report when one
+	// is expected. The caller fills both (Gather reads no config).
+	Extensions      *extensions.Report `json:"extensions,omitempty"`
+	ExtensionsError string             `json:"extensionsError,omitempty"`
 }
 
 // Update is the update policy in force (see agent/upgrade, Policy): whom
@@ -262,6 +270,12 @@ func (st *Status) WriteText(w io.Writer) error {
 	}
 	if u := st.Update; u != nil {
 		u.writeText(w)
+	}
+	if r := st.Extensions; r != nil && (len(r.Entries) > 0 || len(r.Notes) > 0 || r.Error != "") {
+		r.WriteText(w)
+	}
+	if st.ExtensionsError != "" {
+		fmt.Fprintf(w, "extensions: NOT activated: %s\n", st.ExtensionsError)
 	}
 	if f := st.LastInitFailure; f != nil {
 		fmt.Fprintf(w, "last init failure: %s %s\n", f.Time.Format("2006-01-02 15:04:05Z"), f.InitFailure)

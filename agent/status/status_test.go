@@ -8,10 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slate-os/slate/agent/extensions"
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/slots"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/record"
+	"github.com/slate-os/slate/internal/jsonduration"
+	"github.com/slate-os/slate/sysext"
 )
 
 func TestWriteText(t *testing.T) {
@@ -173,5 +176,55 @@ func TestUpdateText(t *testing.T) {
 		if j, _ := json.Marshal(c.u); string(j) != c.json {
 			t.Errorf("JSON %s\nwant %s", j, c.json)
 		}
+	}
+}
+
+// Extensions: merged with version and digest, refused and missing with
+// why, in text and JSON; no section when the node has none.
+func TestExtensions(t *testing.T) {
+	rep := &extensions.Report{
+		Time: time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC), Took: jsonduration.Duration(1500 * time.Millisecond), Host: sysext.Release{ID: "debian", VersionID: "12"},
+		Entries: []extensions.Entry{
+			{Entry: "tools", Name: "tools", Version: "1.0", Digest: "sha256:" + strings.Repeat("ab", 32), From: extensions.FromImage, State: extensions.Merged},
+			{Entry: "gpu", Name: "gpu", Version: "550", Digest: "sha256:" + strings.Repeat("cd", 32), From: extensions.FromNode, State: extensions.Refused,
+				Reason: "gpu 550 (sha256:cdcdcdcdcdcd): not for this image: it is for debian VERSION_ID=13, this image is VERSION_ID=12"},
+			{Entry: "registry.example/ext/debug:1", State: extensions.Missing, Reason: "not fetched yet"},
+		},
+	}
+	st := &Status{Running: Running{Slot: boot.SlotA}, Extensions: rep}
+	var b strings.Builder
+	st.WriteText(&b)
+	for _, want := range []string{
+		"extensions (for ID=debian VERSION_ID=12, activated 2026-05-01 10:00:00Z in 1.5s):\n",
+		"  tools                         tools  1.0      sha256:abababababab…  merged from the image\n",
+		"  gpu                           gpu    550      sha256:cdcdcdcdcdcd…  refused\n",
+		"  registry.example/ext/debug:1  -      -        -                     missing\n",
+		"  ! gpu refused: gpu 550 (sha256:cdcdcdcdcdcd): not for this image: it is for debian VERSION_ID=13, this image is VERSION_ID=12\n",
+		"  ! registry.example/ext/debug:1 missing: not fetched yet\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, b.String())
+		}
+	}
+	raw, _ := json.Marshal(st)
+	for _, want := range []string{`"extensions":{"time":"2026-05-01T10:00:00Z","took":"1.5s","host":{"id":"debian","versionID":"12"},`,
+		`{"entry":"tools","name":"tools","version":"1.0","digest":"sha256:abab`, `"state":"refused","reason":"gpu 550`, `"state":"missing"`} {
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("JSON lacks %s: %s", want, raw)
+		}
+	}
+
+	b.Reset()
+	(&Status{Extensions: &extensions.Report{Entries: []extensions.Entry{}}}).WriteText(&b)
+	if strings.Contains(b.String(), "extensions") {
+		t.Errorf("a node without extensions shows them:\n%s", b.String())
+	}
+	if raw, _ := json.Marshal(&Status{}); strings.Contains(string(raw), "extensions") {
+		t.Errorf("JSON: %s", raw)
+	}
+	b.Reset()
+	(&Status{ExtensionsError: "extensions were not activated this boot: no /run/slate/extensions.json"}).WriteText(&b)
+	if !strings.Contains(b.String(), "extensions: NOT activated: extensions were not activated this boot: no /run/slate/extensions.json\n") {
+		t.Errorf("text:\n%s", b.String())
 	}
 }

@@ -139,6 +139,27 @@ func (p *Policy) check(a *artifact.Artifact) (verdict, error) {
 	return verdict{}, why
 }
 
+// Verify checks a's signature (an update artifact's or a system
+// extension's: the same keys sign both) as an upgrade does, reading the
+// signatures only, never a layer. It returns the trusted key that verified
+// it; nil with a nil error when no trusted key did but AllowUnsigned lets
+// it in anyway. A policy that trusts nothing refuses everything (see
+// Usable).
+func (p *Policy) Verify(a *artifact.Artifact) (*TrustedKey, error) {
+	k, _, err := p.VerifyUnsigned(a)
+	return k, err
+}
+
+// VerifyUnsigned is Verify that also says, when AllowUnsigned let a in
+// though no trusted key verified it, why none did (for a warning).
+func (p *Policy) VerifyUnsigned(a *artifact.Artifact) (signedBy *TrustedKey, unverified, err error) {
+	v, err := p.check(a)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v.signedBy, v.unverified, nil
+}
+
 // ReadImageInfo reads the running image's image.json under root ("/" on a
 // node). An image built before slate baked it in has none: nil, nil.
 func ReadImageInfo(root string) (*boot.ImageInfo, error) {

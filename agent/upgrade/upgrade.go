@@ -74,6 +74,11 @@ type Options struct {
 	Image *boot.ImageInfo
 	// AllowDowngrade installs an artifact created before the running image.
 	AllowDowngrade bool
+	// Prepare, if set, runs once every check has passed (the artifact is
+	// trusted) and before the first change; its error refuses the upgrade
+	// with nothing written. slate upgrade fetches the node config's
+	// extensions for the new image there.
+	Prepare func(ctx context.Context, a *artifact.Artifact) error
 }
 
 // Result describes a finished upgrade.
@@ -109,7 +114,9 @@ type Result struct {
 //	upgrade: writing boot entry of slot b
 //	upgrade: slot b holds <version> (generation N, 3 tries); reboot to use it
 //
-// No line is logged when the artifact is refused: then nothing was changed.
+// No line is logged when a check refuses the artifact; Options.Prepare runs
+// after the first lines and may refuse it too. Either way nothing was
+// changed.
 func Run(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	logf := o.Log
@@ -140,6 +147,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if v.downgrade != "" {
 		logf("upgrade: WARNING: %s; installed because of --allow-downgrade", v.downgrade)
+	}
+	if o.Prepare != nil {
+		if err := o.Prepare(ctx, a); err != nil {
+			return nil, err
+		}
 	}
 	res := &Result{Slot: s, Version: cfg.Version, Digest: a.Digest.String(), SignedBy: signedBy, RootHash: cfg.Root.RootHash, RootBytes: cfg.Root.Size}
 

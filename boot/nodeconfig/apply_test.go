@@ -475,6 +475,39 @@ systemd:
 	checkLink(t, root, sys+"masked.service", "/dev/null") // disabling a masked unit leaves the mask
 }
 
+// A config that names an extension reference enables the agent's fetch
+// unit, where the image has it; one with names only does not.
+func TestApplyExtensionFetch(t *testing.T) {
+	const sys = "etc/systemd/system/"
+	fetch := "[Unit]\nAfter=network-online.target\n[Service]\nExecStart=/usr/bin/slate sysext fetch\n[Install]\nWantedBy=multi-user.target\n"
+	for _, c := range []struct {
+		ext      string
+		withUnit bool
+		wantLink bool
+	}{
+		{"[registry.example/ext/tools:1]", true, true},
+		{"[tools]", true, false},
+		{"[registry.example/ext/tools:1]", false, false},
+	} {
+		root := newTree(t)
+		if c.withUnit {
+			if err := os.WriteFile(filepath.Join(root, "usr/lib/systemd/system", ExtensionFetchUnit), []byte(fetch), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg := mustParse(t, head+"extensions: "+c.ext+"\n")
+		if _, err := cfg.Apply(root); err != nil {
+			t.Fatal(err)
+		}
+		link := sys + "multi-user.target.wants/" + ExtensionFetchUnit
+		if c.wantLink {
+			checkLink(t, root, link, "/usr/lib/systemd/system/"+ExtensionFetchUnit)
+		} else {
+			checkGone(t, root, link)
+		}
+	}
+}
+
 // Configs that parse but that the tree refuses: Apply writes nothing and
 // names the field.
 func TestApplyRefusals(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -47,6 +48,10 @@ func (p *planner) findUnit(name unitName, s string) (text, at string, err error)
 	return "", "", fs.ErrNotExist
 }
 
+// ExtensionFetchUnit fetches the node config's extension references
+// (builder/nodefiles installs it, without enabling it).
+const ExtensionFetchUnit = "slate-sysext-fetch.service"
+
 func (p *planner) planUnits(c *Config, a *Applied) error {
 	contents := map[string]string{}
 	for _, u := range c.Systemd.Units {
@@ -72,6 +77,19 @@ func (p *planner) planUnits(c *Config, a *Applied) error {
 			if err := p.planGenerated(df, unitDir+"/"+u.Name+".d/"+d.Name, []byte(d.Contents), 0o644); err != nil {
 				return err
 			}
+		}
+	}
+	// Extension references are fetched by the agent once the network is
+	// up: its unit is enabled only on nodes whose config names one, so no
+	// other node waits for network-online.target. An image without the
+	// unit (not built by slate) has nothing to enable.
+	if slices.ContainsFunc(c.Extensions, IsExtensionRef) {
+		name, _ := parseUnitName(ExtensionFetchUnit)
+		if _, _, err := p.findUnit(name, ExtensionFetchUnit); err == nil {
+			if err := p.enable("extensions", ExtensionFetchUnit, true, map[string]bool{}); err != nil {
+				return err
+			}
+			a.Enabled = append(a.Enabled, ExtensionFetchUnit)
 		}
 	}
 	// Enable and disable once every unit file the config writes is planned.

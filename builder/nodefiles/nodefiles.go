@@ -31,6 +31,31 @@
 //     systemd-bless-boot renames the boot entry on the ESP, which it looks
 //     for at /efi, /boot or /boot/efi; slate mounts the ESP at
 //     /run/slate/esp (`slate esp mount`) and points bless-boot there.
+//   - /usr/lib/systemd/system/slate-sysext.service, enabled by
+//     .../sysinit.target.wants/slate-sysext.service: runs `slate sysext
+//     activate` early in sysinit (DefaultDependencies=no, after
+//     local-fs.target, before systemd-sysext.service, sysinit.target and
+//     systemd-tmpfiles-setup.service, as systemd-sysext.service itself is
+//     ordered), so /usr is extended before the services that use it start.
+//     It verifies the extensions the node config names, mounts them under
+//     /run/extensions and runs systemd-sysext refresh (see
+//     agent/extensions). It orders itself after nothing in sysinit but the
+//     local file systems (the init mounted /var already), so it cannot
+//     close an ordering cycle through sysinit.target; it never fails, so it
+//     cannot fail a boot either: slate-health judges
+//     health.requiredExtensions from its report.
+//   - /usr/lib/systemd/system/slate-sysext-fetch.service: runs `slate
+//     sysext fetch` once the network is online, which fetches the node
+//     config's extension references that are not on the node yet and
+//     activates them. Not enabled in the image: the init's node config
+//     Apply enables it (in /etc, per boot) when the config names a
+//     reference, so a node without one never waits for
+//     network-online.target on its account.
+//     multi-user.target waits for it, and slate-health after it, so a
+//     fetched extension counts in this boot's health check. A registry
+//     that cannot be reached does not fail the unit (ExecStart=-): the
+//     extension is then missing, which only health.requiredExtensions
+//     makes a bad boot.
 //   - /usr/lib/slate/image.json (boot.ImageInfo): the image's version, source
 //     and creation time, and whether its spec allows unsigned updates
 //     (update.allowUnsigned); /usr/lib/slate/update-keys/NN.pub: the public
@@ -75,10 +100,15 @@ const (
 	BlessBootDropIn = UnitDir + "/systemd-bless-boot.service.d/50-slate.conf"
 	UpgradeUnit     = UnitDir + "/slate-upgrade.service"
 	UpgradeTimer    = UnitDir + "/slate-upgrade.timer"
+	SysextUnit      = UnitDir + "/slate-sysext.service"
+	SysextWants     = UnitDir + "/sysinit.target.wants/slate-sysext.service"
+	SysextFetchUnit = UnitDir + "/slate-sysext-fetch.service"
 	ImageInfo       = boot.ImageInfoFile
 	UpdateKeysDir   = boot.UpdateKeysDir
 	// HealthLink is the target of both enabling symlinks.
 	HealthLink = "../slate-health.service"
+	// SysextLink is the target of slate-sysext.service's link.
+	SysextLink = "../slate-sysext.service"
 )
 
 // HealthService is slate-health.service.
@@ -131,6 +161,52 @@ OnUnitInactiveSec=1h
 RandomizedDelaySec=15min
 [Install]
 WantedBy=timers.target
+`
+
+// SysextService is slate-sysext.service: ordered as systemd-sysext.service
+// is, and before it, so that the extensions are in /run/extensions when it
+// (or this unit's own refresh) merges.
+const SysextService = `[Unit]
+Description=slate system extensions: verify and merge the node config's extensions
+Documentation=https://github.com/slate-os/slate
+DefaultDependencies=no
+After=local-fs.target
+Before=systemd-sysext.service sysinit.target systemd-tmpfiles-setup.service
+Conflicts=shutdown.target
+Before=shutdown.target
+# No [Install]: the image enables it by the link in sysinit.target.wants.
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/slate sysext activate
+StandardOutput=journal+console
+StandardError=journal+console
+# Every extension is read once from end to end: a large one on a slow disk
+# takes a while. The agent never fails the unit; this bounds a hang.
+TimeoutStartSec=15min
+`
+
+// SysextFetchService is slate-sysext-fetch.service.
+const SysextFetchService = `[Unit]
+Description=slate system extensions: fetch the node config's extension references
+Documentation=https://github.com/slate-os/slate
+After=network-online.target slate-sysext.service
+Wants=network-online.target
+# multi-user.target waits for it too: slate-health judges
+# health.requiredExtensions with what it fetched.
+Before=slate-health.service
+[Service]
+Type=oneshot
+# A registry out of reach leaves the extension missing, not the unit
+# failed: only health.requiredExtensions makes that a bad boot.
+ExecStart=-/usr/bin/slate sysext fetch
+StandardOutput=journal+console
+StandardError=journal+console
+TimeoutStartSec=30min
+# Enabled per boot by the node config's Apply when it names a reference
+# (boot/nodeconfig): the image never pulls in network-online.target for it.
+[Install]
+WantedBy=multi-user.target
 `
 
 // BlessBootConf is the systemd-bless-boot.service drop-in.
@@ -199,6 +275,9 @@ func tarball(agent []byte, im Image, mtime time.Time) ([]byte, error) {
 		BlessBootDropIn: {typ: tar.TypeReg, mode: 0o644, body: []byte(BlessBootConf)},
 		UpgradeUnit:     {typ: tar.TypeReg, mode: 0o644, body: []byte(UpgradeService)},
 		UpgradeTimer:    {typ: tar.TypeReg, mode: 0o644, body: []byte(UpgradeTimerUnit)},
+		SysextUnit:      {typ: tar.TypeReg, mode: 0o644, body: []byte(SysextService)},
+		SysextWants:     {typ: tar.TypeSymlink, mode: 0o777, link: SysextLink},
+		SysextFetchUnit: {typ: tar.TypeReg, mode: 0o644, body: []byte(SysextFetchService)},
 	}
 	if agent != nil {
 		files[AgentPath] = entry{typ: tar.TypeReg, mode: 0o755, body: agent}

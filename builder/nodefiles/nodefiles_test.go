@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -91,8 +92,12 @@ func TestLayer(t *testing.T) {
 		{"usr/lib/systemd/system/multi-user.target.wants", tar.TypeDir, 0o755, "", ""},
 		{"usr/lib/systemd/system/multi-user.target.wants/slate-health.service", tar.TypeSymlink, 0o777, "", "../slate-health.service"},
 		{"usr/lib/systemd/system/slate-health.service", tar.TypeReg, 0o644, HealthService, ""},
+		{"usr/lib/systemd/system/slate-sysext-fetch.service", tar.TypeReg, 0o644, SysextFetchService, ""},
+		{"usr/lib/systemd/system/slate-sysext.service", tar.TypeReg, 0o644, SysextService, ""},
 		{"usr/lib/systemd/system/slate-upgrade.service", tar.TypeReg, 0o644, UpgradeService, ""},
 		{"usr/lib/systemd/system/slate-upgrade.timer", tar.TypeReg, 0o644, UpgradeTimerUnit, ""},
+		{"usr/lib/systemd/system/sysinit.target.wants", tar.TypeDir, 0o755, "", ""},
+		{"usr/lib/systemd/system/sysinit.target.wants/slate-sysext.service", tar.TypeSymlink, 0o777, "", "../slate-sysext.service"},
 		{"usr/lib/systemd/system/systemd-bless-boot.service.d", tar.TypeDir, 0o755, "", ""},
 		{"usr/lib/systemd/system/systemd-bless-boot.service.d/50-slate.conf", tar.TypeReg, 0o644, BlessBootConf, ""},
 	}
@@ -124,6 +129,34 @@ func TestLayer(t *testing.T) {
 		if got := filepath.Join(filepath.Dir(link), files[link].hdr.Linkname); got != HealthUnit {
 			t.Errorf("%s points at %s, want %s", link, got, HealthUnit)
 		}
+	}
+	for link, unit := range map[string]string{SysextWants: SysextUnit} {
+		if got := filepath.Join(filepath.Dir(link), files[link].hdr.Linkname); got != unit {
+			t.Errorf("%s points at %s, want %s", link, got, unit)
+		}
+	}
+	// Extensions are activated early, as systemd-sysext.service is, and
+	// before it; fetched once the network is up, before the health check.
+	for _, line := range []string{"DefaultDependencies=no", "After=local-fs.target",
+		"Before=systemd-sysext.service sysinit.target systemd-tmpfiles-setup.service",
+		"Type=oneshot", "RemainAfterExit=yes", "ExecStart=/usr/bin/slate sysext activate", "StandardOutput=journal+console"} {
+		if !strings.Contains(SysextService, "\n"+line+"\n") {
+			t.Errorf("slate-sysext.service lacks %q", line)
+		}
+	}
+	for _, line := range []string{"After=network-online.target slate-sysext.service", "Wants=network-online.target", "Before=slate-health.service",
+		"Type=oneshot", "ExecStart=-/usr/bin/slate sysext fetch"} {
+		if !strings.Contains(SysextFetchService, "\n"+line+"\n") {
+			t.Errorf("slate-sysext-fetch.service lacks %q", line)
+		}
+	}
+	if strings.Contains(SysextService, "\n[Install]\n") {
+		t.Error("slate-sysext.service has [Install]: it is enabled by the image's link, and cannot be disabled")
+	}
+	// The fetch unit is enabled per boot by the node config's Apply, only
+	// when the config names a reference.
+	if !strings.Contains(SysextFetchService, "\n[Install]\nWantedBy=multi-user.target\n") {
+		t.Error("slate-sysext-fetch.service lacks [Install] WantedBy=multi-user.target, which Apply enables it by")
 	}
 	// The unit and drop-in as the plan has them: the lines systemd acts on.
 	for _, line := range []string{"Before=boot-complete.target", "ExecStart=/usr/bin/slate health", "FailureAction=reboot",
@@ -220,5 +253,69 @@ func TestCheckAgentRefuses(t *testing.T) {
 	}
 	if err := CheckAgent(testimage.StaticBinary(t)); err != nil {
 		t.Errorf("the static agent is refused: %v", err)
+	}
+}
+
+// systemd-analyze verify, where it is installed, loads the layer's units
+// among the host's own (which have systemd-sysext.service, sysinit.target,
+// network-online.target) and builds the boot transaction: a bad line or an
+// ordering cycle through sysinit.target fails it.
+func TestUnitsVerify(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("no systemd-analyze here")
+	}
+	const host = "/usr/lib/systemd/system"
+	if _, err := os.Stat(filepath.Join(host, "sysinit.target")); err != nil {
+		t.Skipf("no systemd units in %s", host)
+	}
+	root := t.TempDir()
+	unitDir := filepath.Join(root, UnitDir)
+	if err := os.CopyFS(unitDir, os.DirFS(host)); err != nil {
+		t.Skipf("copying the host's units: %v", err)
+	}
+	_, files, _ := readLayer(t, testimage.StaticBinary(t), time.Unix(0, 0))
+	for name, f := range files {
+		p := filepath.Join(root, name)
+		switch f.hdr.Typeflag {
+		case tar.TypeDir:
+			os.MkdirAll(p, 0o755)
+		case tar.TypeSymlink:
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			os.Remove(p)
+			if err := os.Symlink(f.hdr.Linkname, p); err != nil {
+				t.Fatal(err)
+			}
+		case tar.TypeReg:
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			if err := os.WriteFile(p, f.body, os.FileMode(f.hdr.Mode)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	units := []string{"slate-sysext.service", "slate-sysext-fetch.service", "slate-health.service", "slate-upgrade.service", "default.target"}
+	cmd := exec.Command(analyze, append([]string{"verify", "--man=no", "--root=" + root}, units...)...)
+	cmd.Env = append(os.Environ(), "SYSTEMD_LOG_LEVEL=debug", "SYSTEMD_LOG_COLOR=0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		var problems []string
+		for _, l := range strings.Split(string(out), "\n") {
+			low := strings.ToLower(l)
+			if strings.Contains(l, "slate") && (strings.Contains(low, "cycle") || strings.Contains(low, "deleted") || strings.Contains(low, "fail") ||
+				strings.Contains(low, "invalid") || strings.Contains(low, "error") || strings.Contains(low, "not ") || strings.Contains(low, "ignoring")) {
+				problems = append(problems, l)
+			}
+		}
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, strings.Join(problems, "\n"))
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, "ordering cycle") || (strings.Contains(l, "slate") && strings.Contains(strings.ToLower(l), "deleted")) {
+			t.Errorf("systemd-analyze verify: %s", l)
+		}
+	}
+	for _, u := range []string{"slate-sysext.service", "slate-sysext-fetch.service", "slate-health.service"} {
+		if !strings.Contains(string(out), u+": Installed new job "+u+"/start") {
+			t.Errorf("the boot transaction does not start %s", u)
+		}
 	}
 }

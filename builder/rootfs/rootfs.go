@@ -3,31 +3,28 @@
 // the kernel, its config, the kernel modules with modules.dep, systemd-boot
 // and os-release.
 //
-// The squashfs is written by tar2sqfs (squashfs-tools-ng) reading the stream
-// on stdin: go-diskfs's squashfs writer was measured to corrupt real root
-// trees (large directories, xattrs, setuid bits), and tar2sqfs is rootless,
-// streaming and reproducible. The image is never unpacked to disk; only the
-// kernel, systemd-boot and the module files are copied out, because the
-// module closure is known only once modules.dep has gone by.
+// The squashfs is written by tar2sqfs reading the stream on stdin (package
+// builder/squashfs, which system extensions share). The image is never
+// unpacked to disk; only the kernel, systemd-boot and the module files are
+// copied out, because the module closure is known only once modules.dep has
+// gone by.
 package rootfs
 
 import (
 	"archive/tar"
-	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/slate-os/slate/builder/squashfs"
 )
 
 // Options tune the squashfs.
@@ -90,80 +87,25 @@ func Build(ctx context.Context, r io.Reader, out string, opt Options) (*Boot, er
 	if err := os.RemoveAll(filepath.Join(opt.WorkDir, "modules")); err != nil {
 		return nil, err
 	}
-	comp := opt.Compression
-	if comp == "" {
-		comp = "zstd"
-	}
-	args := []string{
-		"--quiet", "--force", "--no-skip",
-		"--compressor", comp,
-		"--num-jobs", strconv.Itoa(runtime.NumCPU()),
-		"--defaults", fmt.Sprintf("mtime=%d", max(opt.ModTime.Unix(), 0)),
-	}
-	if opt.Level != 0 {
-		args = append(args, "--comp-extra", fmt.Sprintf("level=%d", opt.Level))
-	}
-	args = append(args, out)
-	cmd := exec.CommandContext(ctx, "tar2sqfs", args...)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdin, err := cmd.StdinPipe()
+	s := &scanner{opt: opt, kernels: map[string]string{}, configs: map[string][]byte{}, deps: map[string][]byte{}, builtin: map[string][]byte{}}
+	n, err := squashfs.Write(ctx, out, squashfs.Options{
+		Compression: opt.Compression, Level: opt.Level, ModTime: opt.ModTime, Progress: opt.Progress,
+	}, func(tw *tar.Writer) error {
+		if err := s.scan(r, tw); err != nil {
+			return fmt.Errorf("reading image stream: %w", err)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		if errors.Is(err, exec.ErrNotFound) {
-			return nil, errors.New("tar2sqfs not found: install squashfs-tools-ng (make deps)")
-		}
-		return nil, err
-	}
-	bw := bufio.NewWriterSize(stdin, 1<<20)
-	cw := &counter{w: bw, progress: opt.Progress}
-	s := &scanner{opt: opt, kernels: map[string]string{}, configs: map[string][]byte{}, deps: map[string][]byte{}, builtin: map[string][]byte{}}
-	tw := tar.NewWriter(cw)
-	scanErr := s.scan(r, tw)
-	if scanErr == nil {
-		scanErr = tw.Close()
-	}
-	if scanErr == nil {
-		scanErr = bw.Flush()
-	}
-	stdin.Close()
-	waitErr := cmd.Wait()
-	if waitErr != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if msg == "" {
-			msg = waitErr.Error()
-		}
-		return nil, fmt.Errorf("tar2sqfs: %s", msg)
-	}
-	if scanErr != nil {
-		return nil, fmt.Errorf("reading image stream: %w", scanErr)
 	}
 	b, err := s.boot()
 	if err != nil {
 		return nil, err
 	}
-	b.StreamSize = cw.n
+	b.StreamSize = n
 	b.Var = s.vars.u
 	return b, nil
-}
-
-type counter struct {
-	w        io.Writer
-	n        int64
-	progress func(int64)
-	last     int64
-}
-
-func (c *counter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	if c.progress != nil && c.n-c.last >= 8<<20 {
-		c.last = c.n
-		c.progress(c.n)
-	}
-	return n, err
 }
 
 type scanner struct {
@@ -210,18 +152,6 @@ func isModule(rest string) bool {
 	return false
 }
 
-// keepXattr says whether squashfs can store an attribute: the kernel's
-// squashfs knows only the user, trusted and security namespaces, and
-// tar2sqfs refuses the rest (POSIX ACLs are system.*).
-func keepXattr(name string) bool {
-	for _, ns := range []string{"user.", "trusted.", "security."} {
-		if strings.HasPrefix(name, ns) {
-			return true
-		}
-	}
-	return false
-}
-
 // scan copies the stream entry by entry into tw (re-encoding headers, so
 // attributes squashfs cannot hold are dropped rather than failing tar2sqfs)
 // and copies out the boot files on the way.
@@ -237,17 +167,7 @@ func (s *scanner) scan(r io.Reader, tw *tar.Writer) error {
 		if err != nil {
 			return err
 		}
-		for k := range h.PAXRecords {
-			if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok && !keepXattr(name) {
-				delete(h.PAXRecords, k)
-				s.droppedXattrs++
-			}
-		}
-		for k := range h.Xattrs { //nolint:staticcheck // the reader fills both
-			if !keepXattr(k) {
-				delete(h.Xattrs, k) //nolint:staticcheck
-			}
-		}
+		s.droppedXattrs += squashfs.DropXattrs(h)
 		if err := tw.WriteHeader(h); err != nil {
 			return fmt.Errorf("/%s: %w", clean(h.Name), err)
 		}

@@ -33,7 +33,14 @@ type Spec struct {
 	Kernel     Kernel    `yaml:"kernel" json:"kernel"`
 	Initramfs  Initramfs `yaml:"initramfs" json:"initramfs"`
 	Update     Update    `yaml:"update" json:"update"`
-	Outputs    Outputs   `yaml:"outputs" json:"outputs"`
+	// Extensions are system extensions the image carries in its root
+	// (/usr/lib/slate/extensions), each an extension artifact: a registry
+	// reference or oci:DIR[:TAG|@DIGEST] (relative to the spec file).
+	// Each must match the image's os-release, and be signed by an update
+	// key when the image has any (unless update.allowUnsigned). `slate
+	// build --extension REF` adds more.
+	Extensions []string `yaml:"extensions" json:"extensions,omitempty"`
+	Outputs    Outputs  `yaml:"outputs" json:"outputs"`
 }
 
 // Update is whom the image's agent trusts for upgrades. The builder bakes it
@@ -125,6 +132,12 @@ func Load(path string) (*Spec, error) {
 	for i, k := range s.Update.PublicKeys {
 		if !isInlineKey(k) && !filepath.IsAbs(k) {
 			s.Update.PublicKeys[i] = filepath.Join(filepath.Dir(path), k)
+		}
+	}
+	// So are extension layouts.
+	for i, e := range s.Extensions {
+		if dir, ok := strings.CutPrefix(e, "oci:"); ok && !filepath.IsAbs(dir) {
+			s.Extensions[i] = "oci:" + filepath.Join(filepath.Dir(path), dir)
 		}
 	}
 	return s, nil
@@ -233,6 +246,11 @@ func (s *Spec) Validate() error {
 			if _, err := signature.ParsePublicKey(k); err != nil {
 				return fe(p, "%v", err)
 			}
+		}
+	}
+	for i, e := range s.Extensions {
+		if strings.TrimSpace(e) == "" || strings.ContainsAny(e, " \t\n") {
+			return fe(fmt.Sprintf("extensions[%d]", i), "%q is not an extension reference (a registry reference or oci:DIR)", e)
 		}
 	}
 	for i, m := range s.Initramfs.Modules {

@@ -170,3 +170,25 @@ func TestUpdateKeys(t *testing.T) {
 		}
 	}
 }
+
+// Extension layouts are relative to the spec file, as keys are; registry
+// references are left as they are.
+func TestExtensions(t *testing.T) {
+	dir := t.TempDir()
+	doc := "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nextensions:\n  - oci:ext/gpu.oci:1.0\n  - oci:/abs/tools.oci\n  - registry.example/ext/debug:2\n"
+	path := filepath.Join(dir, "spec.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"oci:" + filepath.Join(dir, "ext/gpu.oci:1.0"), "oci:/abs/tools.oci", "registry.example/ext/debug:2"}
+	if strings.Join(s.Extensions, " ") != strings.Join(want, " ") {
+		t.Errorf("extensions %q, want %q", s.Extensions, want)
+	}
+	if _, err := Parse([]byte("apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nextensions: ['a b']\n")); err == nil || !strings.Contains(err.Error(), "extensions[0]") {
+		t.Errorf("an extension with a space: %v", err)
+	}
+}

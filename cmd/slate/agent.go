@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/slate-os/slate/agent/assess"
+	"github.com/slate-os/slate/agent/extensions"
 	"github.com/slate-os/slate/agent/health"
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/node"
@@ -29,6 +30,7 @@ import (
 	"github.com/slate-os/slate/boot/nodeconfig"
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/internal/progress"
+	"github.com/slate-os/slate/sysext/store"
 )
 
 // StateDir is the agent's directory on the state partition.
@@ -160,7 +162,15 @@ update.allowUnsigned (image spec or node config) lets unsigned artifacts in.
 An artifact whose image was created before the running one is a downgrade,
 refused without --allow-downgrade (slate rollback returns to the other slot
 without this check), and one whose command line carries slate.* arguments
-(slate.config=) is refused. slate status shows the policy in force.`,
+(slate.config=) is refused. slate status shows the policy in force.
+
+The node config's extensions must all be had for the new image before any
+slot is written: each reference is fetched for the new image's os-release
+(signature checked with the same policy, then its image verified) into
+/var/lib/slate/extensions, and each name must be there for that release or
+carried by the new image. Otherwise the upgrade is refused, naming every
+entry and why. The store then keeps only what the config names, for the new
+image and the running one (a rollback needs its extensions).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := nodeConfig()
@@ -194,11 +204,20 @@ without this check), and one whose command line carries slate.* arguments
 			defer unlock()
 			target := n.Running.Other()
 			tp := n.Slot(target)
+			logf := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
 			res, err := upgrade.Run(cmd.Context(), upgrade.Options{
 				Ref: ref, Artifact: opts, Running: n.Running, ESP: esp,
 				Target: upgrade.Target{Slot: target, Device: tp.Device, Size: tp.Size, PartUUID: tp.PartUUID, StatePartUUID: n.State().PartUUID},
-				Log: func(format string, args ...any) {
-					fmt.Printf(format+"\n", args...)
+				Log:    logf,
+				// The new image's extensions, fetched before any slot is written.
+				Prepare: func(ctx context.Context, a *artifact.Artifact) error {
+					_, err := extensions.PrepareUpgrade(ctx, extensions.UpgradeOptions{
+						Entries: cfg.Extensions, Update: a, Root: "/", Policy: pol, Store: store.Open(store.NodeDir),
+						Artifact: []artifact.Option{artifact.WithKeychain(authn.DefaultKeychain)},
+						Insecure: func(r string) bool { return cfg.Update.Insecure && sameRegistry(r, cfg.Update.Source) },
+						Log:      logf,
+					})
+					return err
 				},
 				Progress:       progress.New(os.Stderr),
 				Now:            time.Now,
@@ -273,7 +292,7 @@ func statusCmd() *cobra.Command {
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "status",
-		Short: "Show both slots, the running one, the last rollback, the init's last failure and the node config",
+		Short: "Show both slots, the running one, the last rollback, the init's last failure, the node config and its extensions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, esp, err := agentNode()
@@ -286,8 +305,10 @@ func statusCmd() *cobra.Command {
 			}
 			if cfg, err := nodeConfig(); err == nil {
 				st.Update = updateStatus(cfg)
+				st.Extensions, st.ExtensionsError = extensionsStatus(cfg)
 			} else {
 				st.Update = &status.Update{Policy: status.PolicyRefused, Error: err.Error()}
+				st.Extensions, st.ExtensionsError = extensionsStatus(nil)
 			}
 			if asJSON {
 				return printJSON(st)
@@ -305,7 +326,8 @@ func healthCmd() *cobra.Command {
 		Short: "Assess this boot (run by slate-health.service before boot-complete.target)",
 		Long: `health records this boot on the state partition, keeps the logs of boots
 that rolled back, and waits until systemd reached multi-user.target with no
-failed unit and the units the node config requires active. On a counted boot
+failed unit, the units the node config requires active and the extensions
+it requires merged (health.requiredExtensions). On a counted boot
 (a slot on trial) a failure or timeout reboots the node, which spends a try;
 systemd-bless-boot marks a good boot after boot-complete.target.`,
 		Args: cobra.NoArgs,

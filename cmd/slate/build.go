@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/builder"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/internal/progress"
@@ -18,7 +19,7 @@ func buildCmd() *cobra.Command {
 	var (
 		specFile, source, output, format, artifactDir, version, compression, initBin, agent string
 		slotSize, espSize, stateSize                                                        spec.Size
-		cmdline, modules, updateKeys                                                        []string
+		cmdline, modules, updateKeys, exts                                                  []string
 		insecure, asJSON                                                                    bool
 	)
 	c := &cobra.Command{
@@ -35,6 +36,13 @@ static x86-64 build, CGO_ENABLED=0) and its systemd units, and what the
 image's agent trusts for upgrades: the update keys (update.publicKeys in the
 spec, --update-key) and update.allowUnsigned. An image with neither refuses
 every upgrade unless its node config adds a key or allows unsigned artifacts.
+
+System extensions (--extension, extensions in the spec) go into the root's
+extension store, /usr/lib/slate/extensions, which a node config names them
+from. Each is checked before the image is read: signed by one of the update
+keys when the image has any (unless update.allowUnsigned), its image checked
+against its verity root hash; and, once the image's os-release is known,
+matched against it as systemd-sysext will: a mismatch fails the build.
 
 REF is a registry reference (registry.example/org/node:1.4), an OCI layout
 (oci:DIR[:TAG|@sha256:DIGEST]) or a docker-save tarball (docker-archive:FILE).
@@ -67,6 +75,7 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			set("state-size", func() { s.Disk.StateSize = stateSize })
 			set("cmdline", func() { s.Kernel.ExtraCmdline = append(s.Kernel.ExtraCmdline, cmdline...) })
 			set("module", func() { s.Initramfs.Modules = append(s.Initramfs.Modules, modules...) })
+			s.Extensions = append(s.Extensions, exts...)
 			for _, k := range updateKeys {
 				abs, err := filepath.Abs(k)
 				if err != nil {
@@ -84,6 +93,9 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			}
 			o := builder.Options{Spec: *s, InitBinary: initBin, AgentBinary: agent, Progress: progress.New(os.Stderr)}
 			o.SourceOptions.Insecure = insecure
+			if insecure {
+				o.ExtensionOptions = append(o.ExtensionOptions, artifact.Insecure())
+			}
 			res, err := builder.Build(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -118,6 +130,16 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			default:
 				fmt.Println("  updates   none trusted: this image refuses every upgrade unless a node config adds update.publicKey (build with --update-key FILE or update.publicKeys)")
 			}
+			for _, e := range res.Extensions {
+				signed := "signed by " + e.SignedBy
+				switch {
+				case e.Unverified != "":
+					signed = "UNVERIFIED (update.allowUnsigned): " + e.Unverified
+				case e.SignedBy == "":
+					signed = "signature not checked (the image has no update key)"
+				}
+				fmt.Printf("  extension %s %s for %s (%s), %s\n", e.Name, e.Version, e.Release, e.Digest, signed)
+			}
 			for _, st := range res.Steps {
 				fmt.Printf("  %-10s%s\n", st.Name, st.Elapsed.Round(10*time.Millisecond))
 			}
@@ -137,10 +159,11 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 	f.Var(&stateSize, "state-size", "initial size of the state partition; it grows to the disk's end at boot (default: 64MiB, more if the image's /var needs it)")
 	f.StringArrayVar(&cmdline, "cmdline", nil, "extra kernel command line argument, one per flag, commas kept (repeatable: --cmdline console=ttyS0,115200 --cmdline quiet)")
 	f.StringSliceVar(&modules, "module", nil, "extra kernel module for the initramfs (repeatable, or a comma-separated list)")
+	f.StringArrayVar(&exts, "extension", nil, "system extension the image carries in /usr/lib/slate/extensions: a registry reference or oci:DIR[:TAG|@DIGEST] (repeatable; adds to the spec's extensions); it must match the image's os-release and be signed by an update key when the image has any")
 	f.StringArrayVar(&updateKeys, "update-key", nil, "public key file (PEM) that update artifacts must be signed by, baked into the image (repeatable; adds to the spec's update.publicKeys)")
 	f.StringVar(&initBin, "init", "", "use this init binary instead of the embedded one (development)")
 	f.StringVar(&agent, "agent", "", "install this slate binary as the node's agent, /usr/bin/slate (default: this one; must be static)")
-	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the source registry")
+	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the source and extension registries")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return c
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/internal/progress"
 	"github.com/slate-os/slate/signature"
+	sysextbuild "github.com/slate-os/slate/sysext/build"
 )
 
 func inspectCmd() *cobra.Command {
@@ -35,7 +36,13 @@ format or as a Sigstore bundle, and fails with the reason if it is not.`,
   slate inspect --key release.key.pub registry.example/org/node:1.4.1`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
+			if sysextbuild.IsImage(args[0]) {
+				return inspectExtension(args[0], asJSON, keyFile)
+			}
 			r, err := inspect.Path(args[0])
+			if errors.Is(err, artifact.ErrIsExtension) {
+				return inspectExtensionArtifacts(args[0], asJSON, keyFile)
+			}
 			if err != nil {
 				return err
 			}
@@ -91,9 +98,14 @@ func pushCmd() *cobra.Command {
 	var insecure bool
 	c := &cobra.Command{
 		Use:   "push LAYOUT REF",
-		Short: "Push an update artifact (an OCI layout written by build) to a registry",
+		Short: "Push an update artifact or a system extension (an OCI layout) to a registry",
 		Long: `Push sends the artifact in LAYOUT to REF, e.g. registry.example/org/node:1.4.1.
-Credentials come from the Docker config (docker login), as with other OCI tools.`,
+Credentials come from the Docker config (docker login), as with other OCI tools.
+
+A system extension (slate sysext build --artifact) pushed to a tag that holds
+the same extension for other OS releases joins them: the tag then holds an
+index of them all, from which each node takes the one for its release. The
+one for the same release is replaced.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			pr := progress.New(os.Stderr)
@@ -123,6 +135,9 @@ Credentials come from the Docker config (docker login), as with other OCI tools.
 			}
 			if p.Bundles > 0 {
 				fmt.Printf("pushed its %d Sigstore bundle(s) as referrers\n", p.Bundles)
+			}
+			if len(p.Releases) > 0 {
+				fmt.Printf("%s is an index (%s) of extensions for: %s\n", p.Ref, p.Index, strings.Join(p.Releases, "; "))
 			}
 			return nil
 		},

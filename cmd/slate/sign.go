@@ -27,10 +27,12 @@ func signCmd() *cobra.Command {
 	)
 	c := &cobra.Command{
 		Use:   "sign --key KEY (LAYOUT | oci:DIR | REF)",
-		Short: "Sign an update artifact, so nodes with update.publicKey accept it",
+		Short: "Sign an update artifact or a system extension, so nodes with update.publicKey accept it",
 		Long: `sign signs the artifact's manifest digest with KEY and stores the signature
 beside it, in cosign's format: in the layout (push sends it along) or in
-the registry, under the tag sha256-<hex>.sig. Nodes whose config sets
+the registry, under the tag sha256-<hex>.sig. A system extension is signed
+the same way; a tag that holds extensions for several OS releases (an
+index) has each of them signed. Nodes whose config sets
 update.publicKey install only artifacts signed by that key; cosign verifies
 these signatures too (cosign verify --key PUB --insecure-ignore-tlog).
 
@@ -66,19 +68,36 @@ sha256-<hex> where the registry lacks it). Nodes accept both formats.`,
 			} else if err := source.CheckLocal(ref); err != nil {
 				return err // a typo, not an image on Docker Hub
 			}
-			if bundle {
-				d, err := artifact.SignBundle(ref, key, opts...)
+			sign := func(ref string) error {
+				if bundle {
+					d, err := artifact.SignBundle(ref, key, opts...)
+					if err != nil {
+						return err
+					}
+					fmt.Printf("signed %s (%s) with key %s: a Sigstore bundle referring to it\n", ref, d, signature.KeyID(key.Public()))
+					return nil
+				}
+				d, err := artifact.Sign(ref, key, identity, opts...)
 				if err != nil {
 					return err
 				}
-				fmt.Printf("signed %s (%s) with key %s: a Sigstore bundle referring to it\n", ref, d, signature.KeyID(key.Public()))
+				fmt.Printf("signed %s (%s) with key %s: signatures under the tag %s\n", ref, d, signature.KeyID(key.Public()), signature.Tag(d))
 				return nil
 			}
-			d, err := artifact.Sign(ref, key, identity, opts...)
+			err = sign(ref)
+			if !errors.Is(err, artifact.ErrIndex) {
+				return err
+			}
+			// A tag of extensions for several OS releases: sign each.
+			exts, err := artifact.Extensions(ref, opts...)
 			if err != nil {
 				return err
 			}
-			fmt.Printf("signed %s (%s) with key %s: signatures under the tag %s\n", ref, d, signature.KeyID(key.Public()), signature.Tag(d))
+			for _, a := range exts {
+				if err := sign(a.Where()); err != nil {
+					return err
+				}
+			}
 			return nil
 		},
 	}

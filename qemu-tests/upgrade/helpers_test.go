@@ -363,25 +363,39 @@ func getStatus(t *testing.T, r *testnode.Result) *status {
 
 func getStatusKey(t *testing.T, r *testnode.Result, key string) *status {
 	t.Helper()
+	var st status
+	decodeJSONKey(t, r, key, &st)
+	return &st
+}
+
+// decodeJSONKey decodes the slate status --json that the status function
+// printed as KEY=<base64> into v.
+func decodeJSONKey(t *testing.T, r *testnode.Result, key string, v any) {
+	t.Helper()
 	if r == nil {
 		t.Fatal("no script output, so no status")
 	}
-	return decodeStatus(t, r.Get(key), strings.Join(r.Lines, "\n"))
+	decodeStatusInto(t, r.Get(key), strings.Join(r.Lines, "\n"), v)
 }
 
 // decodeStatus decodes slate status --json in base64; context is shown if
 // that fails.
 func decodeStatus(t *testing.T, b64, context string) *status {
 	t.Helper()
+	var st status
+	decodeStatusInto(t, b64, context, &st)
+	return &st
+}
+
+func decodeStatusInto(t *testing.T, b64, context string, v any) {
+	t.Helper()
 	raw, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil || len(raw) == 0 {
 		t.Fatalf("slate status --json printed nothing usable (%v); script output:\n%s", err, context)
 	}
-	var st status
-	if err := json.Unmarshal(raw, &st); err != nil {
+	if err := json.Unmarshal(raw, v); err != nil {
 		t.Fatalf("slate status --json: %v:\n%s", err, raw)
 	}
-	return &st
 }
 
 // logStatus logs the human status lines the script printed.

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/qemu-tests/testnode"
 )
 
@@ -15,19 +16,39 @@ import (
 // is blessed; then `slate rollback` takes the node back to bookworm, which
 // boots as good as before. /var (the node's own file and the images' apt
 // downloads) is kept throughout.
+//
+// The node config names one extension reference whose tag holds a build for
+// each release (an index): bookworm runs bookworm's, the upgrade fetches
+// trixie's before it writes the slot, trixie boots with it merged, and the
+// rollback finds bookworm's again.
 func TestUpgradeAcrossReleases(t *testing.T) {
 	testnode.Matrix(t, "bookworm-generic")
 	testnode.Matrix(t, "trixie")
 	begin(t)
 	from, to := image(t, "bookworm"), image(t, "trixie")
+	reg := testRegistry(t)
+	reg.push(t, extLayout(t, "hello", "hello-12", bookwormRelease), "ext/hello")
+	trixieExt := extLayout(t, "hello", "hello-13", trixieRelease)
+	reg.push(t, trixieExt, "ext/hello")
+	te, err := artifact.OpenExtension(artifact.LayoutPrefix + trixieExt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trixieLayer, err := te.ExtensionImage.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
 	const facts = `
 echo "KERNEL=$(uname -r)"
 echo "SYSTEMD=$(systemctl --version | head -n1)"
 echo "LOADER=$(tr -d '\000' < /sys/firmware/efi/efivars/LoaderInfo-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f 2>/dev/null | cut -c2-)"
 echo "FAILED=$(systemctl list-units --state=failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
+echo "HELLO=$(hello-hello 2>&1)"
 `
-	first := probe + facts + `
+	first := probe + `
 waitnet
+systemctl start slate-sysext-fetch.service
+` + facts + `
 mkdir -p /var/lib/slate-test && head -c 1048576 /dev/urandom > /var/lib/slate-test/kept && sync
 varsum
 status
@@ -35,8 +56,9 @@ agent UPGRADE slate upgrade ` + to.Ref + "\n"
 	start := time.Now()
 	// An image as debootstrap leaves it enables no network service: the
 	// config does, as a user's would.
-	const networkd = "systemd:\n  units:\n    - name: systemd-networkd.service\n      enabled: true\n"
-	m := startNodeConfig(t, "bookworm-to-trixie", from.Disk, "raw", "", first, nodeConfigFor(testRegistry(t).Source(), networkd))
+	networkd := "systemd:\n  units:\n    - name: systemd-networkd.service\n      enabled: true\n" +
+		"extensions:\n  - " + reg.GuestRef("ext/hello:1") + "\n"
+	m := startNodeConfig(t, "bookworm-to-trixie", from.Disk, "raw", "", first, nodeConfigFor(reg.Source(), networkd))
 	expectStep(t, m, "upgrade: slot b holds", upgradeTimeout)
 	b1 := waitBoot(t, m, exitTimeout)
 	if b1.Script == nil {
@@ -46,6 +68,12 @@ agent UPGRADE slate upgrade ` + to.Ref + "\n"
 	t.Logf("bookworm: kernel %s, %s, %s", b1.Script.Get("KERNEL"), b1.Script.Get("SYSTEMD"), b1.Script.Get("LOADER"))
 	if b1.Exit.Reason != "guest-reset" {
 		t.Fatalf("the bookworm boot ended with %s, want the upgrade's reboot; script output:\n%s", b1.Exit, strings.Join(b1.Script.Lines, "\n"))
+	}
+	if got := b1.Script.Get("HELLO"); got != "hello-12" {
+		t.Errorf("bookworm: hello-hello printed %q, want hello-12 (bookworm's build of the extension)", got)
+	}
+	if n := reg.Gets("ext/hello", trixieLayer); n != 1 {
+		t.Errorf("the upgrade asked for trixie's extension image %d times before it rebooted, want once", n)
 	}
 
 	// trixie on trial in slot B: judged, blessed, then rolled back by hand.
@@ -60,6 +88,9 @@ agent UPGRADE slate upgrade ` + to.Ref + "\n"
 	logStatus(t, "on trixie", b2.Script)
 	if b2.Slot != "b" || b2.Script.Get("VERSION") != "trixie" {
 		t.Fatalf("after the upgrade: %s, marker %q; want slot b, trixie", b2, b2.Script.Get("VERSION"))
+	}
+	if got := b2.Script.Get("HELLO"); got != "hello-13" {
+		t.Errorf("trixie: hello-hello printed %q, want hello-13 (trixie's build, fetched by the upgrade)", got)
 	}
 	if h := b2.Script.Get("HEALTH"); h != "active" {
 		t.Errorf("trixie: slate-health is %q, want active; failed units: %s", h, b2.Script.Get("FAILED"))
@@ -100,6 +131,9 @@ agent UPGRADE slate upgrade ` + to.Ref + "\n"
 		t.Errorf("bookworm after the rollback: slate-health is %q; failed units: %s", h, b3.Script.Get("FAILED"))
 	}
 	checkSlot(t, "after the rollback", st, "a", "good", "bookworm")
+	if got := b3.Script.Get("HELLO"); got != "hello-12" {
+		t.Errorf("bookworm after the rollback: hello-hello printed %q, want hello-12", got)
+	}
 	if got := b3.Script.Get("VARSUM"); got != sum {
 		t.Errorf("after the rollback: /var/lib/slate-test/kept has sha256 %q, want %q", got, sum)
 	}
