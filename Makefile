@@ -12,6 +12,7 @@ MATRIX_IMAGES := bookworm-generic bookworm-cloud trixie
 DEMO_DISK := $(BUILD)/demo.raw
 DEMO_NEXT := $(BUILD)/demo-2.oci
 DEMO_KEY := $(BUILD)/demo.key
+DEMO_EXT := $(BUILD)/demo-tools.oci
 # Stripped: the binary is also the agent in every node image.
 GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 
@@ -86,8 +87,13 @@ $(DEMO_NEXT): slate reference-image $(DEMO_KEY)
 	$(SLATE) build --source oci:$(REFERENCE) --artifact $(DEMO_NEXT) --version demo-2 --update-key $(DEMO_KEY).pub
 	$(SLATE) sign --key $(DEMO_KEY) oci:$(DEMO_NEXT)
 
-demo: deps $(DEMO_DISK) $(DEMO_NEXT)
-	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --artifact $(DEMO_NEXT)
+# A system extension for the demo node's config to name, signed by the demo key.
+$(DEMO_EXT): slate reference-image $(DEMO_KEY)
+	$(SLATE) sysext build --source qemu-tests/cmd/demo/extension --name demo-tools --version 1 --for oci:$(REFERENCE) --artifact $(DEMO_EXT)
+	$(SLATE) sign --key $(DEMO_KEY) oci:$(DEMO_EXT)
+
+demo: deps $(DEMO_DISK) $(DEMO_NEXT) $(DEMO_EXT)
+	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --artifact $(DEMO_NEXT) --extension $(DEMO_EXT)
 
 run: deps $(DEMO_DISK)
 	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --interactive

@@ -244,7 +244,7 @@ func openLayout(dir, tag, digest string, want *kind) (*Artifact, error) {
 func (l *ociLayout) index(digest v1.Hash) (*v1.IndexManifest, error) {
 	raw, err := os.ReadFile(filepath.Join(l.dir, "blobs", digest.Algorithm, digest.Hex))
 	if err == nil {
-		err = checkBlob(raw, digest, -1)
+		err = CheckBlob(raw, digest, -1)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: index %s: %w", l.where, digest, err)
@@ -278,7 +278,7 @@ func (l *ociLayout) artifact(img v1.Image, digest v1.Hash, where string, want *k
 				// payloads by signature.Verify.
 				raw, err := img.RawManifest()
 				if err == nil {
-					err = checkBlob(raw, sd.Digest, -1)
+					err = CheckBlob(raw, sd.Digest, -1)
 				}
 				if err != nil {
 					return nil, fmt.Errorf("%s: signatures %s: %w", l.where, tag, err)
@@ -301,7 +301,7 @@ func (l *ociLayout) artifact(img v1.Image, digest v1.Hash, where string, want *k
 			if err == nil {
 				var raw []byte
 				if raw, err = img.RawManifest(); err == nil {
-					err = checkBlob(raw, rd.Digest, -1) // trust no blob file
+					err = CheckBlob(raw, rd.Digest, -1) // trust no blob file
 				}
 			}
 			if err != nil {
@@ -503,7 +503,7 @@ func newArtifact(img v1.Image, digest v1.Hash, where string, verify bool, want *
 		return nil, fmt.Errorf("%s: manifest: %w", where, err)
 	}
 	if verify {
-		if err := checkBlob(rawManifest, digest, -1); err != nil {
+		if err := CheckBlob(rawManifest, digest, -1); err != nil {
 			return nil, fmt.Errorf("%s: manifest: %w", where, err)
 		}
 	}
@@ -529,7 +529,7 @@ func newArtifact(img v1.Image, digest v1.Hash, where string, verify bool, want *
 	if err != nil {
 		return nil, fmt.Errorf("%s: config %s: %w", where, m.Config.Digest, err)
 	}
-	if err := checkBlob(rawConfig, m.Config.Digest, m.Config.Size); err != nil {
+	if err := CheckBlob(rawConfig, m.Config.Digest, m.Config.Size); err != nil {
 		return nil, fmt.Errorf("%s: config: %w", where, err)
 	}
 	a := &Artifact{Digest: digest, Image: img, where: where}
@@ -556,7 +556,7 @@ func newArtifact(img v1.Image, digest v1.Hash, where string, verify bool, want *
 func kindError(img v1.Image, m *v1.Manifest, where string, k *kind) error {
 	raw, err := img.RawConfigFile()
 	if err == nil {
-		err = checkBlob(raw, m.Config.Digest, m.Config.Size)
+		err = CheckBlob(raw, m.Config.Digest, m.Config.Size)
 	}
 	if k == extensionKind {
 		var c sysext.Config
@@ -572,8 +572,8 @@ func kindError(img v1.Image, m *v1.Manifest, where string, k *kind) error {
 	return fmt.Errorf("%s: %w", where, ErrIsUpdate)
 }
 
-// checkBlob checks b against a descriptor's digest and size (-1: any).
-func checkBlob(b []byte, want v1.Hash, size int64) error {
+// CheckBlob checks b against a descriptor's digest and size (-1: any).
+func CheckBlob(b []byte, want v1.Hash, size int64) error {
 	got, n, err := v1.SHA256(bytes.NewReader(b))
 	if err != nil {
 		return err

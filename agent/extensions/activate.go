@@ -315,7 +315,7 @@ func (a *Activator) finish(p *plan, mergeErr error) {
 	}
 	if p.cur == nil {
 		if len(p.related) == 0 {
-			e.State, e.Reason = Missing, a.missing(p.entry)
+			e.State, e.Reason = a.missing(p.entry)
 			return
 		}
 		newest := p.related[0]
@@ -353,26 +353,27 @@ func (a *Activator) describe(e *Entry, c cand) {
 	e.Release, e.From = c.Config.Release.String(), c.src.From
 }
 
-// missing says why no store has the entry.
-func (a *Activator) missing(entry string) string {
+// missing says why no store has the entry: Missing, or Refused when this
+// boot's fetch found it and refused it (unsigned, no build for this release).
+func (a *Activator) missing(entry string) (State, string) {
 	if nodeconfig.IsExtensionRef(entry) {
 		if r, ok := readFetchResults(a.path(FetchResultsPath))[entry]; ok && !r.OK() {
-			why := string(r.State)
+			why := "slate sysext fetch: " + string(r.State)
 			if r.Reason != "" {
 				why += ": " + r.Reason
 			}
-			if len(r.Releases) > 0 {
-				why += " (it offers " + strings.Join(r.Releases, "; ") + ")"
+			if r.State == FetchRefused || r.State == NoMatch {
+				return Refused, why
 			}
-			return "slate sysext fetch: " + why
+			return Missing, why
 		}
-		return "not fetched yet: slate-sysext-fetch.service fetches it once the network is up (slate sysext fetch)"
+		return Missing, "not fetched yet: slate-sysext-fetch.service fetches it once the network is up (slate sysext fetch)"
 	}
 	var dirs []string
 	for _, s := range a.Sources {
 		dirs = append(dirs, fmt.Sprintf("the %s's store (%s)", map[string]string{FromImage: "image", FromNode: "node"}[s.From], s.Dir))
 	}
-	return fmt.Sprintf("no extension named %s in %s", entry, strings.Join(dirs, " or "))
+	return Missing, fmt.Sprintf("no extension named %s in %s", entry, strings.Join(dirs, " or "))
 }
 
 // next moves p to its next usable candidate: Select's choice among those

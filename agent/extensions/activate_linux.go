@@ -1,7 +1,6 @@
 package extensions
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -19,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	agentnode "github.com/slate-os/slate/agent/node"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/initramfs/init/dm"
 )
@@ -231,42 +231,8 @@ func (mounts) Mount(dev, dir string) error {
 
 func (mounts) Unmount(dir string) error { return unix.Unmount(dir, 0) }
 
-// Mounted looks for dir among the mount points in /proc/self/mountinfo.
-func (mounts) Mounted(dir string) (bool, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && unescapeMountinfo(fields[4]) == dir {
-			return true, nil
-		}
-	}
-	return false, sc.Err()
-}
-
-// unescapeMountinfo undoes the kernel's octal escapes (\040 for a space).
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
+// Mounted looks for dir among the mount points (agent/node).
+func (mounts) Mounted(dir string) (bool, error) { return agentnode.IsMountPoint(dir) }
 
 // emptyDir is what Hide mounts: a directory of its own on /run, so that
 // nothing else writes into it.

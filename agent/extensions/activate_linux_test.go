@@ -127,14 +127,6 @@ func TestMountSquashfs(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for in, want := range map[string]string{`/run/a\040b`: "/run/a b", `/plain`: "/plain", `/x\134y`: `/x\y`, `/trail\04`: `/trail\04`} {
-		if got := unescapeMountinfo(in); got != want {
-			t.Errorf("%q: %q, want %q", in, got, want)
-		}
-	}
-}
-
 // DM_DEV_REMOVE carries the kernel's struct dm_ioctl.
 func TestDMIoctlSize(t *testing.T) {
 	if n := binary.Size(unix.DmIoctl{}); n != sizeofDMIoctl {

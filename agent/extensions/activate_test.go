@@ -612,20 +612,23 @@ func TestStoreUnreadable(t *testing.T) {
 	}
 }
 
-// A reference the last fetch refused is missing with the fetch's reason.
+// A reference this boot's fetch refused is refused with the fetch's reason.
 func TestMissingSaysWhyFetchRefused(t *testing.T) {
 	n := newNode(t)
 	const unsigned, other, later = "registry.example/ext/unsigned:1", "registry.example/ext/other:1", "registry.example/ext/later:1"
 	if err := WriteFetchResults(filepath.Join(n.root, FetchResultsPath), []FetchResult{
 		{Entry: unsigned, State: FetchRefused, Reason: "no signature; updates must be signed by a trusted key"},
-		{Index: 1, Entry: other, State: NoMatch, Releases: []string{"ID=debian VERSION_ID=99"}},
+		{Index: 1, Entry: other, State: NoMatch, Reason: "nothing it offers is for ID=debian VERSION_ID=12: it offers other 1 for ID=debian VERSION_ID=99"},
 	}); err != nil {
 		t.Fatal(err)
 	}
 	r := n.activate(unsigned, other, later)
-	for i, want := range []string{"slate sysext fetch: refused: no signature", "(it offers ID=debian VERSION_ID=99)", "not fetched yet"} {
-		if e := r.Entries[i]; e.State != Missing || !strings.Contains(e.Reason, want) {
-			t.Errorf("%s: %s %q, want missing saying %q", e.Entry, e.State, e.Reason, want)
+	for i, want := range []struct {
+		state State
+		why   string
+	}{{Refused, "slate sysext fetch: refused: no signature"}, {Refused, "slate sysext fetch: no match: nothing it offers"}, {Missing, "not fetched yet"}} {
+		if e := r.Entries[i]; e.State != want.state || !strings.Contains(e.Reason, want.why) {
+			t.Errorf("%s: %s %q, want %s saying %q", e.Entry, e.State, e.Reason, want.state, want.why)
 		}
 	}
 }

@@ -279,7 +279,7 @@ func TestPrepareUpgrade(t *testing.T) {
 		{Name: "carried", Version: "5", Release: sysext.ForHost(deb13), Digest: "sha256:" + strings.Repeat("c", 64)},
 		{Name: "stale", Version: "1", Release: sysext.ForHost(deb12), Digest: "sha256:" + strings.Repeat("d", 64)},
 	}}}
-	o := extensions.UpgradeOptions{Update: update, Root: root, Policy: pol, Store: st, Artifact: reg.opts}
+	o := extensions.UpgradeOptions{Update: update, Root: root, FetchOptions: extensions.FetchOptions{Policy: pol, Store: st, Artifact: reg.opts}}
 
 	t.Run("refused", func(t *testing.T) {
 		o := o

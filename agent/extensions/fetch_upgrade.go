@@ -6,17 +6,17 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/slate-os/slate/agent/upgrade"
 	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot/nodeconfig"
 	"github.com/slate-os/slate/sysext"
 	"github.com/slate-os/slate/sysext/store"
 )
 
-// UpgradeOptions is what PrepareUpgrade needs.
+// UpgradeOptions is what PrepareUpgrade needs: Fetch's options (their Host
+// is ignored: the new image's release is the artifact's), the artifact and
+// the running root.
 type UpgradeOptions struct {
-	// Entries are the node config's extensions.
-	Entries []string
+	FetchOptions
 	// Update is the update artifact about to be written, already trusted
 	// (its signature checked): its config's OSRelease is the release the
 	// extensions must match, its Extensions what the new image carries.
@@ -24,16 +24,6 @@ type UpgradeOptions struct {
 	// Root is the running root ("/"; a directory in tests): the running
 	// os-release, which Prune keeps the extensions of, is read under it.
 	Root string
-	// Arch is the node's architecture in systemd's naming; "" is
-	// sysext.SystemdArch.
-	Arch string
-	// Policy, Store, Artifact, Insecure, Log and Progress are Fetch's.
-	Policy   *upgrade.Policy
-	Store    *store.Store
-	Artifact []artifact.Option
-	Insecure func(ref string) bool
-	Log      func(format string, args ...any)
-	Progress func(entry string, done, total int64)
 }
 
 // UpgradeError refuses an upgrade because the node config's extensions
@@ -115,10 +105,9 @@ func PrepareUpgrade(ctx context.Context, o UpgradeOptions) ([]FetchResult, error
 // resolveForUpgrade has every entry resolved for rel: references fetched,
 // names looked up.
 func resolveForUpgrade(ctx context.Context, o *UpgradeOptions, rel sysext.Release, logf func(string, ...any)) ([]FetchResult, error) {
-	fetched, err := Fetch(ctx, FetchOptions{
-		Entries: o.Entries, Host: rel, Arch: o.Arch, Policy: o.Policy, Store: o.Store,
-		Artifact: o.Artifact, Insecure: o.Insecure, Log: o.Log, Progress: o.Progress,
-	})
+	fo := o.FetchOptions
+	fo.Host = rel
+	fetched, err := Fetch(ctx, fo)
 	if err != nil {
 		return fetched, err
 	}

@@ -30,7 +30,6 @@ import (
 	"github.com/slate-os/slate/boot/nodeconfig"
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/internal/progress"
-	"github.com/slate-os/slate/sysext/store"
 )
 
 // StateDir is the agent's directory on the state partition.
@@ -211,12 +210,7 @@ image and the running one (a rollback needs its extensions).`,
 				Log:    logf,
 				// The new image's extensions, fetched before any slot is written.
 				Prepare: func(ctx context.Context, a *artifact.Artifact) error {
-					_, err := extensions.PrepareUpgrade(ctx, extensions.UpgradeOptions{
-						Entries: cfg.Extensions, Update: a, Root: "/", Policy: pol, Store: store.Open(store.NodeDir),
-						Artifact: []artifact.Option{artifact.WithKeychain(authn.DefaultKeychain)},
-						Insecure: func(r string) bool { return cfg.Update.Insecure && sameRegistry(r, cfg.Update.Source) },
-						Log:      logf,
-					})
+					_, err := extensions.PrepareUpgrade(ctx, extensions.UpgradeOptions{Update: a, Root: "/", FetchOptions: fetchOptions(cfg, pol, logf)})
 					return err
 				},
 				Progress:       progress.New(os.Stderr),

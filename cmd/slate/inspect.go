@@ -23,16 +23,22 @@ func inspectCmd() *cobra.Command {
 		keyFile string
 	)
 	c := &cobra.Command{
-		Use:   "inspect DISK|ARTIFACT",
-		Short: "Show a disk image's partitions, slots and boot entries, or an artifact's config",
+		Use:   "inspect DISK|ARTIFACT|EXT.raw",
+		Short: "Show a disk image's partitions, slots and boot entries, an artifact's config, or a system extension",
 		Long: `inspect shows a disk image's partitions, slots and boot entries, or an update
-artifact's config and how many signatures it carries.
+artifact's config and how many signatures it carries. For a system extension
+artifact (or a tag holding builds for several OS releases) it shows each
+extension's name, version, extension-release, image and signatures; for an
+EXT.raw (slate sysext build --output) its extension-release and the verity
+root hash recomputed from the file, with the hash tree checked.
 
 With --key PUB (a PEM public key, as update.publicKey takes) it also checks,
 as a node does, that the artifact is signed by that key, in cosign's .sig
 format or as a Sigstore bundle, and fails with the reason if it is not.`,
 		Example: `  slate inspect node.raw
   slate inspect --json node-1.4.1.oci
+  slate inspect gpu-tools.raw
+  slate inspect --key release.key.pub registry.example/ext/gpu-tools:1.0
   slate inspect --key release.key.pub registry.example/org/node:1.4.1`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {

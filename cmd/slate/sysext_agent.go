@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/slate-os/slate/agent/extensions"
+	"github.com/slate-os/slate/agent/upgrade"
 	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/nodeconfig"
@@ -96,13 +97,9 @@ failed unit (health.requiredExtensions makes a missing extension a bad boot).`,
 				return err
 			}
 			prog := fetchProgress(progress.New(os.Stderr))
-			results, err := extensions.Fetch(cmd.Context(), extensions.FetchOptions{
-				Entries: cfg.Extensions, Host: host, Arch: sysext.SystemdArch, Policy: pol, Store: store.Open(store.NodeDir),
-				Artifact: []artifact.Option{artifact.WithKeychain(authn.DefaultKeychain)},
-				Insecure: func(ref string) bool { return cfg.Update.Insecure && sameRegistry(ref, cfg.Update.Source) },
-				Log:      func(format string, args ...any) { fmt.Printf("slate sysext fetch: "+format+"\n", args...) },
-				Progress: prog,
-			})
+			fo := fetchOptions(cfg, pol, func(format string, args ...any) { fmt.Printf("slate sysext fetch: "+format+"\n", args...) })
+			fo.Host, fo.Progress = host, prog
+			results, err := extensions.Fetch(cmd.Context(), fo)
 			var failed []string
 			fetched := false
 			for _, r := range results {
@@ -129,6 +126,18 @@ failed unit (health.requiredExtensions makes a missing extension a bad boot).`,
 			}
 			return nil
 		},
+	}
+}
+
+// fetchOptions are the node's options for fetching the config's
+// extensions: its node store, the update policy, the Docker keychain, and
+// plain HTTP only to the update source's registry with update.insecure.
+func fetchOptions(cfg *nodeconfig.Config, pol *upgrade.Policy, logf func(string, ...any)) extensions.FetchOptions {
+	return extensions.FetchOptions{
+		Entries: cfg.Extensions, Arch: sysext.SystemdArch, Policy: pol, Store: store.Open(store.NodeDir),
+		Artifact: []artifact.Option{artifact.WithKeychain(authn.DefaultKeychain)},
+		Insecure: func(ref string) bool { return cfg.Update.Insecure && sameRegistry(ref, cfg.Update.Source) },
+		Log:      logf,
 	}
 }
 

@@ -188,7 +188,9 @@ func (r *testReg) pushSigned(t testing.TB, layoutDir, repo string, key crypto.Si
 	}
 	d := p.Digest
 	if key != nil {
-		if _, err := artifact.Sign(p.Ref.String(), key, "", r.opts...); err != nil {
+		// By digest: the tag may hold an index (extensions for several
+		// releases), which is not what is signed.
+		if _, err := artifact.Sign(p.Ref.Context().Digest(d.String()).String(), key, p.Ref.Context().Name(), r.opts...); err != nil {
 			t.Fatal(err)
 		}
 	}

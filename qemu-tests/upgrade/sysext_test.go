@@ -107,7 +107,7 @@ func TestExtensions(t *testing.T) {
 	const hello = `
 echo "TOOLS=$(tools-hello 2>&1)"
 echo "CARRIED=$(carried-hello 2>&1)"
-echo "MERGED=$(ls /run/extensions 2>&1 | tr '\n' ' ')"
+echo "MERGED=$(ls /run/extensions 2>/dev/null | tr '\n' ' ')"
 `
 	// fetch waits for the agent's fetch of this boot (slate-sysext-fetch is
 	// a oneshot: start joins the running job, or runs it again).

@@ -63,7 +63,7 @@ func (s *Store) Add(ctx context.Context, a *artifact.Artifact, ref string, progr
 	if err != nil {
 		return fail(fmt.Errorf("manifest: %w", err))
 	}
-	if err := checkBlob(rawManifest, a.Digest, -1); err != nil {
+	if err := artifact.CheckBlob(rawManifest, a.Digest, -1); err != nil {
 		return fail(fmt.Errorf("manifest: %w", err))
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(rawManifest))
@@ -77,7 +77,7 @@ func (s *Store) Add(ctx context.Context, a *artifact.Artifact, ref string, progr
 	if err != nil {
 		return fail(fmt.Errorf("config: %w", err))
 	}
-	if err := checkBlob(rawConfig, m.Config.Digest, m.Config.Size); err != nil {
+	if err := artifact.CheckBlob(rawConfig, m.Config.Digest, m.Config.Size); err != nil {
 		return fail(fmt.Errorf("config: %w", err))
 	}
 	var cfg sysext.Config
@@ -178,10 +178,10 @@ func (s *Store) init() error {
 // already has it intact.
 func (s *Store) putSmall(b []byte, h v1.Hash) error {
 	p := s.blobPath(h)
-	if old, err := os.ReadFile(p); err == nil && checkBlob(old, h, int64(len(b))) == nil {
+	if old, err := os.ReadFile(p); err == nil && artifact.CheckBlob(old, h, int64(len(b))) == nil {
 		return nil
 	}
-	if err := checkBlob(b, h, -1); err != nil {
+	if err := artifact.CheckBlob(b, h, -1); err != nil {
 		return err
 	}
 	return fsync.WriteFile(p, b, 0o644)
@@ -390,7 +390,7 @@ func (s *Store) putManifest(img v1.Image) (v1.Descriptor, error) {
 	if err != nil {
 		return v1.Descriptor{}, fmt.Errorf("config: %w", err)
 	}
-	if err := checkBlob(cfg, m.Config.Digest, m.Config.Size); err != nil {
+	if err := artifact.CheckBlob(cfg, m.Config.Digest, m.Config.Size); err != nil {
 		return v1.Descriptor{}, fmt.Errorf("config: %w", err)
 	}
 	if err := s.putSmall(cfg, m.Config.Digest); err != nil {
@@ -413,7 +413,7 @@ func (s *Store) putManifest(img v1.Image) (v1.Descriptor, error) {
 		if err != nil {
 			return v1.Descriptor{}, fmt.Errorf("layer %s: %w", ld.Digest, err)
 		}
-		if err := checkBlob(b, ld.Digest, ld.Size); err != nil {
+		if err := artifact.CheckBlob(b, ld.Digest, ld.Size); err != nil {
 			return v1.Descriptor{}, fmt.Errorf("layer: %w", err)
 		}
 		if err := s.putSmall(b, ld.Digest); err != nil {

@@ -171,24 +171,10 @@ func (s *Store) readSmall(h v1.Hash, size int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkBlob(b, h, size); err != nil {
+	if err := artifact.CheckBlob(b, h, size); err != nil {
 		return nil, err
 	}
 	return b, nil
-}
-
-func checkBlob(b []byte, want v1.Hash, size int64) error {
-	got, n, err := v1.SHA256(bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	if size >= 0 && n != size {
-		return fmt.Errorf("blob %s is %d bytes, want %d", want, n, size)
-	}
-	if got != want {
-		return fmt.Errorf("blob %s has digest %s", want, got)
-	}
-	return nil
 }
 
 // List reads the store's extensions, in index.json's order (the order they

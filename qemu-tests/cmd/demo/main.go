@@ -27,8 +27,9 @@ func main() {
 	quiet := flag.Bool("quiet", false, "do not copy the console to stdout")
 	art := flag.String("artifact", "", "update artifact (OCI layout) the node upgrades to; empty: no upgrade")
 	pubKey := flag.String("public-key", "", "PEM public key for the node's update.publicKey, added to the keys the image trusts (slate build --update-key)")
+	ext := flag.String("extension", "", "system extension (OCI layout) served beside the artifact, which the node config names; empty: none")
 	flag.Parse()
-	if err := run(*diskPath, *art, *pubKey, *interactive, *quiet); err != nil {
+	if err := run(*diskPath, *art, *ext, *pubKey, *interactive, *quiet); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -38,7 +39,7 @@ func say(format string, a ...any) {
 	fmt.Printf("\n\033[1m==> "+format+"\033[0m\n", a...)
 }
 
-func run(diskPath, art, pubKeyFile string, interactive, quiet bool) error {
+func run(diskPath, art, ext, pubKeyFile string, interactive, quiet bool) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	if err := vm.Available(); err != nil {
@@ -53,12 +54,16 @@ func run(diskPath, art, pubKeyFile string, interactive, quiet bool) error {
 
 	cfg := vm.Config{Disk: diskPath, DiskFormat: "raw", Network: true, AllowReboot: interactive || art != "", Interactive: interactive}
 	if art != "" && !interactive {
-		ref, version, stopRegistry, err := serve(art)
+		ref, extRef, version, stopRegistry, err := serve(art, ext)
 		if err != nil {
 			return err
 		}
 		defer stopRegistry()
 		say("update artifact %s (version %s) served at %s; the node reaches it as %s", art, version, ref, guestRef(ref))
+		if extRef != "" {
+			say("system extension %s served at %s; the node config names it", ext, extRef)
+			extRef = guestRef(extRef)
+		}
 		var pubKey string
 		if pubKeyFile != "" {
 			b, err := os.ReadFile(pubKeyFile)
@@ -68,13 +73,13 @@ func run(diskPath, art, pubKeyFile string, interactive, quiet bool) error {
 			pubKey = string(b)
 			say("the node's config adds the key in %s to those its image trusts", pubKeyFile)
 		}
-		cfg.FwCfgStrings = map[string]string{"opt/slate/config": nodeConfig(guestRef(ref), version, pubKey)}
+		cfg.FwCfgStrings = map[string]string{"opt/slate/config": nodeConfig(guestRef(ref), extRef, version, pubKey)}
 		a, err := artifact.Open("oci:" + art)
 		if err != nil {
 			return err
 		}
 		_, unsigned := a.Signatures()
-		return upgradeDemo(ctx, cfg, quiet, version, unsigned == nil)
+		return upgradeDemo(ctx, cfg, quiet, version, unsigned == nil, extRef != "")
 	}
 	if !interactive && !quiet {
 		cfg.Console = os.Stdout

@@ -18,16 +18,16 @@ import (
 	"github.com/slate-os/slate/qemu-tests/vm"
 )
 
-// serve pushes the artifact to a registry on 127.0.0.1 and returns its
-// reference there.
-func serve(dir string) (ref, version string, stop func(), err error) {
+// serve pushes the artifact, and the extension in ext if not "", to a
+// registry on 127.0.0.1 and returns their references there.
+func serve(dir, ext string) (ref, extRef, version string, stop func(), err error) {
 	a, err := artifact.Open("oci:" + dir)
 	if err != nil {
-		return "", "", nil, err
+		return "", "", "", nil, err
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", "", nil, err
+		return "", "", "", nil, err
 	}
 	srv := httptest.NewUnstartedServer(registry.New(registry.Logger(discardLogger())))
 	srv.Listener.Close()
@@ -36,9 +36,17 @@ func serve(dir string) (ref, version string, stop func(), err error) {
 	ref = l.Addr().String() + "/slate/demo:" + a.Config.Version
 	if _, err := artifact.Push(dir, ref, artifact.Insecure()); err != nil {
 		srv.Close()
-		return "", "", nil, err
+		return "", "", "", nil, err
 	}
-	return ref, a.Config.Version, srv.Close, nil
+	if ext != "" {
+		p, err := artifact.Push(ext, l.Addr().String()+"/slate/extensions", artifact.Insecure())
+		if err != nil {
+			srv.Close()
+			return "", "", "", nil, err
+		}
+		extRef = p.Ref.String()
+	}
+	return ref, extRef, a.Config.Version, srv.Close, nil
 }
 
 // guestRef is ref as the guest reaches the host through QEMU user networking.
@@ -52,6 +60,7 @@ func guestRef(ref string) string { return strings.Replace(ref, "127.0.0.1:", "10
 const demoScript = `#!/bin/sh
 v=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' /run/slate/boot.json)
 echo "slate-demo: running $v"
+command -v demo-hello >/dev/null && echo "slate-demo: $(demo-hello)"
 i=0
 while [ $i -lt 600 ]; do
 	systemctl is-active -q slate-health.service && break
@@ -70,9 +79,10 @@ else
 fi
 `
 
-// nodeConfig is the demo node's config: update from ref, and, if pubKey is
-// not empty, trust it too, beside the keys the image trusts.
-func nodeConfig(ref, version, pubKey string) string {
+// nodeConfig is the demo node's config: update from ref, merge the
+// extension extRef if not "", and, if pubKey is not empty, trust it too,
+// beside the keys the image trusts.
+func nodeConfig(ref, extRef, version, pubKey string) string {
 	indentBy := func(n int, s string) string {
 		p := strings.Repeat(" ", n)
 		return p + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n"+p) + "\n"
@@ -81,6 +91,10 @@ func nodeConfig(ref, version, pubKey string) string {
 	key := ""
 	if pubKey != "" {
 		key = "  publicKey: |\n" + indentBy(4, pubKey)
+	}
+	ext := ""
+	if extRef != "" {
+		ext = "extensions:\n  - " + extRef + "\n"
 	}
 	return `apiVersion: slate.dev/v1alpha1
 kind: NodeConfig
@@ -95,7 +109,7 @@ network:
 update:
   source: ` + ref + `
   insecure: true
-` + key + `health:
+` + key + ext + `health:
   requiredUnits: [systemd-networkd.service]
   timeout: 3m
 files:
@@ -140,7 +154,7 @@ files:
 `
 }
 
-func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string, signed bool) error {
+func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string, signed, ext bool) error {
 	if !quiet {
 		cfg.Console = os.Stdout
 	}
@@ -156,16 +170,18 @@ func upgradeDemo(ctx context.Context, cfg vm.Config, quiet bool, version string,
 		timeout       time.Duration
 	}{
 		{`slate-init: slot a, image version`, "", 3 * time.Minute},
+		{`slate-sysext: \S+ \(demo-tools\) .* merged from the node's store`, "the node fetched the extension its config names, checked its signature, verified every block with dm-verity and merged it into /usr", 4 * time.Minute},
 		{`slate health: slot a .* is healthy`, "slot A is healthy; slate-upgrade.timer (enabled by the node config) upgrades it from the registry in its config", 4 * time.Minute},
 		{`upgrade: .* is signed by key`, "its signature matches a key the node trusts: the one its image was built with (slate build --update-key)", 3 * time.Minute},
 		{`upgrade: writing root of slot b`, "", 3 * time.Minute},
 		{`upgrade: slot b holds`, "slot B written and verified; rebooting into it with 3 tries", 5 * time.Minute},
 		{`slate-init: slot b, image version "` + regexp.QuoteMeta(version) + `"`, "", 4 * time.Minute},
+		{`slate-sysext: \S+ \(demo-tools\) .* merged from the node's store`, "slot B booted with the extension merged: the upgrade fetched the build for the new image before it wrote the slot", 3 * time.Minute},
 		{`slate health: slot b .* is healthy`, "the new version passed its health check; systemd-bless-boot marks it good", 4 * time.Minute},
 		{`slate-demo: done`, "", 4 * time.Minute},
 	}
 	for _, s := range steps {
-		if !signed && strings.Contains(s.pattern, "signed by") {
+		if !signed && strings.Contains(s.pattern, "signed by") || !ext && strings.Contains(s.pattern, "slate-sysext") {
 			continue
 		}
 		if _, err := m.Expect(regexp.MustCompile(s.pattern), vm.Scale(s.timeout)); err != nil {
