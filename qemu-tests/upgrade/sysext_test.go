@@ -81,7 +81,8 @@ func getExtStatus(t *testing.T, r *testnode.Result, key string) map[string]strin
 // reason in slate status. A byte of the fetched extension is then changed on
 // the state partition: the next boot refuses it (dm-verity, checked when it
 // is used) and the agent fetches it again. A last boot with a config that
-// names no extension has none.
+// names no extension has none, and its health check, which requires one,
+// fails.
 func TestExtensions(t *testing.T) {
 	begin(t)
 	reg := testRegistry(t)
@@ -173,8 +174,11 @@ sync
 		t.Errorf("carried-hello printed %q, want carried-12", got)
 	}
 
-	// A config without extensions: none.
-	if err := m.SetFwCfgString(FwCfgConfig, nodeConfig(reg), false); err != nil {
+	// A config without extensions: none. It still requires tools for a
+	// good boot, which this boot cannot be (on a slot already good, a bad
+	// check reports and never reboots; on trial it would roll back).
+	noExt := strings.Replace(nodeConfig(reg), "health:\n", "health:\n  requiredExtensions: [tools]\n", 1)
+	if err := m.SetFwCfgString(FwCfgConfig, noExt, false); err != nil {
 		t.Fatal(err)
 	}
 	nextBoot(t, m, probe+hello+"status\n"+testnode.ThenPoweroff)
@@ -189,8 +193,10 @@ sync
 	if got := strings.TrimSpace(b3.Script.Get("MERGED")); got != "" {
 		t.Errorf("with a config that names no extension, /run/extensions holds %q", got)
 	}
-	if h := b3.Script.Get("HEALTH"); h != "active" {
-		t.Errorf("with no extension: slate-health is %q", h)
+	if st := getStatus(t, b3.Script); st.Health == nil || st.Health.Result != "bad" || !strings.Contains(st.Health.Reason, "tools") {
+		t.Errorf("with health.requiredExtensions [tools] and no extension: health %+v, want bad, naming tools", st.Health)
+	} else {
+		t.Logf("health without the required extension: %s: %s", st.Health.Result, st.Health.Reason)
 	}
 	t.Logf("three boots with extensions in %s", time.Since(start).Round(time.Second))
 }
