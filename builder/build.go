@@ -7,6 +7,7 @@
 package builder
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -15,7 +16,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -31,6 +31,7 @@ import (
 	"github.com/slate-os/slate/builder/disk"
 	"github.com/slate-os/slate/builder/esp"
 	"github.com/slate-os/slate/builder/flatten"
+	"github.com/slate-os/slate/builder/format"
 	"github.com/slate-os/slate/builder/nodefiles"
 	"github.com/slate-os/slate/builder/rootfs"
 	"github.com/slate-os/slate/builder/source"
@@ -72,6 +73,7 @@ type Result struct {
 	InitramfsSize int64         `json:"initramfsSize"`
 	Initramfs     []string      `json:"initramfsModules"`
 	Disk          string        `json:"disk,omitempty"`
+	Format        string        `json:"format,omitempty"` // the disk's: raw, vhd... (package format)
 	Artifact      string        `json:"artifact,omitempty"`
 	Plan          disk.Plan     `json:"plan"`
 	Steps         []StepTiming  `json:"steps"`
@@ -141,6 +143,12 @@ type build struct {
 func (b *build) step(name string) {
 	b.t0, b.name = time.Now(), name
 	b.p.Step(name)
+}
+
+// stepSized starts a step of total bytes whose progress line says title.
+func (b *build) stepSized(name, title string, total int64) {
+	b.t0, b.name = time.Now(), name
+	b.p.Sized(title, total)
 }
 
 func (b *build) done() {
@@ -219,6 +227,12 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	// Checked before the source is read: a dynamic agent fails the build at once.
 	if err := nodefiles.CheckAgent(b.o.AgentBinary); err != nil {
 		return nil, err
+	}
+	// So is the tool the disk's format is written with.
+	if s.Outputs.Disk != "" {
+		if err := format.Check(s.Outputs.Format); err != nil {
+			return nil, fmt.Errorf("outputs.format %s: %w", s.Outputs.Format, err)
+		}
 	}
 	// So are the update keys: read, parsed, and written back in one form.
 	keys, err := s.UpdatePublicKeys()
@@ -387,13 +401,6 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 				return err
 			}
 			diskTemp = raw
-			if s.Outputs.Format == "qcow2" {
-				q := b.tempBeside(s.Outputs.Disk + ".q")
-				if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-O", "qcow2", "-f", "raw", raw, q).CombinedOutput(); err != nil {
-					return fmt.Errorf("qemu-img convert to %s: %v: %s", s.Outputs.Disk, err, strings.TrimSpace(string(out)))
-				}
-				diskTemp = q
-			}
 			return nil
 		}
 	}
@@ -428,12 +435,26 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	if err := b.parallel("disk and artifact", jobs); err != nil {
 		return nil, err
 	}
+	// 6. The disk in the format asked for, from the raw one (package
+	// format), beside the output like the raw disk.
+	if f := s.Outputs.Format; diskTemp != "" && f != "" && f != format.Raw {
+		conv := b.tempBeside(s.Outputs.Disk + ".conv")
+		b.stepSized("convert", "convert to "+f, plan.Size)
+		err := format.Write(ctx, f, diskTemp, conv, format.Options{
+			Seed: seed[:], ModTime: created, Name: filepath.Base(s.Outputs.Disk), Progress: b.p.Bytes,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("disk %s: %w", s.Outputs.Disk, err)
+		}
+		b.done()
+		diskTemp = conv
+	}
 	// The disk goes in place last, so a failed artifact leaves no disk either.
 	if diskTemp != "" {
 		if err := os.Rename(diskTemp, s.Outputs.Disk); err != nil {
 			return nil, err
 		}
-		b.res.Disk = s.Outputs.Disk
+		b.res.Disk, b.res.Format = s.Outputs.Disk, cmp.Or(s.Outputs.Format, format.Raw)
 	}
 	b.res.Total = time.Since(b.start)
 	return &b.res, nil

@@ -80,7 +80,17 @@ type Module struct {
 //     drive. The init mounts vfat with codepage=437,iocharset=ascii (the
 //     NLS modules it then needs, whatever the kernel's FAT_DEFAULT_*
 //     settings); isofs falls back to the built-in NLS table. sr_mod: a
-//     config drive on a CD-ROM (virtio-scsi, SATA).
+//     config drive on a CD-ROM (virtio-scsi, SATA); udf and ata_piix:
+//     Azure's provisioning CD (UDF, on the IDE controller of its Gen1
+//     machines), which carries customData.
+//   - vmw_pvscsi and mptspi: VMware's SCSI controllers (a vmdk import).
+//   - The network cards a cloud's metadata service is reached through
+//     (the init brings a link up only when a metadata source asks):
+//     virtio_net (QEMU, KVM clouds, GCE), ena (EC2 Nitro), gve (GCE's
+//     gVNIC), hv_netvsc (Hyper-V, Azure), xen_netfront (Xen, older EC2),
+//     vmxnet3 (VMware), e1000 and e1000e (QEMU's and VMware's emulated
+//     Intel cards). One without its bus or hypervisor refuses to load and
+//     is skipped, as the disks' are.
 //
 // The image spec's extra modules are required.
 var DefaultModules = []Module{
@@ -97,7 +107,11 @@ var DefaultModules = []Module{
 	{Name: "efivarfs", Optional: true}, {Name: "efi_pstore", Optional: true},
 	{Name: "qemu_fw_cfg", Optional: true},
 	{Name: "vfat", Optional: true}, {Name: "nls_cp437", Optional: true}, {Name: "nls_ascii", Optional: true},
-	{Name: "isofs", Optional: true}, {Name: "sr_mod", Optional: true},
+	{Name: "isofs", Optional: true}, {Name: "sr_mod", Optional: true}, {Name: "udf", Optional: true}, {Name: "ata_piix", Optional: true},
+	{Name: "vmw_pvscsi", Optional: true}, {Name: "mptspi", Optional: true},
+	{Name: "virtio_net", Optional: true}, {Name: "ena", Optional: true}, {Name: "gve", Optional: true},
+	{Name: "hv_netvsc", Optional: true}, {Name: "xen_netfront", Optional: true}, {Name: "vmxnet3", Optional: true},
+	{Name: "e1000", Optional: true}, {Name: "e1000e", Optional: true},
 }
 
 // Input is what Build packs.

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/slate-os/slate/internal/clip"
@@ -77,6 +78,9 @@ type Record struct {
 	// Config is what the init did with the node config on this boot; nil
 	// when it did not get that far.
 	Config *Config `json:"config,omitempty"`
+	// Platform is the cloud the node runs on and what its metadata
+	// service said; nil off the clouds.
+	Platform *Platform `json:"platform,omitempty"`
 
 	// Taint is the node's taint as the init left it on the state
 	// partition (TaintFile) on this boot: nil when the node never booted
@@ -115,6 +119,60 @@ const (
 // Config is the node config's outcome. A config is applied whole or not
 // at all: Applied false with a Source other than ConfigNone means nothing
 // of it was applied and Error says why.
+// Platform is what a cloud's metadata service says about the node,
+// recorded at every boot (and never its user data, which may hold
+// secrets). Empty fields are unknown.
+type Platform struct {
+	// Name is the platform: ec2, gce, azure, openstack, nocloud.
+	Name string `json:"name"`
+	// InstanceID is the platform's id of this machine (i-0123..., the
+	// GCE numeric id, the Azure vmId, the OpenStack uuid).
+	InstanceID string `json:"instance_id,omitempty"`
+	// Region and Zone: us-east-1 and us-east-1a; GCE's zone and the
+	// region it is in; Azure's location and zone.
+	Region string `json:"region,omitempty"`
+	Zone   string `json:"zone,omitempty"`
+	// InstanceType is the machine type or size (m6i.large, e2-medium,
+	// Standard_D2s_v5, the flavor).
+	InstanceType string `json:"instance_type,omitempty"`
+	// Hostname is the platform's name for the node; the node's hostname
+	// when its config sets none.
+	Hostname string `json:"hostname,omitempty"`
+	// UserData says whether the platform had user data for the node, and
+	// whether it was a slate node config.
+	UserData string `json:"user_data,omitempty"`
+}
+
+// String is the platform's facts on one line, for the console:
+// "ec2: instance i-0123, zone eu-west-3a (eu-west-3), type m6i.large,
+// hostname ip-10-0-0-5, user data: slate node config".
+func (p Platform) String() string {
+	var parts []string
+	add := func(label, v string) {
+		if v != "" {
+			parts = append(parts, label+" "+v)
+		}
+	}
+	add("instance", p.InstanceID)
+	switch {
+	case p.Zone != "" && p.Region != "":
+		add("zone", p.Zone+" ("+p.Region+")")
+	case p.Zone != "":
+		add("zone", p.Zone)
+	default:
+		add("region", p.Region)
+	}
+	add("type", p.InstanceType)
+	add("hostname", p.Hostname)
+	if p.UserData != "" {
+		parts = append(parts, "user data: "+p.UserData)
+	}
+	if len(parts) == 0 {
+		return p.Name
+	}
+	return p.Name + ": " + strings.Join(parts, ", ")
+}
+
 type Config struct {
 	// Source is the name of the source the config came from (cmdline,
 	// fw_cfg, config-drive, ...) or ConfigNone.

@@ -1,11 +1,14 @@
 // Package inspect reads back what the builder wrote: a disk image's
 // partitions, boot entries and slots, or an update artifact's config, and
 // the modules each initramfs loads (read from the initramfs itself, so what
-// is shown is what the node boots with).
+// is shown is what the node boots with). A disk may be in any format the
+// builder writes (package builder/format), told by its magic bytes.
 package inspect
 
 import (
 	"bytes"
+	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +24,7 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/builder/disk"
 	"github.com/slate-os/slate/builder/esp"
+	"github.com/slate-os/slate/builder/format"
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/initramfs"
 	"github.com/slate-os/slate/signature"
@@ -30,6 +34,7 @@ import (
 type Report struct {
 	Kind     string           `json:"kind"` // "disk" or "artifact"
 	Path     string           `json:"path"`
+	Format   string           `json:"format,omitempty"` // a disk's: raw, vhd... (package format)
 	Disk     *disk.Plan       `json:"disk,omitempty"`
 	Loader   string           `json:"loaderConf,omitempty"`
 	Slots    []Slot           `json:"slots,omitempty"`
@@ -82,9 +87,6 @@ type ArtifactSummary struct {
 func Path(p string) (*Report, error) {
 	fi, err := os.Stat(p)
 	if err == nil && !fi.IsDir() {
-		if isQcow2(p) {
-			return nil, fmt.Errorf("%s is a qcow2 image: inspect the raw disk, or convert it with qemu-img convert -O raw", p)
-		}
 		return Disk(p)
 	}
 	ref := p
@@ -130,29 +132,45 @@ func readLayer(l v1.Layer) (*initramfs.Contents, error) {
 	return initramfs.Read(rc)
 }
 
-func isQcow2(p string) bool {
-	f, err := os.Open(p)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	magic := make([]byte, 4)
-	_, err = io.ReadFull(f, magic)
-	return err == nil && string(magic) == "QFI\xfb"
-}
-
-// Disk inspects a raw disk image.
+// Disk inspects a disk image in any of the builder's formats: a compressed
+// or converted one is unpacked to a temporary raw file first (format.Open).
 func Disk(path string) (*Report, error) {
-	plan, err := disk.Read(path)
+	d, err := format.Open(context.Background(), path)
 	if err != nil {
 		return nil, err
+	}
+	defer d.Close()
+	r, err := rawDisk(path, d.Path, d.Size)
+	if err != nil {
+		return nil, err
+	}
+	r.Format = d.Format
+	return r, nil
+}
+
+// rawDisk inspects the raw disk in the first size bytes of the file at raw;
+// messages call it path.
+func rawDisk(path, raw string, size int64) (*Report, error) {
+	plan, err := disk.Read(raw)
+	if err != nil {
+		if raw != path {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		return nil, err
+	}
+	// A fixed VHD's footer follows the disk: the disk ends before it.
+	plan.Size = size
+	for _, p := range plan.Partitions {
+		if p.Start+p.Size > size {
+			return nil, fmt.Errorf("%s: partition %d (%s) ends at %d, past the disk's end (%d)", path, p.Number, p.Name, p.Start+p.Size, size)
+		}
 	}
 	r := &Report{Kind: "disk", Path: path, Disk: &plan}
 	espPart, ok := plan.ByName(boot.PartESP)
 	if !ok {
 		return nil, fmt.Errorf("%s: no partition named %q: not a slate disk", path, boot.PartESP)
 	}
-	f, err := os.Open(path)
+	f, err := os.Open(raw)
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +324,7 @@ func (r *Report) Text(w io.Writer) {
 		}
 		return
 	}
-	fmt.Fprintf(w, "disk %s (%d MiB, GPT %s)\n", r.Path, r.Disk.Size>>20, r.Disk.GUID)
+	fmt.Fprintf(w, "disk %s (%s, %d MiB, GPT %s)\n", r.Path, cmp.Or(r.Format, format.Raw), r.Disk.Size>>20, r.Disk.GUID)
 	fmt.Fprintf(w, "  %-2s %-14s %-10s %-10s %s\n", "#", "name", "start", "size", "partuuid")
 	for _, p := range r.Disk.Partitions {
 		fmt.Fprintf(w, "  %-2d %-14s %-10s %-10s %s\n", p.Number, p.Name, mib(p.Start), mib(p.Size), p.GUID)

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/slate-os/slate/boot"
+	"github.com/slate-os/slate/builder/format"
 	"github.com/slate-os/slate/internal/strictyaml"
 	"github.com/slate-os/slate/signature"
 )
@@ -95,7 +97,7 @@ type Initramfs struct {
 // Outputs says what to write. At least one of Disk and Artifact.
 type Outputs struct {
 	Disk     string `yaml:"disk" json:"disk,omitempty"`
-	Format   string `yaml:"format" json:"format,omitempty"` // raw (default) or qcow2
+	Format   string `yaml:"format" json:"format,omitempty"` // raw (default), qcow2, vhd, vmdk, gce, raw.zst, raw.xz (package builder/format)
 	Artifact string `yaml:"artifact" json:"artifact,omitempty"`
 }
 
@@ -258,12 +260,28 @@ func (s *Spec) Validate() error {
 			return fe(fmt.Sprintf("initramfs.modules[%d]", i), "%q is not a module name", m)
 		}
 	}
-	switch s.Outputs.Format {
-	case "", "raw", "qcow2":
-	default:
-		return fe("outputs.format", "unknown format %q (want raw or qcow2)", s.Outputs.Format)
+	if f := s.Outputs.Format; f != "" && !slices.Contains(format.Names, f) {
+		return fe("outputs.format", "unknown format %q (want one of %s)", f, strings.Join(format.Names, ", "))
+	}
+	// GCE imports a gzip'd tar by its name: an archive called node.raw
+	// would be one more thing to rename before the upload.
+	if d := s.Outputs.Disk; s.Outputs.Format == format.GCE && d != "" && !strings.HasSuffix(d, ".tar.gz") {
+		return fe("outputs.disk", "%q: outputs.format gce writes disk.raw in a gzip'd tar, which GCE imports as a .tar.gz: name it e.g. %s",
+			d, gceName(d))
 	}
 	return nil
+}
+
+// gceName suggests a .tar.gz name for a GCE image that was given another.
+func gceName(p string) string {
+	base := filepath.Base(p)
+	for _, ext := range []string{".tar.gz", ".tgz", ".tar", ".gz", ".raw", ".img"} {
+		if b, ok := strings.CutSuffix(base, ext); ok && b != "" {
+			base = b
+			break
+		}
+	}
+	return filepath.Join(filepath.Dir(p), base+".tar.gz")
 }
 
 func levelRange(comp string) (lo, hi int) {

@@ -79,7 +79,9 @@ func TestParseErrorsNameTheField(t *testing.T) {
 		{"kind", "apiVersion: slate.dev/v1alpha1\nkind: Node\n", `kind: got "Node"`},
 		{"apiVersion", "kind: ImageSpec\n", `apiVersion: got ""`},
 		{"compression", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nroot: {compression: brotli}\n", "root.compression"},
-		{"format", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\noutputs: {format: vmdk}\n", "outputs.format"},
+		{"format", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\noutputs: {format: vdi}\n", `outputs.format: unknown format "vdi" (want one of raw, qcow2, vhd, vmdk, gce, raw.zst, raw.xz)`},
+		{"gce name", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\noutputs: {format: gce, disk: out/node.raw}\n",
+			`outputs.disk: "out/node.raw": outputs.format gce writes disk.raw in a gzip'd tar, which GCE imports as a .tar.gz: name it e.g. out/node.tar.gz`},
 		{"slate arg", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nkernel: {extraCmdline: [slate.slot=b]}\n", "kernel.cmdline"},
 		{"slate.config", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nkernel: {cmdline: ['\"slate.config=data:,x\"']}\n", "kernel.cmdline"},
 		{"update key empty", "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nupdate: {publicKeys: ['']}\n", "update.publicKeys[0]: empty"},
@@ -97,6 +99,35 @@ func TestParseErrorsNameTheField(t *testing.T) {
 				t.Errorf("error = %v, want it to contain %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// Every format the builder writes is a valid outputs.format; a GCE image's
+// name ends in .tar.gz.
+func TestOutputsFormat(t *testing.T) {
+	for _, tc := range []struct {
+		format, disk, want string // want: "" valid, else part of the error
+	}{
+		{"", "node.raw", ""},
+		{"raw", "node.raw", ""},
+		{"qcow2", "node.qcow2", ""},
+		{"vhd", "node.vhd", ""},
+		{"vmdk", "node.vmdk", ""},
+		{"gce", "node.tar.gz", ""},
+		{"gce", "", ""}, // no disk: nothing to name (an artifact-only build)
+		{"raw.zst", "node.raw.zst", ""},
+		{"raw.xz", "node.raw.xz", ""},
+		{"gce", "node.tgz", "name it e.g. node.tar.gz"},
+		{"gce", "node.tar", "name it e.g. node.tar.gz"},
+		{"gce", "/out/disk.img", "name it e.g. /out/disk.tar.gz"},
+		{"zst", "node.raw.zst", `unknown format "zst"`},
+		{"VHD", "node.vhd", `unknown format "VHD"`},
+	} {
+		s := Spec{Outputs: Outputs{Disk: tc.disk, Format: tc.format}}
+		err := s.Validate()
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("format %q disk %q: %v, want %q", tc.format, tc.disk, err, tc.want)
+		}
 	}
 }
 

@@ -44,11 +44,19 @@ keys when the image has any (unless update.allowUnsigned), its image checked
 against its verity root hash; and, once the image's os-release is known,
 matched against it as systemd-sysext will: a mismatch fails the build.
 
+The disk is raw unless --format (outputs.format) asks for another: qcow2,
+vhd (a fixed VHD, what Azure imports), vmdk (streamOptimized, for VMware and
+OVAs), gce (disk.raw in a gzip'd tar, what Compute Engine imports; the output
+must end in .tar.gz), raw.zst or raw.xz. Every format is reproducible, and
+slate inspect reads each back.
+
 REF is a registry reference (registry.example/org/node:1.4), an OCI layout
 (oci:DIR[:TAG|@sha256:DIGEST]) or a docker-save tarball (docker-archive:FILE).
 Flags override the spec file. The same inputs give byte-identical outputs.`,
 		Example: `  slate build --source oci:build/reference --output node.raw
-  slate build -f configs/examples/image.yaml --version 1.4.1 --artifact node-1.4.1.oci`,
+  slate build -f configs/examples/image.yaml --version 1.4.1 --artifact node-1.4.1.oci
+  slate build --source oci:build/reference --format vhd --output node.vhd
+  slate build --source oci:build/reference --format gce --output node.tar.gz`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s := &spec.Spec{APIVersion: spec.APIVersion, Kind: spec.Kind}
@@ -114,7 +122,7 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 				fmt.Printf("  softdeps  %s: not in this kernel, ignored as modprobe would\n", strings.Join(res.InitramfsUnresolved, ", "))
 			}
 			if res.Disk != "" {
-				fmt.Printf("  disk      %s (%d MiB)\n", res.Disk, res.Plan.Size>>20)
+				fmt.Printf("  disk      %s (%s, %d MiB)\n", res.Disk, res.Format, res.Plan.Size>>20)
 				fmt.Printf("  state     %d MiB: %s; grows to the end of the disk at boot\n", res.State.Size>>20, res.State.Reason)
 			}
 			if res.Artifact != "" {
@@ -150,7 +158,7 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 	f.StringVarP(&specFile, "file", "f", "", "image spec (YAML); see configs/")
 	f.StringVar(&source, "source", "", "source image: registry ref, oci:DIR[:TAG|@DIGEST] or docker-archive:FILE")
 	f.StringVarP(&output, "output", "o", "", "write the disk image here")
-	f.StringVar(&format, "format", "", "disk format: raw (default) or qcow2")
+	f.StringVar(&format, "format", "", "disk format: raw (default), qcow2, vhd (Azure: fixed VHD), vmdk (VMware: streamOptimized), gce (GCE: disk.raw in a gzip'd tar; name the output .tar.gz), raw.zst or raw.xz (compressed raw); qcow2, vhd and vmdk need qemu-img, raw.xz the xz tool")
 	f.StringVar(&artifactDir, "artifact", "", "write the update artifact here (an OCI layout directory)")
 	f.StringVar(&version, "version", "", "version label (default: the image's org.opencontainers.image.version label, else its digest)")
 	f.StringVar(&compression, "compression", "", "squashfs compressor: zstd (default), xz, gzip, lz4, lzo, lzma")

@@ -25,8 +25,10 @@ func inspectCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "inspect DISK|ARTIFACT|EXT.raw",
 		Short: "Show a disk image's partitions, slots and boot entries, an artifact's config, or a system extension",
-		Long: `inspect shows a disk image's partitions, slots and boot entries, or an update
-artifact's config and how many signatures it carries. For a system extension
+		Long: `inspect shows a disk image's partitions, slots and boot entries (a disk in any
+format slate build writes: raw, qcow2, vhd, vmdk, gce .tar.gz, raw.zst, raw.xz,
+told apart by their bytes), or an update artifact's config and how many
+signatures it carries. For a system extension
 artifact (or a tag holding builds for several OS releases) it shows each
 extension's name, version, extension-release, image and signatures; for an
 EXT.raw (slate sysext build --output) its extension-release and the verity

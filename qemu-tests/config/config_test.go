@@ -19,6 +19,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	vm.ServeGuestForward() // QEMU runs this binary for each connection to a fake metadata service
 	code := m.Run()
 	testnode.Cleanup()
 	os.Exit(code)

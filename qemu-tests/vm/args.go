@@ -67,6 +67,9 @@ func (m *Machine) args() []string {
 	for _, f := range m.fwcfg {
 		a = append(a, "-fw_cfg", f)
 	}
+	for _, sm := range c.SMBIOS {
+		a = append(a, "-smbios", sm)
+	}
 	if m.nicArg != "" {
 		a = append(a, "-nic", m.nicArg)
 	} else {

@@ -62,6 +62,18 @@ type Config struct {
 	Network bool
 	// Forwards expose guest ports on the host's 127.0.0.1.
 	Forwards []Forward
+	// GuestNet is the user network's address range ("169.254.169.0/24",
+	// where the clouds' metadata services live); empty is QEMU's
+	// 10.0.2.0/24. It implies Network.
+	GuestNet string
+	// GuestForwards send the guest's TCP connections to an address on its
+	// network (a cloud's 169.254.169.254:80) to a server on the host.
+	// They imply Network; the test binary must call ServeGuestForward
+	// first thing in TestMain (QEMU runs it for each connection).
+	GuestForwards []GuestForward
+	// SMBIOS are -smbios values ("type=1,manufacturer=Amazon EC2"): what
+	// the guest's DMI tables say it runs on.
+	SMBIOS []string
 
 	// MemoryMiB defaults to 1024, CPUs to 2.
 	MemoryMiB int
@@ -89,6 +101,13 @@ type Config struct {
 	// Dir is the work dir for StartContext; empty means a new temporary
 	// directory, removed by Close. Start always uses t.TempDir.
 	Dir string
+}
+
+// GuestForward is a TCP address on the guest's network (Addr,
+// "169.254.169.254:80") whose connections go to To on the host
+// ("127.0.0.1:PORT").
+type GuestForward struct {
+	Addr, To string
 }
 
 // Disk is an extra disk.

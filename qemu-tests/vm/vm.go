@@ -273,8 +273,22 @@ func newMachine(cfg Config, dir string, ownDir bool) (*Machine, error) {
 	m.fwcfgN = len(cfg.FwCfgStrings)
 
 	// Network. Host ports are chosen once, so they stay put across boots.
-	if cfg.Network || len(cfg.Forwards) > 0 {
+	if cfg.Network || len(cfg.Forwards) > 0 || cfg.GuestNet != "" || len(cfg.GuestForwards) > 0 {
 		nic := "user,model=virtio-net-pci"
+		if cfg.GuestNet != "" {
+			nic += ",net=" + cfg.GuestNet
+		}
+		if len(cfg.GuestForwards) > 0 {
+			self, err := os.Executable()
+			if err != nil {
+				return nil, err
+			}
+			for _, g := range cfg.GuestForwards {
+				// cmd: runs a process per connection (a chardev would take
+				// one connection for the machine's whole life).
+				nic += fmt.Sprintf(",guestfwd=tcp:%s-cmd:%s %s=%s", g.Addr, optEscape(self), guestForwardArg, g.To)
+			}
+		}
 		for _, f := range cfg.Forwards {
 			proto := "tcp"
 			if f.UDP {

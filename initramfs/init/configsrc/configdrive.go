@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -39,21 +40,24 @@ const drivePoll = 100 * time.Millisecond
 // the mount does not depend on a kernel's FAT_DEFAULT_* settings, which
 // may name an NLS module that is not there (Ubuntu: iso8859-1); utf8 shows
 // long names as UTF-8. iso9660 needs none: it falls back to the built-in
-// NLS table.
+// NLS table; nor does udf (Azure's provisioning CD), whose names are UTF-8.
 var driveMountOptions = map[string]string{
 	FSVfat:    "codepage=437,iocharset=ascii,utf8",
 	FSISO9660: "",
+	FSUDF:     "",
 }
 
-// ConfigDrive reads slate.yaml from a config drive: any disk or partition
-// whose vfat or iso9660 filesystem is labelled SLATE-CONFIG (see
-// DriveLabel). It finds the label by reading superblocks (Probe), mounts
-// that one filesystem read-only, reads the file and unmounts it. Two
-// different filesystems with the label are an error: which one was meant?
-type ConfigDrive struct {
+// Drives finds filesystems on the machine's disks, partitions and CDs by
+// reading their superblocks, and reads files from them: the vfat and
+// iso9660 filesystems labelled as the config drive (SLATE-CONFIG),
+// OpenStack's (config-2) or NoCloud's (cidata), and Azure's provisioning
+// CD. It mounts only a filesystem it reads, read-only, and only while it
+// reads it.
+type Drives struct {
 	// SysBlock is /sys/class/block and Dev is /dev (tests point them at fakes).
 	SysBlock, Dev string
-	// MountDir is where the drive is mounted while it is read.
+	// MountDir is where a drive is mounted while it is read; "" is the
+	// source's own directory under /.
 	MountDir string
 	// Wait overrides DriveWait.
 	Wait time.Duration
@@ -62,10 +66,16 @@ type ConfigDrive struct {
 	Unmount func(dir string) error
 }
 
+// ConfigDrive reads slate.yaml from a config drive: any disk or partition
+// whose vfat or iso9660 filesystem is labelled SLATE-CONFIG (see
+// DriveLabel), found and mounted as Drives does. Two different
+// filesystems with the label are an error: which one was meant?
+type ConfigDrive Drives
+
 // Name implements Source.
 func (ConfigDrive) Name() string { return "config-drive" }
 
-// Drive is a filesystem labelled as a config drive.
+// Drive is a filesystem found on a block device.
 type Drive struct {
 	// Dev is the device node, Name its sysfs name (vdb, sr0, sda1).
 	Dev, Name string
@@ -74,18 +84,31 @@ type Drive struct {
 
 func (d Drive) String() string { return fmt.Sprintf("%s (%s, label %q)", d.Dev, d.Type, d.Label) }
 
-func (c ConfigDrive) sysBlock() string {
-	if c.SysBlock == "" {
-		return "/sys/class/block"
+// driveMatch says whether a block device (sysfs name, device) holds a
+// filesystem a source wants, and which.
+type driveMatch func(name string, r io.ReaderAt) (Probed, bool)
+
+// labelled matches the vfat and iso9660 filesystems whose label satisfies
+// match.
+func labelled(match func(fsType, label string) bool) driveMatch {
+	return func(_ string, r io.ReaderAt) (Probed, bool) {
+		p, ok := Probe(r)
+		return p, ok && match(p.Type, p.Label)
 	}
-	return c.SysBlock
 }
 
-func (c ConfigDrive) dev() string {
-	if c.Dev == "" {
+func (d Drives) sysBlock() string {
+	if d.SysBlock == "" {
+		return "/sys/class/block"
+	}
+	return d.SysBlock
+}
+
+func (d Drives) dev() string {
+	if d.Dev == "" {
 		return "/dev"
 	}
-	return c.Dev
+	return d.Dev
 }
 
 // skipDrive is true for block devices that never hold a config drive, or
@@ -99,11 +122,11 @@ func skipDrive(name string) bool {
 	return false
 }
 
-// Scan returns the config drives present now, disks and partitions alike,
-// in sysfs name order. The same filesystem seen twice (a hybrid ISO seen
-// as a disk and as its first partition) is listed once.
-func (c ConfigDrive) Scan() ([]Drive, error) {
-	ents, err := os.ReadDir(c.sysBlock())
+// scan returns the drives present now that match, disks and partitions
+// alike, in sysfs name order. The same filesystem seen twice (a hybrid
+// ISO seen as a disk and as its first partition) is listed once.
+func (d Drives) scan(match driveMatch) ([]Drive, error) {
+	ents, err := os.ReadDir(d.sysBlock())
 	if err != nil {
 		return nil, err
 	}
@@ -119,17 +142,17 @@ func (c ConfigDrive) Scan() ([]Drive, error) {
 			continue
 		}
 		// Size 0: an empty CD drive, or a disk not ready yet.
-		if s, err := os.ReadFile(filepath.Join(c.sysBlock(), name, "size")); err != nil || strings.TrimSpace(string(s)) == "0" {
+		if s, err := os.ReadFile(filepath.Join(d.sysBlock(), name, "size")); err != nil || strings.TrimSpace(string(s)) == "0" {
 			continue
 		}
-		dev := filepath.Join(c.dev(), name)
+		dev := filepath.Join(d.dev(), name)
 		f, err := os.Open(dev)
 		if err != nil {
 			continue // the node is not there yet, or no medium
 		}
-		p, ok := Probe(f)
+		p, ok := match(name, f)
 		f.Close()
-		if !ok || !IsDriveLabel(p.Type, p.Label) || seen[p] {
+		if !ok || seen[p] {
 			continue
 		}
 		seen[p] = true
@@ -141,21 +164,22 @@ func (c ConfigDrive) Scan() ([]Drive, error) {
 // disksMayAppear is true when a controller that finds its disks in the
 // background exists (see DriveWait). SysBlock's siblings are the other
 // /sys/class directories.
-func (c ConfigDrive) disksMayAppear() bool {
-	class := filepath.Dir(c.sysBlock())
-	for _, d := range asyncClasses {
-		if ents, _ := os.ReadDir(filepath.Join(class, d)); len(ents) > 0 {
+func (d Drives) disksMayAppear() bool {
+	class := filepath.Dir(d.sysBlock())
+	for _, c := range asyncClasses {
+		if ents, _ := os.ReadDir(filepath.Join(class, c)); len(ents) > 0 {
 			return true
 		}
 	}
 	return false
 }
 
-// Find waits for a config drive until the deadline and returns it;
-// ErrNotFound when there is none.
-func (c ConfigDrive) Find(ctx context.Context, deadline time.Time) (Drive, error) {
+// find waits for the one drive that matches until the deadline and
+// returns it; ErrNotFound when there is none, an error when there are
+// several (what names them: "config drives").
+func (d Drives) find(ctx context.Context, deadline time.Time, what string, match driveMatch) (Drive, error) {
 	for {
-		drives, err := c.Scan()
+		drives, err := d.scan(match)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			return Drive{}, err
 		}
@@ -168,9 +192,9 @@ func (c ConfigDrive) Find(ctx context.Context, deadline time.Time) (Drive, error
 			for _, d := range drives {
 				ds = append(ds, d.String())
 			}
-			return Drive{}, fmt.Errorf("%d filesystems are labelled as config drives: %s: refusing to guess", len(drives), strings.Join(ds, ", "))
+			return Drive{}, fmt.Errorf("%d filesystems are labelled as %s: %s: refusing to guess", len(drives), what, strings.Join(ds, ", "))
 		}
-		if !time.Now().Before(deadline) || !c.disksMayAppear() {
+		if !time.Now().Before(deadline) || !d.disksMayAppear() {
 			return Drive{}, ErrNotFound
 		}
 		if err := sleep(ctx, drivePoll); err != nil {
@@ -179,40 +203,33 @@ func (c ConfigDrive) Find(ctx context.Context, deadline time.Time) (Drive, error
 	}
 }
 
-// Fetch implements Source.
-func (c ConfigDrive) Fetch(ctx context.Context) ([]byte, error) {
-	env := EnvFrom(ctx)
-	wait := c.Wait
+// deadline is when the wait for drives ends on this boot: Wait (or
+// DriveWait) from when the block drivers were loaded. Every source that
+// looks for a drive shares it, so only the first one waits.
+func (d Drives) deadline(ctx context.Context) time.Time {
+	wait := d.Wait
 	if wait == 0 {
 		wait = DriveWait
 	}
-	since := env.DevicesSince
+	since := EnvFrom(ctx).DevicesSince
 	if since.IsZero() {
 		since = time.Now()
 	}
-	d, err := c.Find(ctx, since.Add(wait))
-	if err != nil {
-		return nil, err
-	}
-	env.Location = d.Dev
-	logf(ctx, "config drive: %s", d)
-	b, err := c.read(d)
-	if err != nil {
-		return nil, fmt.Errorf("config drive %s: %w", d, err)
-	}
-	return b, nil
+	return since.Add(wait)
 }
 
-// read mounts the drive read-only, reads DriveFile and unmounts it.
-func (c ConfigDrive) read(d Drive) (data []byte, err error) {
-	dir := c.MountDir
+// mounted mounts the drive read-only on MountDir (else defaultDir), calls
+// fn with the directory and unmounts it. An unmount that fails fails the
+// call: what fn read is not trusted then.
+func (d Drives) mounted(drv Drive, defaultDir string, fn func(dir string) error) (err error) {
+	dir := d.MountDir
 	if dir == "" {
-		dir = "/slate-config-drive"
+		dir = defaultDir
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
+		return err
 	}
-	mnt, umnt := c.Mount, c.Unmount
+	mnt, umnt := d.Mount, d.Unmount
 	if mnt == nil {
 		mnt = func(dev, dir, fstype, data string) error {
 			return unix.Mount(dev, dir, fstype, unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, data)
@@ -226,40 +243,109 @@ func (c ConfigDrive) read(d Drive) (data []byte, err error) {
 			return nil
 		}
 	}
-	if err := mnt(d.Dev, dir, d.Type, driveMountOptions[d.Type]); err != nil {
-		return nil, fmt.Errorf("mounting it read-only: %w", err)
+	if err := mnt(drv.Dev, dir, drv.Type, driveMountOptions[drv.Type]); err != nil {
+		os.Remove(dir)
+		return fmt.Errorf("mounting it read-only: %w", err)
 	}
 	defer func() {
 		if uerr := umnt(dir); uerr != nil && err == nil {
 			err = fmt.Errorf("unmounting it: %w", uerr)
-			data = nil
 		}
 		os.Remove(dir)
 	}()
-	// No symlinks (Rock Ridge has them): the file itself, a regular one.
-	fd, err := unix.Open(filepath.Join(dir, DriveFile), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	switch {
-	case errors.Is(err, unix.ENOENT):
-		if _, serr := os.Lstat(filepath.Join(dir, "slate.yam")); serr == nil && d.Type == FSISO9660 {
-			return nil, fmt.Errorf("no %s at its root (its names are 8.3: make the ISO with Rock Ridge or Joliet names, genisoimage -R -J)", DriveFile)
-		}
-		return nil, fmt.Errorf("no %s at its root", DriveFile)
-	case errors.Is(err, unix.ELOOP):
-		return nil, fmt.Errorf("%s is a symbolic link", DriveFile)
-	}
+	return fn(dir)
+}
+
+// readFile reads the regular file name (a slash-separated path) under
+// dir, following no symbolic link (Rock Ridge has them) on the way, and
+// at most MaxSize bytes of it. A missing file or directory is an error
+// that matches os.ErrNotExist.
+func readFile(dir, name string) ([]byte, error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", DriveFile, err)
+		return nil, fmt.Errorf("%s: %w", dir, err)
 	}
-	f := os.NewFile(uintptr(fd), DriveFile)
+	parts := strings.Split(name, "/")
+	for i, p := range parts {
+		flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+		if i < len(parts)-1 {
+			flags |= unix.O_DIRECTORY
+		} else {
+			flags |= unix.O_NONBLOCK // a FIFO does not block the boot
+		}
+		next, err := unix.Openat(fd, p, flags, 0)
+		if errors.Is(err, unix.ENOTDIR) { // O_DIRECTORY on a symbolic link
+			var st unix.Stat_t
+			if unix.Fstatat(fd, p, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				err = unix.ELOOP
+			}
+		}
+		unix.Close(fd)
+		sub := strings.Join(parts[:i+1], "/")
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			return nil, &os.PathError{Op: "open", Path: sub, Err: os.ErrNotExist}
+		case errors.Is(err, unix.ELOOP):
+			return nil, fmt.Errorf("%s is a symbolic link", sub)
+		case errors.Is(err, unix.ENOTDIR):
+			return nil, fmt.Errorf("%s is not a directory", sub)
+		case err != nil:
+			return nil, fmt.Errorf("%s: %w", sub, err)
+		}
+		fd = next
+	}
+	f := os.NewFile(uintptr(fd), name)
 	defer f.Close()
 	if st, err := f.Stat(); err != nil {
-		return nil, fmt.Errorf("%s: %w", DriveFile, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
 	} else if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file (%s)", DriveFile, st.Mode().Type())
+		return nil, fmt.Errorf("%s is not a regular file (%s)", name, st.Mode().Type())
 	}
 	b, err := readLimited(f)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", DriveFile, err)
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return b, nil
+}
+
+// isConfigDrive matches the config drive's label.
+var isConfigDrive = labelled(IsDriveLabel)
+
+// Scan returns the config drives present now, disks and partitions alike,
+// in sysfs name order. The same filesystem seen twice (a hybrid ISO seen
+// as a disk and as its first partition) is listed once.
+func (c ConfigDrive) Scan() ([]Drive, error) { return Drives(c).scan(isConfigDrive) }
+
+func (c ConfigDrive) disksMayAppear() bool { return Drives(c).disksMayAppear() }
+
+// Find waits for a config drive until the deadline and returns it;
+// ErrNotFound when there is none.
+func (c ConfigDrive) Find(ctx context.Context, deadline time.Time) (Drive, error) {
+	return Drives(c).find(ctx, deadline, "config drives", isConfigDrive)
+}
+
+// Fetch implements Source.
+func (c ConfigDrive) Fetch(ctx context.Context) ([]byte, error) {
+	d, err := c.Find(ctx, Drives(c).deadline(ctx))
+	if err != nil {
+		return nil, err
+	}
+	EnvFrom(ctx).Location = d.Dev
+	logf(ctx, "config drive: %s", d)
+	var b []byte
+	err = Drives(c).mounted(d, "/slate-config-drive", func(dir string) error {
+		var err error
+		b, err = readFile(dir, DriveFile)
+		if errors.Is(err, os.ErrNotExist) {
+			if _, serr := os.Lstat(filepath.Join(dir, "slate.yam")); serr == nil && d.Type == FSISO9660 {
+				return fmt.Errorf("no %s at its root (its names are 8.3: make the ISO with Rock Ridge or Joliet names, genisoimage -R -J)", DriveFile)
+			}
+			return fmt.Errorf("no %s at its root", DriveFile)
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("config drive %s: %w", d, err)
 	}
 	return b, nil
 }

@@ -64,18 +64,28 @@ func (fb *fakeBlock) source(t *testing.T, wait time.Duration) ConfigDrive {
 					return exec.Command("mcopy", "-s", "-i", dev, "::*", dir).Run()
 				}
 				return nil
-			case FSISO9660:
+			case FSISO9660, FSUDF: // UDF: a UDF bridge, which has ISO 9660 too
 				testtool.Need(t, "isoinfo")
 				out, err := exec.Command("isoinfo", "-R", "-f", "-i", dev).Output()
 				if err != nil {
 					return err
 				}
-				for _, f := range strings.Fields(string(out)) {
+				paths := strings.Fields(string(out))
+				for _, f := range paths {
+					isDir := false
+					for _, g := range paths {
+						isDir = isDir || strings.HasPrefix(g, f+"/")
+					}
+					if isDir {
+						continue
+					}
 					b, err := exec.Command("isoinfo", "-R", "-i", dev, "-x", f).Output()
 					if err != nil {
 						return err
 					}
-					os.WriteFile(filepath.Join(dir, strings.ToLower(strings.TrimSuffix(f, ";1"))), b, 0o444)
+					name := filepath.Join(dir, strings.ToLower(strings.TrimSuffix(f, ";1")))
+					os.MkdirAll(filepath.Dir(name), 0o755)
+					os.WriteFile(name, b, 0o444)
 				}
 				return nil
 			}

@@ -6,10 +6,27 @@
 //	100 cmdline       slate.config=data:... on the kernel command line
 //	200 fw_cfg        QEMU's fw_cfg entry opt/slate/config
 //	300 config-drive  a vfat or iso9660 filesystem labelled SLATE-CONFIG, file slate.yaml
+//	400 nocloud       cloud-init's NoCloud drive (label cidata): user-data, meta-data
+//	410 openstack     OpenStack's config drive (label config-2), else, on
+//	                  OpenStack only, its metadata service: user_data, meta_data.json
+//	420 ec2           on EC2 only: IMDSv2, /latest/user-data
+//	430 gce           on GCE only: instance attribute slate-config, else user-data
+//	440 azure         on Azure only: customData (the provisioning CD's
+//	                  ovf-env.xml) and IMDS's userData
 //
-// Cloud metadata services (EC2, GCE, Azure, OpenStack) come after these:
-// adding one is adding a file with a type that implements Source and an
-// init function that calls Register; nothing else changes.
+// Adding a source is adding a file with a type that implements Source and
+// an init function that calls Register; nothing else changes.
+//
+// The cloud sources (400 and up) hand over user data only when it is a
+// slate node config (IsNodeConfig: apiVersion slate.dev/...): user data
+// for other tools (#cloud-config) or none is ErrNotFound, and the node
+// boots on the image's defaults. Each sets Env.Facts, what the platform
+// says about the node, for the boot record. A metadata service source
+// does nothing unless Env.Platform is its platform; it brings the network
+// up through Env.Network, and a service that does not answer costs it at
+// most MetadataTimeout (8 s) once the network is up (see metadata.go). A
+// service that never answered is ErrNotFound with a console note; one that
+// answered and then failed is an error. User data is never logged.
 //
 // A source that has no config returns ErrNotFound and the next one is
 // asked. A source that has one but cannot read it (an I/O error, a
@@ -17,8 +34,9 @@
 // same and returns its error: falling through to a source of lower rank
 // would apply a config nobody meant for this boot.
 //
-// The package links only the standard library, golang.org/x/sys and
-// u-root's mount package, as the rest of the init.
+// The package links only the standard library (not even net or net/http:
+// metadata.go speaks HTTP on a plain socket), golang.org/x/sys and u-root's
+// mount package, as the rest of the init.
 package configsrc
 
 import (
@@ -28,6 +46,8 @@ import (
 	"io"
 	"sort"
 	"time"
+
+	"github.com/slate-os/slate/boot/record"
 )
 
 // Source is one place a node config can come from.
@@ -53,7 +73,14 @@ const (
 	OrderCmdline     = 100
 	OrderFwCfg       = 200
 	OrderConfigDrive = 300
-	// Cloud metadata services: 400 and up.
+	// The clouds: their local drives first (they need no network, and a
+	// drive attached on purpose says more than a platform's defaults),
+	// then the metadata services, of which only Env.Platform's asks.
+	OrderNoCloud   = 400
+	OrderOpenStack = 410
+	OrderEC2       = 420
+	OrderGCE       = 430
+	OrderAzure     = 440
 )
 
 type registered struct {
@@ -133,10 +160,31 @@ type Env struct {
 	// found, a fw_cfg device without its driver. Nil discards them.
 	Logf func(format string, args ...any)
 
+	// Platform is the cloud the node runs on, as the platform package
+	// detected it (DMI/SMBIOS, or slate.platform= on the command line):
+	// "ec2", "gce", "azure", "openstack", or "" for none (QEMU, bare
+	// metal). A metadata service source asks the network for nothing
+	// unless Platform is its own: a node on QEMU never waits on a
+	// metadata service that cannot exist.
+	Platform string
+	// Network brings the network up for a metadata service, once per boot
+	// (DHCP on the first interface that gets a lease, a route to
+	// 169.254.169.254); the init tears it down before systemd starts.
+	// Nil: the init has no network to offer, and a metadata service
+	// source returns ErrNotFound.
+	Network func(ctx context.Context) error
+	// HTTPBase replaces http://169.254.169.254 for the metadata service
+	// sources (tests); "" is the real address.
+	HTTPBase string
+
 	// Location is set by the source that returns a config: where exactly
 	// it was (a device, a fw_cfg entry, a kernel argument), for the record
 	// and the console.
 	Location string
+	// Facts is set by a metadata source (it may be set even when the
+	// platform has no user data for the node, which then boots on the
+	// image's defaults): what the platform says about the node.
+	Facts *record.Platform
 }
 
 type envKey struct{}

@@ -30,7 +30,7 @@ func (f fake) Fetch(ctx context.Context) ([]byte, error) {
 }
 
 func TestRegisteredOrder(t *testing.T) {
-	want := []string{"cmdline", "fw_cfg", "config-drive"}
+	want := []string{"cmdline", "fw_cfg", "config-drive", "nocloud", "openstack", "ec2", "gce", "azure"}
 	if got := Names(Sources); !reflect.DeepEqual(got, want) {
 		t.Errorf("Sources = %v, want %v", got, want)
 	}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -39,22 +40,48 @@ func mkVfat(t *testing.T, dir, name string, sizeMiB, fatBits int, label string, 
 		args = append(args, "-n", label)
 	}
 	run(t, "mkfs.vfat", append(args, img)...)
-	for n, content := range files {
-		testtool.Need(t, "mcopy")
-		src := filepath.Join(t.TempDir(), n)
-		os.WriteFile(src, []byte(content), 0o644)
+	made := map[string]bool{}
+	for _, n := range sortedKeys(files) {
+		testtool.Need(t, "mcopy", "mmd")
+		var dirs []string
+		for d := filepath.Dir(n); d != "."; d = filepath.Dir(d) {
+			dirs = append([]string{d}, dirs...)
+		}
+		for _, d := range dirs {
+			if !made[d] {
+				run(t, "mmd", "-i", img, "::"+d)
+				made[d] = true
+			}
+		}
+		src := filepath.Join(t.TempDir(), filepath.Base(n))
+		os.WriteFile(src, []byte(files[n]), 0o644)
 		run(t, "mcopy", "-i", img, src, "::"+n)
 	}
 	return img
 }
 
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 // mkISO makes an ISO 9660 image with genisoimage, xorriso or mkisofs,
 // with Rock Ridge and Joliet names unless plain.
 func mkISO(t *testing.T, dir, name, label string, plain bool, files map[string]string) string {
+	return mkISOUDF(t, dir, name, label, plain, false, files)
+}
+
+// mkISOUDF is mkISO, making a UDF bridge (ISO 9660 and UDF) when udf.
+func mkISOUDF(t *testing.T, dir, name, label string, plain, udf bool, files map[string]string) string {
 	t.Helper()
 	tree := filepath.Join(t.TempDir(), "tree")
 	os.MkdirAll(tree, 0o755)
 	for n, content := range files {
+		os.MkdirAll(filepath.Dir(filepath.Join(tree, n)), 0o755)
 		os.WriteFile(filepath.Join(tree, n), []byte(content), 0o644)
 	}
 	img := filepath.Join(dir, name)
@@ -62,8 +89,15 @@ func mkISO(t *testing.T, dir, name, label string, plain bool, files map[string]s
 	if !plain {
 		args = append(args, "-R", "-J")
 	}
+	if udf {
+		args = append(args, "-udf")
+	}
 	args = append(args, tree)
-	switch tool := testtool.Any(t, "genisoimage", "mkisofs", "xorrisofs", "xorriso"); tool {
+	tools := []string{"genisoimage", "mkisofs", "xorrisofs", "xorriso"}
+	if udf {
+		tools = tools[:2] // xorriso makes no UDF
+	}
+	switch tool := testtool.Any(t, tools...); tool {
 	case "xorriso":
 		run(t, "xorriso", append([]string{"-as", "mkisofs"}, args...)...)
 	default:

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -43,18 +44,129 @@ const MaxConfigError = 768
 // /sysroot/var by the state step), where it stays until the node is
 // re-imaged; every boot of a tainted node says so and puts the taint in
 // the boot record.
+//
+// A cloud's metadata source may bring the network up (network.go); it is
+// taken down before the step ends. What the platform said about the node
+// goes in the record and PlatformFile, and its hostname is the node's when
+// the config sets none (platformHostname).
 func (in *initProc) applyConfig() error {
-	env := &configsrc.Env{Cmdline: in.cmdline, DevicesSince: in.devicesSince, Logf: in.log.Infof}
+	detected := in.detectPlatform()
+	env := &configsrc.Env{Cmdline: in.cmdline, DevicesSince: in.devicesSince, Logf: in.log.Infof,
+		Platform: string(detected), Network: in.network}
 	ctx, cancel := context.WithTimeout(configsrc.WithEnv(context.Background(), env), ConfigTimeout)
 	defer cancel()
 	rc, lines := configure(ctx, configsrc.Sources, sysroot, in.bindRun)
+	in.networkDown()
 	in.rec.Config = &rc
 	taint, more := nodeTaint(sysroot, rc)
 	in.rec.Taint = taint
-	for _, l := range append(lines, more...) {
+	lines = append(lines, more...)
+	if p := platformRecord(detected, env.Facts); p != nil {
+		in.rec.Platform = p
+		if env.Facts != nil {
+			lines = append(lines, consoleLine{klog.LevelInfo, "platform " + p.String()})
+		}
+		if err := writePlatform(PlatformFile, p); err != nil {
+			in.warn("platform: %v", err)
+		}
+		lines = append(lines, platformHostname(sysroot, rc, p)...)
+	}
+	for _, l := range lines {
 		in.log.Log(l.level, "%s", l.msg)
 	}
 	return nil
+}
+
+// platformHostname writes the platform's hostname (p.Hostname) to root's
+// /etc/hostname when the node's config did not set one (no config, a
+// config refused, or one without a hostname), as nodeconfig.Apply writes a
+// config's: one line, root-owned, mode 0644, replacing the image's. A name
+// that is not a valid hostname is cut to its first label (GCE's fully
+// qualified names may pass 64 characters), else skipped with a warning.
+func platformHostname(root string, rc record.Config, p *record.Platform) []consoleLine {
+	if p == nil || p.Hostname == "" || (rc.Applied && rc.Hostname != "") {
+		return nil
+	}
+	valid := func(h string) bool {
+		c := nodeconfig.Config{APIVersion: nodeconfig.APIVersion, Kind: nodeconfig.Kind, Hostname: h}
+		return c.Validate() == nil
+	}
+	from := p.Name
+	if from == "" {
+		from = "the platform"
+	}
+	name := p.Hostname
+	if !valid(name) {
+		first, _, _ := strings.Cut(name, ".")
+		if !valid(first) {
+			return []consoleLine{{klog.LevelWarning, fmt.Sprintf("warning: the hostname %s from %s is not a valid hostname: not used", clip.Quote(name), from)}}
+		}
+		name = first
+	}
+	if err := writeHostname(root, name); err != nil {
+		return []consoleLine{{klog.LevelWarning, fmt.Sprintf("warning: setting the hostname %s from %s: %v", name, from, err)}}
+	}
+	why := "the config sets none"
+	if rc.Source == record.ConfigNone {
+		why = "no node config"
+	} else if !rc.Applied {
+		why = "the config was not applied"
+	}
+	return []consoleLine{{klog.LevelInfo, fmt.Sprintf("hostname %s from %s (%s)", name, from, why)}}
+}
+
+// hostnameFile is the node path of the hostname file.
+const hostnameFile = "/etc/hostname"
+
+// writeHostname writes name to root's /etc/hostname, following a symlink
+// there as Apply does, inside root and only to /etc or /run.
+func writeHostname(root, name string) error {
+	p := hostnameFile
+	for hops := 0; ; hops++ {
+		fi, err := os.Lstat(filepath.Join(root, p))
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			if err == nil && fi.IsDir() {
+				return fmt.Errorf("%s is a directory", p)
+			}
+			break
+		}
+		if hops == 40 {
+			return fmt.Errorf("%s: too many symlinks", hostnameFile)
+		}
+		target, err := os.Readlink(filepath.Join(root, p))
+		if err != nil {
+			return err
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(p), target)
+		}
+		p = filepath.Clean("/" + target)
+	}
+	dir := filepath.Dir(p)
+	if dir != "/etc" && dir != "/run" && !strings.HasPrefix(dir, "/etc/") && !strings.HasPrefix(dir, "/run/") {
+		return fmt.Errorf("%s leads to %s, outside /etc and /run", hostnameFile, p)
+	}
+	if fi, err := os.Lstat(filepath.Join(root, dir)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("%s leads to %s, whose directory is not one", hostnameFile, p)
+	}
+	full := filepath.Join(root, p)
+	tmp := full + ".slate-new"
+	if err := os.WriteFile(tmp, []byte(name+"\n"), 0o644); err != nil {
+		return err
+	}
+	err := os.Chmod(tmp, 0o644) // whatever the umask
+	if err == nil {
+		if err = os.Lchown(tmp, 0, 0); err != nil && os.Geteuid() != 0 {
+			err = nil // tests, not as root
+		}
+	}
+	if err == nil {
+		err = os.Rename(tmp, full)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 // nodeTaint reads the node's taint from root's state partition and says,

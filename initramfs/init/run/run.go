@@ -103,6 +103,8 @@ type initProc struct {
 	// panicSet is true when the init set kernel.panic (it was 0) and must
 	// put it back before handing over.
 	panicSet bool
+	// net is the network a metadata source brought up (network.go).
+	net netState
 }
 
 // Main runs the init. It does not return: it execs the image's init or
@@ -188,6 +190,8 @@ func (in *initProc) fatal(err error) {
 	in.verdict = &v
 	if !v.Reboot {
 		line := fmt.Sprintf("FATAL: %s: %s; not rebooting: %s", step, msg, v.Why)
+		// The network is the init's only while a config source needs it.
+		in.networkDown()
 		in.rec.Write(boot.BootRecord) // best effort: /run may not be mounted yet
 		unix.Sync()
 		hint := "fix the cause, then reset the machine"
@@ -198,6 +202,7 @@ func (in *initProc) fatal(err error) {
 	}
 	in.log.Critf("FATAL: %s: %s; rebooting in %s", step, msg, in.rebootDelay)
 	in.log.Infof("%s", v.Why)
+	in.networkDown()
 	in.rec.Write(boot.BootRecord) // best effort: /run may not be mounted yet
 	unix.Sync()
 	time.Sleep(in.rebootDelay)

@@ -25,6 +25,7 @@ func (in *initProc) switchRoot() error {
 	if _, err := os.Lstat(filepath.Join(sysroot, ImageInit)); err != nil {
 		return fmt.Errorf("the image has no %s: %w", ImageInit, err)
 	}
+	in.networkDown() // down after the config step already; the image's network stack starts clean
 	for _, m := range []string{"/dev", "/proc", "/sys", "/run"} {
 		if err := mount.MoveMount(m, filepath.Join(sysroot, m)); err != nil {
 			return fmt.Errorf("moving %s into the new root: %w", m, err)
