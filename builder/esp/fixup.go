@@ -62,6 +62,9 @@ type layout struct {
 	fsInfoSector      int64
 	backupBootSector  int64
 	clusterCount      uint32 // data clusters, numbered 2..clusterCount+1
+	// totalSectors, when not 0, is the smaller total the boot sectors
+	// must say: the clusters go-diskfs's short FAT cannot map are cut.
+	totalSectors int64
 	volumeID          uint32
 	label             string
 }
@@ -148,8 +151,16 @@ func readLayout(f io.ReaderAt, off, size int64) (*layout, error) {
 	if clusters < 65525 || clusters > 0x0ffffff5 {
 		return nil, fmt.Errorf("%d clusters is outside FAT32's 65525..268435445 (the ESP must be at least about 33 MiB)", clusters)
 	}
-	if l.fatBytes()/4 < clusters+2 {
-		return nil, fmt.Errorf("FAT of %d bytes is too small for %d clusters", l.fatBytes(), clusters)
+	if max := l.fatBytes()/4 - 2; clusters > max {
+		// go-diskfs v1.9.4 sizes the FAT for the data clusters without the
+		// two reserved entries, one sector short at some sizes (a 64 MiB
+		// ESP). The volume is cut to the clusters its FAT maps: fixup
+		// writes the smaller total, the walk rejects a cluster past it.
+		if clusters-max > 1024/4 {
+			return nil, fmt.Errorf("FAT of %d bytes is too small for %d clusters", l.fatBytes(), clusters)
+		}
+		clusters = max
+		l.totalSectors = l.fatOffset(l.numFATs)/l.bytesPerSector + clusters*l.sectorsPerCluster
 	}
 	l.clusterCount = uint32(clusters)
 	if l.rootCluster < 2 || l.rootCluster > l.clusterCount+1 {
@@ -252,7 +263,8 @@ func fixup(f *os.File, off int64, opt Options) error {
 	}
 
 	// The volume ID, in the boot sector and its backup (fsck.fat compares
-	// the two).
+	// the two), and the total where the FAT cannot map the whole area
+	// (readLayout).
 	var id [4]byte
 	binary.LittleEndian.PutUint32(id[:], opt.VolumeID)
 	boots := []int64{0}
@@ -262,6 +274,13 @@ func fixup(f *os.File, off int64, opt Options) error {
 	for _, s := range boots {
 		if _, err := f.WriteAt(id[:], off+s*l.bytesPerSector+bpbVolumeID); err != nil {
 			return fmt.Errorf("esp: post-pass: writing volume ID: %w", err)
+		}
+		if l.totalSectors != 0 {
+			var n [4]byte
+			binary.LittleEndian.PutUint32(n[:], uint32(l.totalSectors))
+			if _, err := f.WriteAt(n[:], off+s*l.bytesPerSector+bpbTotalSectors32); err != nil {
+				return fmt.Errorf("esp: post-pass: writing the sector count: %w", err)
+			}
 		}
 	}
 	return nil
