@@ -65,8 +65,8 @@ type layout struct {
 	// totalSectors, when not 0, is the smaller total the boot sectors
 	// must say: the clusters go-diskfs's short FAT cannot map are cut.
 	totalSectors int64
-	volumeID          uint32
-	label             string
+	volumeID     uint32
+	label        string
 }
 
 func (l *layout) clusterBytes() int64 { return l.bytesPerSector * l.sectorsPerCluster }

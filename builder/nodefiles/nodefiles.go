@@ -56,6 +56,19 @@
 //     that cannot be reached does not fail the unit (ExecStart=-): the
 //     extension is then missing, which only health.requiredExtensions
 //     makes a bad boot.
+//   - /usr/lib/systemd/system/slate-platform-ready.service, enabled by
+//     .../multi-user.target.wants/slate-platform-ready.service: runs `slate
+//     platform ready`, which on Azure reports the VM ready to the wire
+//     server (without that report Azure fails the VM's provisioning as
+//     timed out) and elsewhere does nothing (see agent/platform). It runs
+//     only when the init detected a platform (ConditionPathExists on
+//     /run/slate/platform.json), after network-online.target but without
+//     wanting it, so it never pulls the network in on its own: the node
+//     config's network (systemd-networkd and its wait-online) does, and
+//     the agent's retries cover a network that comes up late. Its exit
+//     status is ignored (ExecStart=-), so it cannot fail a boot;
+//     multi-user.target, which wants it, waits for it (at most the agent's
+//     two minutes when the wire server does not answer).
 //   - /usr/lib/slate/image.json (boot.ImageInfo): the image's version, source
 //     and creation time, and whether its spec allows unsigned updates
 //     (update.allowUnsigned); /usr/lib/slate/update-keys/NN.pub: the public
@@ -103,12 +116,16 @@ const (
 	SysextUnit      = UnitDir + "/slate-sysext.service"
 	SysextWants     = UnitDir + "/sysinit.target.wants/slate-sysext.service"
 	SysextFetchUnit = UnitDir + "/slate-sysext-fetch.service"
+	PlatformUnit    = UnitDir + "/slate-platform-ready.service"
+	PlatformWants   = UnitDir + "/multi-user.target.wants/slate-platform-ready.service"
 	ImageInfo       = boot.ImageInfoFile
 	UpdateKeysDir   = boot.UpdateKeysDir
 	// HealthLink is the target of both enabling symlinks.
 	HealthLink = "../slate-health.service"
 	// SysextLink is the target of slate-sysext.service's link.
 	SysextLink = "../slate-sysext.service"
+	// PlatformLink is the target of slate-platform-ready.service's link.
+	PlatformLink = "../slate-platform-ready.service"
 )
 
 // HealthService is slate-health.service.
@@ -209,6 +226,26 @@ TimeoutStartSec=30min
 WantedBy=multi-user.target
 `
 
+// PlatformReadyService is slate-platform-ready.service.
+const PlatformReadyService = `[Unit]
+Description=slate: tell the cloud platform the node booted (Azure: report ready)
+Documentation=https://github.com/slate-os/slate
+# The init writes the file only when it detected a platform.
+ConditionPathExists=/run/slate/platform.json
+# After the network when something else brings it up; no Wants=, so that
+# this unit never pulls network-online.target in on its own.
+After=network-online.target
+# No [Install]: the image enables it by the link in multi-user.target.wants.
+[Service]
+Type=oneshot
+# A wire server out of reach must not fail the boot.
+ExecStart=-/usr/bin/slate platform ready
+StandardOutput=journal+console
+StandardError=journal+console
+# The agent gives up after two minutes; this bounds a hang.
+TimeoutStartSec=5min
+`
+
 // BlessBootConf is the systemd-bless-boot.service drop-in.
 const BlessBootConf = `[Service]
 Environment=SYSTEMD_ESP_PATH=/run/slate/esp
@@ -278,6 +315,8 @@ func tarball(agent []byte, im Image, mtime time.Time) ([]byte, error) {
 		SysextUnit:      {typ: tar.TypeReg, mode: 0o644, body: []byte(SysextService)},
 		SysextWants:     {typ: tar.TypeSymlink, mode: 0o777, link: SysextLink},
 		SysextFetchUnit: {typ: tar.TypeReg, mode: 0o644, body: []byte(SysextFetchService)},
+		PlatformUnit:    {typ: tar.TypeReg, mode: 0o644, body: []byte(PlatformReadyService)},
+		PlatformWants:   {typ: tar.TypeSymlink, mode: 0o777, link: PlatformLink},
 	}
 	if agent != nil {
 		files[AgentPath] = entry{typ: tar.TypeReg, mode: 0o755, body: agent}

@@ -91,7 +91,9 @@ func TestLayer(t *testing.T) {
 		{"usr/lib/systemd/system/boot-complete.target.requires/slate-health.service", tar.TypeSymlink, 0o777, "", "../slate-health.service"},
 		{"usr/lib/systemd/system/multi-user.target.wants", tar.TypeDir, 0o755, "", ""},
 		{"usr/lib/systemd/system/multi-user.target.wants/slate-health.service", tar.TypeSymlink, 0o777, "", "../slate-health.service"},
+		{"usr/lib/systemd/system/multi-user.target.wants/slate-platform-ready.service", tar.TypeSymlink, 0o777, "", "../slate-platform-ready.service"},
 		{"usr/lib/systemd/system/slate-health.service", tar.TypeReg, 0o644, HealthService, ""},
+		{"usr/lib/systemd/system/slate-platform-ready.service", tar.TypeReg, 0o644, PlatformReadyService, ""},
 		{"usr/lib/systemd/system/slate-sysext-fetch.service", tar.TypeReg, 0o644, SysextFetchService, ""},
 		{"usr/lib/systemd/system/slate-sysext.service", tar.TypeReg, 0o644, SysextService, ""},
 		{"usr/lib/systemd/system/slate-upgrade.service", tar.TypeReg, 0o644, UpgradeService, ""},
@@ -130,7 +132,7 @@ func TestLayer(t *testing.T) {
 			t.Errorf("%s points at %s, want %s", link, got, HealthUnit)
 		}
 	}
-	for link, unit := range map[string]string{SysextWants: SysextUnit} {
+	for link, unit := range map[string]string{SysextWants: SysextUnit, PlatformWants: PlatformUnit} {
 		if got := filepath.Join(filepath.Dir(link), files[link].hdr.Linkname); got != unit {
 			t.Errorf("%s points at %s, want %s", link, got, unit)
 		}
@@ -149,6 +151,18 @@ func TestLayer(t *testing.T) {
 		if !strings.Contains(SysextFetchService, "\n"+line+"\n") {
 			t.Errorf("slate-sysext-fetch.service lacks %q", line)
 		}
+	}
+	// Azure is told the node booted once the network is up, and never
+	// because of this unit: no Wants=, no failure.
+	for _, line := range []string{"ConditionPathExists=/run/slate/platform.json", "After=network-online.target",
+		"Type=oneshot", "ExecStart=-/usr/bin/slate platform ready", "StandardOutput=journal+console"} {
+		if !strings.Contains(PlatformReadyService, "\n"+line+"\n") {
+			t.Errorf("slate-platform-ready.service lacks %q", line)
+		}
+	}
+	if strings.Contains(PlatformReadyService, "\nWants=") || strings.Contains(PlatformReadyService, "\nRequires=") ||
+		strings.Contains(PlatformReadyService, "\n[Install]\n") {
+		t.Error("slate-platform-ready.service pulls units in, or has [Install]: it is enabled by the image's link only")
 	}
 	if strings.Contains(SysextService, "\n[Install]\n") {
 		t.Error("slate-sysext.service has [Install]: it is enabled by the image's link, and cannot be disabled")
@@ -293,7 +307,7 @@ func TestUnitsVerify(t *testing.T) {
 			}
 		}
 	}
-	units := []string{"slate-sysext.service", "slate-sysext-fetch.service", "slate-health.service", "slate-upgrade.service", "default.target"}
+	units := []string{"slate-sysext.service", "slate-sysext-fetch.service", "slate-health.service", "slate-upgrade.service", "slate-platform-ready.service", "default.target"}
 	cmd := exec.Command(analyze, append([]string{"verify", "--man=no", "--root=" + root}, units...)...)
 	cmd.Env = append(os.Environ(), "SYSTEMD_LOG_LEVEL=debug", "SYSTEMD_LOG_COLOR=0")
 	out, err := cmd.CombinedOutput()
@@ -313,7 +327,7 @@ func TestUnitsVerify(t *testing.T) {
 			t.Errorf("systemd-analyze verify: %s", l)
 		}
 	}
-	for _, u := range []string{"slate-sysext.service", "slate-sysext-fetch.service", "slate-health.service"} {
+	for _, u := range []string{"slate-sysext.service", "slate-sysext-fetch.service", "slate-health.service", "slate-platform-ready.service"} {
 		if !strings.Contains(string(out), u+": Installed new job "+u+"/start") {
 			t.Errorf("the boot transaction does not start %s", u)
 		}

@@ -1,6 +1,6 @@
 // Command slate builds immutable node images (build, sign, push, inspect,
 // config check) and, on a node, manages its slots (upgrade, rollback,
-// status, health).
+// status, health) and tells its cloud platform it booted (platform ready).
 package main
 
 import (
@@ -28,7 +28,7 @@ rollback, status and the boot health check.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(buildCmd(), keygenCmd(), signCmd(), pushCmd(), inspectCmd(), configCmd(), versionCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd(), sysextCmd())
+	root.AddCommand(buildCmd(), keygenCmd(), signCmd(), pushCmd(), inspectCmd(), configCmd(), versionCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd(), sysextCmd(), platformCmd())
 	setVersionFlag(root)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "slate:", err)

@@ -323,7 +323,7 @@ func TestQEMUSmoke(t *testing.T) {
 			t.Errorf("boot %d: config record %+v", i+1, rec.Config)
 		}
 	}
-	if !strings.Contains(out2, "slate-init: no node config found (looked in cmdline, fw_cfg, config-drive): booting with the image's defaults") ||
+	if !strings.Contains(out2, "slate-init: no node config found (looked in cmdline, fw_cfg, config-drive, nocloud, openstack, ec2, gce, azure): booting with the image's defaults") ||
 		!strings.Contains(out2, "SMOKE hostname-file=smoke") {
 		t.Error("boot without a config: no console line, or the hostname changed")
 	}
