@@ -86,6 +86,9 @@ const (
 	ArgVersion = "slate.version"
 	// ArgRebootDelay is how long a fatal init error waits before rebooting (a Go duration).
 	ArgRebootDelay = "slate.reboot_delay"
+	// ArgPlatform names the cloud the node runs on (ec2, gce, azure,
+	// openstack, nocloud, none), overriding what the init reads from DMI.
+	ArgPlatform = "slate.platform"
 	// ArgConfig is a node config given inline (issue: node config).
 	ArgConfig = "slate.config"
 )

@@ -71,7 +71,9 @@ func ParseImageInfo(data []byte) (*ImageInfo, error) {
 // artifact's cmdline) may carry. Every other slate.* argument is the boot
 // entry writer's (slot, partitions, root hash, version) or the node's own
 // (slate.config: the node config, which an image must not replace).
-var ImageCmdlineArgs = []string{ArgRebootDelay}
+// slate.platform is the image's to pin: an image for one cloud (or
+// slate.platform=none for none) need not rely on the DMI strings.
+var ImageCmdlineArgs = []string{ArgRebootDelay, ArgPlatform}
 
 // ReservedCmdlineArg returns the first argument of an image's command line
 // that sets a slate.* parameter other than ImageCmdlineArgs, as written, or

@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/slate-os/slate/boot"
 )
 
 // Platform is a platform's short name; None ("") is no cloud (QEMU, bare
@@ -34,7 +36,7 @@ var Known = []Platform{EC2, GCE, Azure, OpenStack, NoCloud}
 
 // Arg is the kernel argument that names the platform and skips detection:
 // slate.platform=ec2|gce|azure|openstack|nocloud|none.
-const Arg = "slate.platform"
+const Arg = boot.ArgPlatform
 
 // String is the name, or "none".
 func (p Platform) String() string {
