@@ -1,9 +1,7 @@
 package extensions
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -160,47 +157,8 @@ func (mapper) CreateVerity(name string, sectors uint64, table string) (string, e
 	return d.Path, nil
 }
 
-// Remove removes the device name with DM_DEV_REMOVE and its node. The
-// init's dm package creates devices but never removes one, and it stays
-// as it is so that the init's binary does not change; the ioctl is small.
-// A device busy for a moment (udev probing it) is retried for a second.
-func (mapper) Remove(name string) error {
-	if name == "" || len(name) >= unix.DM_NAME_LEN || strings.ContainsRune(name, '/') {
-		return fmt.Errorf("dm: bad device name %q", name)
-	}
-	ctl, err := os.OpenFile(dm.ControlPath, os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("dm: %w", err)
-	}
-	defer ctl.Close()
-	h := unix.DmIoctl{Version: [3]uint32{4, 0, 0}, Data_start: sizeofDMIoctl, Data_size: dmBufSize}
-	copy(h.Name[:], name)
-	buf := make([]byte, dmBufSize)
-	w := bytes.NewBuffer(buf[:0])
-	binary.Write(w, binary.NativeEndian, &h) // fixed-size struct into a buffer: cannot fail
-	for try := 0; ; try++ {
-		_, _, errno := unix.Syscall(unix.SYS_IOCTL, ctl.Fd(), uintptr(unix.DM_DEV_REMOVE), uintptr(unsafe.Pointer(&buf[0])))
-		if errno == 0 {
-			break
-		}
-		if errno != unix.EBUSY || try == 10 {
-			return fmt.Errorf("dm: removing %s: %w", name, errno)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	node := filepath.Join(filepath.Dir(dm.ControlPath), name)
-	if err := os.Remove(node); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("dm: %w", err)
-	}
-	return nil
-}
-
-// struct dm_ioctl's size (include/uapi/linux/dm-ioctl.h), and the buffer
-// every device-mapper ioctl carries, as the init's dm package sends them.
-const (
-	sizeofDMIoctl = 312
-	dmBufSize     = 16 << 10
-)
+// Remove removes the device name and its node (initramfs/init/dm).
+func (mapper) Remove(name string) error { return dm.Remove(name) }
 
 // List reads the names of the device-mapper devices from sysfs.
 func (mapper) List(prefix string) ([]string, error) {

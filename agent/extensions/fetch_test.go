@@ -3,9 +3,6 @@ package extensions_test
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"errors"
 	"io"
 	"log"
@@ -35,15 +32,6 @@ var (
 	deb12 = sysext.Release{ID: "debian", VersionID: "12"}
 	deb13 = sysext.Release{ID: "debian", VersionID: "13"}
 )
-
-func newKey(t testing.TB) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 func trusting(keys ...crypto.Signer) *upgrade.Policy {
 	p := &upgrade.Policy{}
@@ -116,7 +104,7 @@ func (f *fakeRegistry) push(t *testing.T, ref string, ext storetest.Ext, key cry
 
 func TestFetch(t *testing.T) {
 	reg := startRegistry(t)
-	key, other := newKey(t), newKey(t)
+	key, other := storetest.Key(t), storetest.Key(t)
 	gpu := reg.host + "/ext/gpu:1"
 	gpu12, _ := reg.push(t, gpu, storetest.Ext{Name: "gpu", Version: "1", Release: sysext.ForHost(deb12), Seed: 1}, key, false)
 	gpu13, _ := reg.push(t, gpu, storetest.Ext{Name: "gpu", Version: "1", Release: sysext.ForHost(deb13), Seed: 2}, key, false)
@@ -248,7 +236,7 @@ func writeOSRelease(t *testing.T, root, text string) {
 
 func TestPrepareUpgrade(t *testing.T) {
 	reg := startRegistry(t)
-	key := newKey(t)
+	key := storetest.Key(t)
 	gpu := reg.host + "/ext/gpu:1"
 	gpu12, _ := reg.push(t, gpu, storetest.Ext{Name: "gpu", Version: "1", Release: sysext.ForHost(deb12), Seed: 1}, key, false)
 	gpu13, _ := reg.push(t, gpu, storetest.Ext{Name: "gpu", Version: "1", Release: sysext.ForHost(deb13), Seed: 3}, key, false)

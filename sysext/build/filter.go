@@ -63,19 +63,22 @@ func clean(name string) string {
 }
 
 // copyTar filters a tar stream (a flattened image) to its end.
-func (f *filter) copyTar(r io.Reader) error {
+func (f *filter) copyTar(r io.Reader) error { return eachEntry(r, f.add) }
+
+// eachEntry calls fn for every entry of the tar stream r, then reads what
+// follows the trailer: flatten's consumers read the stream to its end.
+func eachEntry(r io.Reader, fn func(*tar.Header, io.Reader) error) error {
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			// What follows the trailer, for flatten: a consumer reads to the end.
 			_, err = io.Copy(io.Discard, r)
 			return err
 		}
 		if err != nil {
 			return err
 		}
-		if err := f.add(h, tr); err != nil {
+		if err := fn(h, tr); err != nil {
 			return err
 		}
 	}

@@ -96,23 +96,14 @@ func candidate(p string) bool {
 }
 
 func (o *osReleases) scan(r io.Reader) error {
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			_, err = io.Copy(io.Discard, r)
-			return err
-		}
-		if err != nil {
-			return err
-		}
+	return eachEntry(r, func(h *tar.Header, body io.Reader) error {
 		p := clean(h.Name)
 		if !candidate(p) {
-			continue
+			return nil
 		}
 		switch h.Typeflag {
 		case tar.TypeReg:
-			b, err := io.ReadAll(io.LimitReader(tr, maxRelease))
+			b, err := io.ReadAll(io.LimitReader(body, maxRelease))
 			if err != nil {
 				return fmt.Errorf("/%s: %w", p, err)
 			}
@@ -122,7 +113,8 @@ func (o *osReleases) scan(r io.Reader) error {
 		case tar.TypeLink:
 			o.links[p] = "/" + clean(h.Linkname)
 		}
-	}
+		return nil
+	})
 }
 
 // resolve follows links from p, at most 16 of them, to a file.

@@ -4,10 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"io"
@@ -30,15 +26,6 @@ var (
 	debian12 = sysext.Release{ID: "debian", VersionID: "12"}
 	debian13 = sysext.Release{ID: "debian", VersionID: "13"}
 )
-
-func newKey(t testing.TB) crypto.Signer {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
 
 func open(t testing.TB, ref string) *artifact.Artifact {
 	t.Helper()
@@ -97,7 +84,7 @@ func TestEmpty(t *testing.T) {
 // Added extensions come back from List and open as artifacts whose
 // signatures verify, in both formats, from the store.
 func TestAddList(t *testing.T) {
-	key := newKey(t)
+	key := storetest.Key(t)
 	gpuRef, gpuDigest := storetest.Ext{Name: "gpu", Version: "1.0", Release: sysext.ForHost(debian12), Seed: 1}.Layout(t)
 	storetest.Sign(t, gpuRef, key, false)
 	toolsRef, toolsDigest := storetest.Ext{Name: "tools", Version: "2.0", Release: sysext.ForHost(debian12), Seed: 2}.Layout(t)
@@ -143,7 +130,7 @@ func TestAddList(t *testing.T) {
 		if _, err := a.VerifySignature(key.Public()); err != nil {
 			t.Errorf("%s from the store: %v", c.name, err)
 		}
-		if _, err := a.VerifySignature(newKey(t).Public()); err == nil {
+		if _, err := a.VerifySignature(storetest.Key(t).Public()); err == nil {
 			t.Errorf("%s verifies with another key", c.name)
 		}
 		// The image file is the layer.
@@ -261,7 +248,7 @@ func TestListDamaged(t *testing.T) {
 }
 
 func TestPrune(t *testing.T) {
-	key := newKey(t)
+	key := storetest.Key(t)
 	s := store.Open(filepath.Join(t.TempDir(), "store"))
 	var digests []v1.Hash
 	for i, name := range []string{"a", "b", "c"} {
@@ -367,7 +354,7 @@ func TestSelect(t *testing.T) {
 // The rendered store is a reproducible tar of the layout under ImageDir
 // that opens and verifies once unpacked.
 func TestLayer(t *testing.T) {
-	key := newKey(t)
+	key := storetest.Key(t)
 	r1, d1 := storetest.Ext{Name: "gpu", Version: "1", Release: debian12, Seed: 20}.Layout(t)
 	storetest.Sign(t, r1, key, false)
 	r2, d2 := storetest.Ext{Name: "tools", Version: "1", Release: debian12, Seed: 21}.Layout(t)

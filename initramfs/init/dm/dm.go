@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -222,6 +223,34 @@ func mknodBlock(path string, dev uint64) error {
 		}
 	}
 	return fmt.Errorf("dm: creating %s (%d:%d): %w", path, unix.Major(dev), unix.Minor(dev), err)
+}
+
+// Remove removes the device name and its node /dev/mapper/<name>. A device
+// busy for a moment (udev probing it) is retried for about a second. The
+// init never removes a device; the agent does (its system extensions).
+func Remove(name string) error {
+	if _, err := header(name, 0); err != nil {
+		return err
+	}
+	ctl, err := openControl()
+	if err != nil {
+		return fmt.Errorf("dm: %w", err)
+	}
+	defer ctl.Close()
+	for try := 0; ; try++ {
+		err = remove(int(ctl.Fd()), name)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EBUSY) || try == 10 {
+			return fmt.Errorf("dm: removing %s: %w", name, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := os.Remove(filepath.Join(filepath.Dir(ControlPath), name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("dm: %w", err)
+	}
+	return nil
 }
 
 func remove(fd int, name string) error {

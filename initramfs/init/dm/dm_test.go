@@ -3,6 +3,7 @@ package dm
 import (
 	"bytes"
 	"encoding/binary"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -103,5 +104,14 @@ func TestTablePayload(t *testing.T) {
 func TestDevName(t *testing.T) {
 	if got := DevName(unix.Mkdev(254, 3)); got != "dm-3" {
 		t.Errorf("DevName = %q", got)
+	}
+}
+
+// Remove checks the name before it asks the kernel anything.
+func TestRemoveBadName(t *testing.T) {
+	for _, n := range []string{"", "a/b"} {
+		if err := Remove(n); err == nil || !strings.Contains(err.Error(), "bad device name") {
+			t.Errorf("Remove(%q) = %v, want a bad device name", n, err)
+		}
 	}
 }

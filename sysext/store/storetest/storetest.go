@@ -6,6 +6,9 @@ package storetest
 
 import (
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	cryptorand "crypto/rand"
 	"math/rand"
 	"os"
 	"path/filepath"
@@ -103,4 +106,14 @@ func Sign(tb testing.TB, ref string, key crypto.Signer, bundle bool, opts ...art
 	if err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// Key is a new signing key (ECDSA P-256, cosign's default).
+func Key(tb testing.TB) crypto.Signer {
+	tb.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), cryptorand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
 }
