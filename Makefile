@@ -62,7 +62,7 @@ reference-matrix:
 
 # Every test, the QEMU suite included. SLATE_REQUIRE_QEMU and SLATE_REQUIRE_TOOLS
 # make a test that lacks QEMU, a tool or root fail instead of skipping
-# (qemu-tests/vm, internal/testtool): make test must not pass by skipping.
+# (vm/vmtest, internal/testtool): make test must not pass by skipping.
 test: deps reference-image reference-matrix
 	$(GO) vet ./...
 	SLATE_REFERENCE=$(abspath $(REFERENCE)) SLATE_MATRIX=$(abspath $(MATRIX)) SLATE_REQUIRE_QEMU=1 SLATE_REQUIRE_TOOLS=1 $(GO) test -count=1 -timeout 80m ./...

@@ -17,7 +17,7 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/builder"
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
 )
 
 func TestMain(m *testing.M) {

@@ -19,7 +19,7 @@ import (
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
 )
 
 // initFailureProbe prints what the good boot after the failures knows of them.

@@ -11,7 +11,7 @@ import (
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/internal/testimage"
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
 )
 
 // bigVar is 150 MB that squashfs cannot shrink (each of its 128 KiB

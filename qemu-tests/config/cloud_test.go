@@ -20,7 +20,7 @@ import (
 	"github.com/slate-os/slate/boot/record"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
 )
 
 // metadataNet is the guest's user network on a cloud: the metadata service

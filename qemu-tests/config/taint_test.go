@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
 )
 
 // glassConfig gives root a password and writes a sudoers drop-in: both

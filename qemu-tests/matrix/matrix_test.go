@@ -18,7 +18,8 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
+	"github.com/slate-os/slate/vm/vmtest"
 )
 
 func TestMain(m *testing.M) {
@@ -58,7 +59,7 @@ func bootImage(t *testing.T, base string, bus vm.Bus) *testnode.Result {
 	t.Helper()
 	res := testnode.BuildVariant(t, testnode.Variant{Name: "matrix-" + base, Base: base, Version: "matrix-" + base, Disk: true})
 	start := time.Now()
-	m := vm.Start(t, vm.Config{Name: base + "-" + string(bus), Disk: res.Disk, DiskFormat: "raw", DiskBus: bus,
+	m := vmtest.Start(t, vm.Config{Name: base + "-" + string(bus), Disk: res.Disk, DiskFormat: "raw", DiskBus: bus,
 		FwCfgStrings: map[string]string{testnode.FwCfgTest: probe}})
 	r := testnode.Run(t, m, bootTimeout)
 	took := time.Since(start)

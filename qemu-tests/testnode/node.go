@@ -30,7 +30,8 @@ import (
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/builder/spec"
 	"github.com/slate-os/slate/internal/testimage"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
+	"github.com/slate-os/slate/vm/vmtest"
 )
 
 // FwCfgTest is the fw_cfg entry that carries a test's script.
@@ -103,7 +104,7 @@ func Reference(tb testing.TB) v1.Image {
 	if testing.Short() {
 		tb.Skip("QEMU tests do not run with -short")
 	}
-	vm.SkipIfUnavailable(tb)
+	vmtest.SkipIfUnavailable(tb)
 	p := os.Getenv("SLATE_REFERENCE")
 	if p == "" {
 		p = filepath.Join(ModuleRoot(), "build", "reference")
@@ -193,7 +194,7 @@ func Boot(tb testing.TB, disk, script string, tweak func(*vm.Config)) *vm.Machin
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	return vm.Start(tb, cfg)
+	return vmtest.Start(tb, cfg)
 }
 
 // Then are script endings: the runner reboots or powers off after the end marker.

@@ -18,7 +18,8 @@ import (
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
+	"github.com/slate-os/slate/vm/vmtest"
 	"github.com/slate-os/slate/signature"
 )
 
@@ -152,7 +153,7 @@ func startNode(t *testing.T, name, disk, format, vars, script string) *vm.Machin
 
 func startNodeConfig(t *testing.T, name, disk, format, vars, script, config string) *vm.Machine {
 	t.Helper()
-	return vm.Start(t, vm.Config{
+	return vmtest.Start(t, vm.Config{
 		Name: name, Disk: disk, DiskFormat: format, Vars: vars, Network: true,
 		FwCfgStrings: map[string]string{testnode.FwCfgTest: script, FwCfgConfig: config},
 	})

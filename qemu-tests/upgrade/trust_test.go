@@ -15,7 +15,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
+	"github.com/slate-os/slate/vm/vmtest"
 	"github.com/slate-os/slate/signature"
 )
 
@@ -36,7 +37,7 @@ func TestNoConfigRefusesUnsigned(t *testing.T) {
 		"mkdir -p /run/art && echo " + art + " | base64 -d | tar -xz -C /run/art\n" +
 		"try unsigned slate upgrade --no-reboot oci:/run/art\n" +
 		"status AFTER\n" + testnode.ThenPoweroff
-	m := vm.Start(t, vm.Config{Name: "no-config", Disk: v1img.Disk, DiskFormat: "raw",
+	m := vmtest.Start(t, vm.Config{Name: "no-config", Disk: v1img.Disk, DiskFormat: "raw",
 		FwCfgStrings: map[string]string{testnode.FwCfgTest: script}})
 	b := waitBoot(t, m, exitTimeout)
 	if b.Script == nil || !b.Ended {

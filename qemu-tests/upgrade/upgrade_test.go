@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"github.com/slate-os/slate/qemu-tests/testnode"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
 	"github.com/slate-os/slate/signature"
 )
 

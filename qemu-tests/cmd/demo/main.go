@@ -18,7 +18,7 @@ import (
 
 	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/builder/inspect"
-	"github.com/slate-os/slate/qemu-tests/vm"
+	"github.com/slate-os/slate/vm"
 )
 
 func main() {

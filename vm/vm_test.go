@@ -7,7 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
-	"fmt"
+
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,6 +31,36 @@ import (
 //
 // (the DVD-ROM is q35's default CD drive) and the shell's `reset` makes
 // the guest reboot, which is enough to exercise every part of the harness.
+
+// startVM creates a machine in t.TempDir() and boots it; vmtest.Start, which
+// this package's own tests cannot import.
+func startVM(t *testing.T, cfg Config) *Machine {
+	t.Helper()
+	skipIfUnavailable(t)
+	cfg.Dir = t.TempDir()
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = m.Kill() })
+	if err := m.Boot(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func skipIfUnavailable(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("QEMU boots do not run with -short")
+	}
+	if err := Available(); err != nil {
+		if os.Getenv("SLATE_REQUIRE_QEMU") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+}
 
 // bootTimeout bounds how long OVMF may take to reach its boot manager.
 const bootTimeout = 60 * time.Second
@@ -64,7 +94,7 @@ func sha(t *testing.T, path string) [32]byte {
 // It also runs on a vars file it provides, which must be written in place.
 func TestBootToShellGuestReset(t *testing.T) {
 	t.Parallel() // each boots OVMF: ~4 s, mostly on one host core
-	SkipIfUnavailable(t)
+	skipIfUnavailable(t)
 	vars := filepath.Join(t.TempDir(), "my-vars.fd")
 	if err := copyFile(DefaultVarsTemplate, vars); err != nil {
 		t.Fatal(err)
@@ -72,7 +102,7 @@ func TestBootToShellGuestReset(t *testing.T) {
 	before := sha(t, vars)
 
 	start := time.Now()
-	m := Start(t, Config{Vars: vars})
+	m := startVM(t, Config{Vars: vars})
 	mt, err := m.Expect(regexp.MustCompile(`BdsDxe: (?:loading|starting) (Boot[0-9A-F]{4}) "([^"]+)"`), bootTimeout)
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +139,7 @@ func TestBootToShellGuestReset(t *testing.T) {
 // QEMU process, and that Quit then ends it.
 func TestAllowReboot(t *testing.T) {
 	t.Parallel() // each boots OVMF: ~4 s, mostly on one host core
-	m := Start(t, Config{AllowReboot: true})
+	m := startVM(t, Config{AllowReboot: true})
 	// The shell's countdown comes after all of the first boot's BdsDxe lines.
 	if _, err := m.Expect("Press ESC in", bootTimeout); err != nil {
 		t.Fatal(err)
@@ -144,7 +174,7 @@ func TestMachineRebootKeepsState(t *testing.T) {
 	if err := os.WriteFile(base, make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := Start(t, Config{Disk: base, DiskFormat: "raw"})
+	m := startVM(t, Config{Disk: base, DiskFormat: "raw"})
 	overlay, vars := m.Disk(), m.Vars()
 	if filepath.Dir(vars) != m.Dir() {
 		t.Errorf("fresh vars %s not in the work dir %s", vars, m.Dir())
@@ -193,7 +223,7 @@ func TestMachineRebootKeepsState(t *testing.T) {
 // TestOverlayKeepsBase writes through the guest's disk and checks that
 // the base image, raw or qcow2, is unchanged while the overlay has the data.
 func TestOverlayKeepsBase(t *testing.T) {
-	SkipIfUnavailable(t)
+	skipIfUnavailable(t)
 	dir := t.TempDir()
 	raw := filepath.Join(dir, "base.raw")
 	content := make([]byte, 4<<20)
@@ -217,7 +247,7 @@ func TestOverlayKeepsBase(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := sha(t, tc.base)
-			m := Start(t, Config{Disk: tc.base, DiskFormat: tc.format, DiskSize: tc.size})
+			m := startVM(t, Config{Disk: tc.base, DiskFormat: tc.format, DiskSize: tc.size})
 			// Write 64 KiB of 0xab at offset 0 through QEMU's block layer,
 			// as the guest would.
 			if _, err := m.Execute("human-monitor-command", map[string]string{
@@ -256,7 +286,7 @@ func TestOverlayKeepsBase(t *testing.T) {
 // TestQMP checks commands, errors, a reply larger than 64 KiB, and that a
 // reset under -no-reboot ends QEMU.
 func TestQMP(t *testing.T) {
-	m := Start(t, Config{})
+	m := startVM(t, Config{})
 	ret, err := m.Execute("query-status", nil)
 	if err != nil {
 		t.Fatal(err)
@@ -303,12 +333,12 @@ func TestQMP(t *testing.T) {
 // TestOptions checks fw_cfg, networking and sizing reach QEMU, and that
 // QEMU's refusal of an argument comes back as an error with its message.
 func TestOptions(t *testing.T) {
-	SkipIfUnavailable(t)
+	skipIfUnavailable(t)
 	cfgFile := filepath.Join(t.TempDir(), "node.yaml")
 	if err := os.WriteFile(cfgFile, []byte("version: 1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m := Start(t, Config{
+	m := startVM(t, Config{
 		FwCfg:        map[string]string{"opt/slate/config": cfgFile},
 		FwCfgStrings: map[string]string{"opt/slate/note": "a, b\nc"},
 		Forwards:     []Forward{{GuestPort: 22}},
@@ -373,97 +403,9 @@ func TestOptions(t *testing.T) {
 	}
 }
 
-// fakeTB lets a test watch what Start's Cleanup does for a failed test
-// without failing itself.
-type fakeTB struct {
-	testing.TB
-	mu       sync.Mutex
-	failed   bool
-	cleanups []func()
-	logs     []string
-}
-
-func (f *fakeTB) Helper()           {}
-func (f *fakeTB) Cleanup(fn func()) { f.mu.Lock(); f.cleanups = append(f.cleanups, fn); f.mu.Unlock() }
-func (f *fakeTB) Failed() bool      { f.mu.Lock(); defer f.mu.Unlock(); return f.failed }
-func (f *fakeTB) Logf(format string, args ...any) {
-	f.mu.Lock()
-	f.logs = append(f.logs, fmt.Sprintf(format, args...))
-	f.mu.Unlock()
-}
-func (f *fakeTB) Fatalf(format string, args ...any) {
-	f.TB.Helper()
-	f.TB.Fatalf(format, args...)
-}
-func (f *fakeTB) runCleanups() {
-	for i := len(f.cleanups) - 1; i >= 0; i-- {
-		f.cleanups[i]()
-	}
-}
-
-// TestExpectTimeoutSavesLog checks Expect's timeout error and what Cleanup
-// keeps of a failed test.
-func TestExpectTimeoutSavesLog(t *testing.T) {
-	SkipIfUnavailable(t)
-	logs := t.TempDir()
-	t.Setenv("SLATE_TEST_LOGS", logs)
-	ft := &fakeTB{TB: t}
-	m := Start(ft, Config{Name: "failing"})
-
-	if _, err := m.Expect("BdsDxe:", bootTimeout); err != nil {
-		t.Fatal(err)
-	}
-	start := time.Now()
-	_, err := m.Expect("this never appears", time.Second)
-	if err == nil {
-		t.Fatal("Expect of a missing line succeeded")
-	}
-	if d := time.Since(start); d > Scale(5*time.Second) {
-		t.Errorf("a 1 s Expect took %s", d)
-	}
-	msg := err.Error()
-	if !strings.Contains(msg, "not on the console within") || !strings.Contains(msg, "BdsDxe:") {
-		t.Errorf("timeout error lacks the reason or the console's tail:\n%s", msg)
-	}
-	if strings.Contains(msg, "\x1b") {
-		t.Errorf("timeout error has terminal escapes")
-	}
-	if _, err := m.Expect(42, time.Second); err == nil {
-		t.Errorf("Expect(42): no error")
-	}
-
-	ft.failed = true
-	ft.runCleanups()
-	if r := m.current(); !r.hasExited() {
-		t.Errorf("Cleanup left QEMU running")
-	}
-	saved := filepath.Join(logs, t.Name()+".failing.console.log")
-	b, err := os.ReadFile(saved)
-	if err != nil {
-		t.Fatalf("console log not saved: %v", err)
-	}
-	if !strings.Contains(string(b), "BdsDxe:") {
-		t.Errorf("saved log lacks the console output")
-	}
-	if len(ft.logs) != 1 || !strings.Contains(ft.logs[0], saved) || !strings.Contains(ft.logs[0], "BdsDxe:") {
-		t.Errorf("Cleanup logged %q; want the saved path and the console's tail", ft.logs)
-	}
-
-	// A passing test keeps nothing.
-	ft2 := &fakeTB{TB: t}
-	m2 := Start(ft2, Config{Name: "passing"})
-	ft2.runCleanups()
-	if r := m2.current(); !r.hasExited() {
-		t.Errorf("Cleanup left QEMU running")
-	}
-	if _, err := os.Stat(filepath.Join(logs, t.Name()+".passing.console.log")); err == nil {
-		t.Errorf("a passing test's log was saved")
-	}
-}
-
 // TestExpectExitEndsWait checks that Expect gives up as soon as QEMU exits.
 func TestExpectExitEndsWait(t *testing.T) {
-	m := Start(t, Config{})
+	m := startVM(t, Config{})
 	go func() {
 		time.Sleep(500 * time.Millisecond)
 		_ = m.Quit()
@@ -487,7 +429,7 @@ func TestScale(t *testing.T) {
 	if got := Scale(time.Second); got != time.Second {
 		t.Errorf("Scale with an invalid value = %s, want 1s", got)
 	}
-	SkipIfUnavailable(t)
+	skipIfUnavailable(t)
 	if _, err := StartContext(t.Context(), Config{Dir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "SLATE_TIMEOUT_SCALE") {
 		t.Errorf("StartContext with an invalid scale: %v", err)
 	}
@@ -504,7 +446,7 @@ func TestCleanLine(t *testing.T) {
 // cleans up after itself.
 func TestStartContext(t *testing.T) {
 	t.Parallel() // each boots OVMF: ~4 s, mostly on one host core
-	SkipIfUnavailable(t)
+	skipIfUnavailable(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	var console bytes.Buffer
 	var mu sync.Mutex

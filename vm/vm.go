@@ -13,7 +13,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -73,42 +72,11 @@ func (r *run) hasExited() bool {
 
 func (r *run) exitInfo() string { return r.exit.String() }
 
-// Start creates a machine in t.TempDir() and boots it; it fails the test if
-// either goes wrong, and skips it when QEMU or OVMF is not installed.
-// Cleanup kills QEMU and, when the test has failed, saves the console log
-// (see the package doc) and logs its last 80 lines.
-func Start(tb testing.TB, cfg Config) *Machine {
-	tb.Helper()
-	SkipIfUnavailable(tb)
+// New creates a machine in cfg.Dir, or in a new temporary directory that
+// Close removes, without booting it.
+func New(cfg Config) (*Machine, error) {
 	if _, err := timeoutScale(); err != nil {
-		tb.Fatal(err) // a typo must not silently change every timeout
-	}
-	m, err := newMachine(cfg, tb.TempDir(), false)
-	if err != nil {
-		tb.Fatalf("vm: %v", err)
-	}
-	tb.Cleanup(func() {
-		_ = m.Kill()
-		if tb.Failed() {
-			m.saveLogs(tb)
-		}
-	})
-	if err := m.Boot(tb.Context()); err != nil {
-		tb.Fatalf("%v", err)
-	}
-	return m
-}
-
-// StartContext is Start for programs (`make run`, `make demo`): it creates
-// the machine in cfg.Dir or a temporary directory and boots it. ctx bounds
-// this boot: when it is done, QEMU is terminated. The caller must Close the
-// machine.
-func StartContext(ctx context.Context, cfg Config) (*Machine, error) {
-	if err := Available(); err != nil {
-		return nil, err
-	}
-	if _, err := timeoutScale(); err != nil {
-		return nil, err
+		return nil, err // a typo must not silently change every timeout
 	}
 	dir, own := cfg.Dir, false
 	if dir == "" {
@@ -126,6 +94,20 @@ func StartContext(ctx context.Context, cfg Config) (*Machine, error) {
 			os.RemoveAll(dir)
 		}
 		return nil, fmt.Errorf("vm: %w", err)
+	}
+	return m, nil
+}
+
+// StartContext creates a machine (New) and boots it, for programs (slate
+// run, slate test, make demo). ctx bounds this boot: when it is done, QEMU
+// is terminated. The caller must Close the machine.
+func StartContext(ctx context.Context, cfg Config) (*Machine, error) {
+	if err := Available(); err != nil {
+		return nil, err
+	}
+	m, err := New(cfg)
+	if err != nil {
+		return nil, err
 	}
 	if err := m.Boot(ctx); err != nil {
 		m.Close()
@@ -147,22 +129,6 @@ func Available() error {
 		}
 	}
 	return nil
-}
-
-// SkipIfUnavailable skips the test when QEMU or OVMF is not installed, or
-// under -short (make unit). With SLATE_REQUIRE_QEMU set (make test, CI) a
-// missing QEMU fails the test instead: the suite must not pass by skipping.
-func SkipIfUnavailable(tb testing.TB) {
-	tb.Helper()
-	if testing.Short() {
-		tb.Skip("QEMU boots do not run with -short")
-	}
-	if err := Available(); err != nil {
-		if os.Getenv("SLATE_REQUIRE_QEMU") != "" {
-			tb.Fatalf("QEMU test: %v", err)
-		}
-		tb.Skipf("skipping QEMU test: %v", err)
-	}
 }
 
 func newMachine(cfg Config, dir string, ownDir bool) (*Machine, error) {
