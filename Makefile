@@ -96,7 +96,7 @@ demo: deps $(DEMO_DISK) $(DEMO_NEXT) $(DEMO_EXT)
 	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --artifact $(DEMO_NEXT) --extension $(DEMO_EXT)
 
 run: deps $(DEMO_DISK)
-	$(GO) run ./qemu-tests/cmd/demo --disk $(DEMO_DISK) --interactive
+	$(SLATE) run $(DEMO_DISK)
 
 clean:
 	rm -rf $(BUILD)

@@ -18,15 +18,21 @@ type Config struct {
 	// for tests that run more than one machine. Optional.
 	Name string
 
-	// Disk is the base image, raw or qcow2, attached first (vda). It is
-	// never written: the machine runs on a qcow2 overlay of it in its work
+	// Disk is the base image, attached first (vda). It is never written
+	// unless Persist: the machine runs on a qcow2 overlay of it in its work
 	// dir, see [Machine.Disk]. Empty means no disk.
 	Disk string
-	// DiskFormat is "raw" or "qcow2"; empty means ask `qemu-img info`.
+	// DiskFormat is QEMU's name for Disk's format ("raw", "qcow2", "vpc"
+	// for a VHD, "vmdk"); empty means ask `qemu-img info`.
 	DiskFormat string
 	// DiskSize, if not 0, is the overlay's size in bytes, for a guest that
 	// grows its last partition to the end of the disk. 0 keeps the base's.
+	// It needs the overlay, so not with Persist.
 	DiskSize int64
+	// Persist attaches Disk itself, as Disk.InPlace does an extra disk:
+	// the guest's writes land in it and outlive the machine (slate run
+	// --persist). The guest's flushes then reach the host's disk.
+	Persist bool
 	// DiskBus is the controller Disk is attached to: BusVirtio (the
 	// default), BusSCSI, BusNVMe or BusSATA.
 	DiskBus Bus
@@ -79,6 +85,12 @@ type Config struct {
 	MemoryMiB int
 	CPUs      int
 
+	// Accel is the accelerator: AccelKVM, AccelTCG, or "" for KVM when
+	// this host's KVM can run the guest and TCG otherwise (see
+	// [Machine.Accel]). AccelKVM is used as asked, unprobed: if it does not
+	// work, QEMU says why.
+	Accel string
+
 	// AllowReboot, when false (the default), passes -no-reboot: a reset by
 	// the guest (or SystemReset) makes QEMU exit with Exit.Reason
 	// "guest-reset", so a test sees each boot as one QEMU run and boots the
@@ -88,7 +100,7 @@ type Config struct {
 
 	// Interactive puts the console on this process's stdin and stdout with
 	// QEMU's monitor multiplexed in (`-serial mon:stdio`: Ctrl-A X quits,
-	// Ctrl-A C toggles the monitor), for `make run`. The console log and
+	// Ctrl-A C toggles the monitor), for `slate run`. The console log and
 	// Expect still work; Send does not.
 	Interactive bool
 	// Console, if set, receives a copy of the console output as it arrives
@@ -132,6 +144,12 @@ const (
 	BusSCSI   Bus = "scsi"   // scsi-hd on a virtio-scsi-pci controller: /dev/sda
 	BusNVMe   Bus = "nvme"   // an NVMe controller per disk: /dev/nvme0n1
 	BusSATA   Bus = "sata"   // ide-hd on q35's built-in AHCI controller: /dev/sda
+)
+
+// The accelerators Config.Accel names.
+const (
+	AccelKVM = "kvm"
+	AccelTCG = "tcg"
 )
 
 // Forward exposes a guest port on the host.

@@ -1,5 +1,5 @@
 // Package vm boots real disk images under QEMU for slate's integration tests,
-// and for `make run` / `make demo`.
+// and for `slate run` and `make demo`.
 //
 // A [Machine] is one virtual computer whose state outlives a QEMU process: a
 // copy-on-write overlay over the base disk, a private copy of the OVMF
@@ -44,8 +44,12 @@
 //     and its tail printed, because t.TempDir is deleted when the test ends
 //     and a boot failure without its console is undebuggable.
 //
-// KVM does not work on slate's machines, so QEMU runs with
-// `-accel tcg,thread=single -cpu max` (see args for why one thread;
-// removing svm from -cpu max breaks the guest). OVMF alone needs about 4 s
-// to reach its boot manager under TCG.
+// QEMU runs with `-accel kvm -cpu host` where KVM can run the guest, and
+// with `-accel tcg,thread=single -cpu max` otherwise ([Config.Accel],
+// [Machine.Accel]; see args for why one thread; removing svm from -cpu max
+// breaks the guest). KVM is usable when /dev/kvm opens read-write, answers
+// API version 12 and the CPU has VT-x or AMD-V: the machines slate is
+// developed on have a /dev/kvm without them (a sandbox's software KVM,
+// which cannot run OVMF), so they, and this package's timeouts, use TCG.
+// OVMF alone needs about 4 s to reach its boot manager under TCG.
 package vm

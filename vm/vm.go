@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -25,6 +26,7 @@ type Machine struct {
 	dir    string
 	ownDir bool
 
+	accel      string   // AccelKVM or AccelTCG
 	overlay    string   // first disk as attached ("" if none)
 	drives     []string // the disks' -drive and -device arguments
 	vars       string
@@ -99,8 +101,9 @@ func New(cfg Config) (*Machine, error) {
 }
 
 // StartContext creates a machine (New) and boots it, for programs (slate
-// run, slate test, make demo). ctx bounds this boot: when it is done, QEMU
-// is terminated. The caller must Close the machine.
+// test, make demo; slate run calls New and Boot, to say how it boots in
+// between). ctx bounds this boot: when it is done, QEMU is terminated. The
+// caller must Close the machine.
 func StartContext(ctx context.Context, cfg Config) (*Machine, error) {
 	if err := Available(); err != nil {
 		return nil, err
@@ -149,6 +152,12 @@ func newMachine(cfg Config, dir string, ownDir bool) (*Machine, error) {
 	if cfg.Name != "" {
 		m.label += " " + cfg.Name
 	}
+	if m.accel, err = resolveAccel(cfg.Accel, probeKVM); err != nil {
+		return nil, err
+	}
+	if cfg.Persist && cfg.DiskSize != 0 {
+		return nil, errors.New("DiskSize grows an overlay: not with Persist")
+	}
 
 	// Disks, each through an overlay unless asked otherwise.
 	type disk struct {
@@ -157,7 +166,7 @@ func newMachine(cfg Config, dir string, ownDir bool) (*Machine, error) {
 	}
 	var disks []disk
 	if cfg.Disk != "" {
-		disks = append(disks, disk{Disk{Path: cfg.Disk, Format: cfg.DiskFormat, Bus: cfg.DiskBus}, cfg.DiskSize})
+		disks = append(disks, disk{Disk{Path: cfg.Disk, Format: cfg.DiskFormat, Bus: cfg.DiskBus, InPlace: cfg.Persist}, cfg.DiskSize})
 	}
 	sataPorts, scsiController := 0, false
 	for _, d := range cfg.Disks {
@@ -185,14 +194,20 @@ func newMachine(cfg Config, dir string, ownDir bool) (*Machine, error) {
 			}
 			path, format = overlay, "qcow2"
 		}
-		if i == 0 && cfg.Disk != "" {
-			m.overlay = path
-		}
 		// cache=unsafe: the guest's flushes do not reach the host disk. A
 		// guest's sync then cannot queue behind another test's gigabytes of
 		// writes (in CI a shutdown took 2 min so); a power cut is still the
 		// guest's (QMP quit), and QEMU writes out what it holds when it quits.
-		a, err := driveArgs(d.Bus, fmt.Sprintf("disk%d", i), fmt.Sprintf("file=%s,format=%s,cache=unsafe", optEscape(path), format), &sataPorts, &scsiController)
+		// A persisted disk is the user's node, which must survive a host
+		// crash as a real one would: there flushes go through.
+		cache := "unsafe"
+		if i == 0 && cfg.Disk != "" {
+			m.overlay = path
+			if cfg.Persist {
+				cache = "writeback"
+			}
+		}
+		a, err := driveArgs(d.Bus, fmt.Sprintf("disk%d", i), fmt.Sprintf("file=%s,format=%s,cache=%s", optEscape(path), format, cache), &sataPorts, &scsiController)
 		if err != nil {
 			return nil, err
 		}
@@ -491,9 +506,14 @@ func (m *Machine) Dir() string { return m.dir }
 // output, each after a "--- slate/vm NAME: boot N ---" line.
 func (m *Machine) ConsoleLog() string { return m.consoleLog }
 
-// Disk is the path of the first disk as the guest sees it (the overlay),
-// for inspecting what the guest wrote once QEMU has exited; "" if none.
+// Disk is the path of the first disk as the guest sees it (the overlay, or
+// Config.Disk itself with Persist), for inspecting what the guest wrote
+// once QEMU has exited; "" if none.
 func (m *Machine) Disk() string { return m.overlay }
+
+// Accel is the accelerator the machine runs on, AccelKVM or AccelTCG: what
+// Config.Accel asked for, or what auto found usable on this host.
+func (m *Machine) Accel() string { return m.accel }
 
 // Vars is the path of the machine's OVMF variable store.
 func (m *Machine) Vars() string { return m.vars }

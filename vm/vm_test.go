@@ -546,3 +546,119 @@ func TestExpectLines(t *testing.T) {
 		t.Errorf("Expect after exit took %s", d)
 	}
 }
+
+// fakeVars is an OVMF variable store template, so that machines can be made
+// (New) where OVMF is not installed.
+func fakeVars(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "vars.fd")
+	if err := os.WriteFile(p, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// Auto is KVM only when the probe finds it usable; an explicit choice is
+// taken as it is; QEMU gets the matching -accel and -cpu. No QEMU needed.
+func TestAccel(t *testing.T) {
+	usable, broken := func() error { return nil }, func() error { return errors.New("/dev/kvm: permission denied") }
+	for _, tc := range []struct {
+		want  string
+		probe func() error
+		got   string
+	}{
+		{"", usable, AccelKVM},
+		{"", broken, AccelTCG},
+		{AccelKVM, broken, AccelKVM},
+		{AccelTCG, usable, AccelTCG},
+	} {
+		if got, err := resolveAccel(tc.want, tc.probe); err != nil || got != tc.got {
+			t.Errorf("resolveAccel(%q) = %q, %v; want %q", tc.want, got, err, tc.got)
+		}
+	}
+	if _, err := resolveAccel("hvf", usable); err == nil || !strings.Contains(err.Error(), `"hvf"`) {
+		t.Errorf("resolveAccel(hvf): %v", err)
+	}
+
+	orig := probeKVM
+	t.Cleanup(func() { probeKVM = orig })
+	for probe, want := range map[string]struct {
+		accel string
+		args  string
+	}{
+		"usable": {AccelKVM, "-accel kvm -cpu host"},
+		"broken": {AccelTCG, "-accel tcg,thread=single -cpu max"},
+	} {
+		probeKVM = map[string]func() error{"usable": usable, "broken": broken}[probe]
+		m, err := New(Config{Dir: t.TempDir(), VarsTemplate: fakeVars(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Accel() != want.accel {
+			t.Errorf("KVM %s: Accel() = %q, want %q", probe, m.Accel(), want.accel)
+		}
+		if args := strings.Join(m.args(), " "); !strings.Contains(args, want.args) {
+			t.Errorf("KVM %s: QEMU's arguments lack %q: %s", probe, want.args, args)
+		}
+	}
+	t.Logf("this host: %v", orig())
+}
+
+func TestHardwareVirt(t *testing.T) {
+	for info, want := range map[string]bool{
+		"processor\t: 0\nflags\t\t: fpu vme vmx sse\n":       true,
+		"flags\t\t: fpu svm\nflags\t\t: fpu\n":               true,
+		"processor\t: 0\nflags\t\t: fpu hypervisor sse4_2\n": false,
+		"": false,
+	} {
+		if got := hardwareVirt([]byte(info)); got != want {
+			t.Errorf("hardwareVirt(%q) = %v, want %v", info, got, want)
+		}
+	}
+}
+
+// Persist attaches the first disk itself, no overlay, with flushes that
+// reach the host; the guest's writes land in it.
+func TestPersist(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "node.raw")
+	if err := os.WriteFile(raw, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Dir: t.TempDir(), VarsTemplate: fakeVars(t), Disk: raw, DiskFormat: "raw", Persist: true, DiskSize: 2 << 20}); err == nil || !strings.Contains(err.Error(), "DiskSize") {
+		t.Errorf("Persist with DiskSize: %v", err)
+	}
+	cfg := Config{Dir: t.TempDir(), VarsTemplate: fakeVars(t), Disk: raw, DiskFormat: "raw", Persist: true}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Disk() != raw {
+		t.Errorf("Disk() = %q, want %q", m.Disk(), raw)
+	}
+	if args := strings.Join(m.args(), " "); !strings.Contains(args, "file="+raw+",format=raw,cache=writeback,if=virtio,id=disk0") {
+		t.Errorf("QEMU's arguments do not attach %s in place: %s", raw, args)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, "disk0.qcow2")); err == nil {
+		t.Errorf("Persist made an overlay")
+	}
+
+	// The guest's write, through QEMU's block layer, reaches the file.
+	cfg.Dir, cfg.VarsTemplate = "", ""
+	m = startVM(t, cfg)
+	if _, err := m.Execute("human-monitor-command", map[string]string{
+		"command-line": `qemu-io disk0 "write -P 0xab 0 64k"`,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got[:64<<10], bytes.Repeat([]byte{0xab}, 64<<10)) || len(got) != 1<<20 {
+		t.Errorf("the guest's write did not land in %s", raw)
+	}
+}

@@ -32,6 +32,9 @@ type Variant struct {
 	Disk bool
 	// Tweak edits the spec before the build.
 	Tweak func(*spec.Spec)
+	// NoRunner leaves the test runner layer out: an image as a user's
+	// would be, for tests that bring their own (slate test).
+	NoRunner bool
 	// Base is the image the variant is made from: "" for the reference
 	// image, or one of the reference matrix's images (see [Matrix]).
 	Base string
@@ -56,9 +59,12 @@ func BuildVariant(tb testing.TB, v Variant) *builder.Result {
 	if v.Base != "" {
 		base = Matrix(tb, v.Base)
 	}
-	img, err := WithRunner(base)
-	if err != nil {
-		tb.Fatal(err)
+	img := base
+	if !v.NoRunner {
+		var err error
+		if img, err = WithRunner(base); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	if len(v.Entries) > 0 {
 		l, err := testimage.Layer(v.Entries)

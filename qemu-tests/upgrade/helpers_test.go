@@ -18,9 +18,9 @@ import (
 
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/qemu-tests/testnode"
+	"github.com/slate-os/slate/signature"
 	"github.com/slate-os/slate/vm"
 	"github.com/slate-os/slate/vm/vmtest"
-	"github.com/slate-os/slate/signature"
 )
 
 // FwCfgConfig is the fw_cfg entry the init reads the node config from.

@@ -59,7 +59,6 @@ var variants = map[string]testnode.Variant{
 	"v2": {Name: "v2", Version: "v2", Entries: appLayer("v2", "/bin/true"), Tweak: sizes},
 	"v3-panic": {Name: "v3-panic", Version: "v3-panic", Tweak: sizes,
 		Entries: append(appLayer("v3-panic", "/bin/true"), testimage.Entry{Name: "usr/sbin/init", Mode: 0o755, Body: panicInit})},
-	"v3-unhealthy": {Name: "v3-unhealthy", Version: "v3-unhealthy", Entries: appLayer("v3-unhealthy", "/bin/false"), Tweak: sizes},
 	"v3-nobless": {Name: "v3-nobless", Version: "v3-nobless", Tweak: sizes, Entries: append(appLayer("v3-nobless", "/bin/true"),
 		// Whiteouts: an image without systemd-bless-boot and its generator.
 		testimage.File("usr/lib/systemd/.wh.systemd-bless-boot", ""),

@@ -15,9 +15,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/slate-os/slate/qemu-tests/testnode"
+	"github.com/slate-os/slate/signature"
 	"github.com/slate-os/slate/vm"
 	"github.com/slate-os/slate/vm/vmtest"
-	"github.com/slate-os/slate/signature"
 )
 
 // TestNoConfigRefusesUnsigned: trust comes from the image and fails closed.
