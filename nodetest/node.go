@@ -258,9 +258,12 @@ func (b *bootRun) record() (*record.Record, error) {
 func (s *session) healthy(b *bootRun) error {
 	// A boot on trial that fails its check reboots at once, cutting the
 	// runner short: the agent's verdict on the console says why.
+	// (Only this slot's: a later boot may quote an earlier one's.)
 	for _, l := range b.Lines {
-		if _, v, ok := strings.Cut(l, "slate health: "); ok && strings.Contains(v, "NOT healthy") {
-			return fmt.Errorf("%s: %s", b, strings.TrimSpace(v))
+		if _, v, ok := strings.Cut(l, "slate health: slot "+b.Slot+" "); ok {
+			if i := strings.Index(v, "NOT healthy"); i >= 0 {
+				return fmt.Errorf("%s: %s", b, strings.TrimSpace(v[i:]))
+			}
 		}
 	}
 	if err := b.ran(); err != nil {

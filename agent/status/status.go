@@ -3,8 +3,9 @@
 // init's last failure (kept on the state partition by the init, see
 // record.InitFailure), the node config in force, whether the node is
 // tainted (a config used access.breakGlass since it was imaged: see
-// record.Taint), this boot's health result and its system extensions
-// (agent/extensions' report).
+// record.Taint), this boot's health result, its system extensions
+// (agent/extensions' report) and the last update check (agent/upgrade's
+// LastCheck). `slate metrics` exports the same Status.
 package status
 
 import (
@@ -19,6 +20,7 @@ import (
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/node"
 	"github.com/slate-os/slate/agent/slots"
+	"github.com/slate-os/slate/agent/upgrade"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/record"
 )
@@ -46,6 +48,11 @@ type Status struct {
 	// Update is where upgrades come from, by the node config; the caller
 	// fills it (Gather reads no config).
 	Update *Update `json:"update,omitempty"`
+	// LastUpdateCheck is what the last `slate upgrade` found and did (kept
+	// on the state partition); nil when none ran since the node was
+	// imaged. LastUpdateCheckError says why the record could not be read.
+	LastUpdateCheck      *upgrade.LastCheck `json:"lastUpdateCheck,omitempty"`
+	LastUpdateCheckError string             `json:"lastUpdateCheckError,omitempty"`
 	// SystemdBoot is the boot loader on the ESP and the one that booted.
 	SystemdBoot *SystemdBoot `json:"systemdBoot,omitempty"`
 	// Extensions is what slate-sysext.service did this boot: each node
@@ -158,7 +165,18 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 		st.LastRollback = rb
 	}
 	st.LastInitFailure = lastInitFailure(filepath.Join(store.Dir, record.InitFailureDirName), n.Record.PreviousFailure)
+	st.LastUpdateCheck, st.LastUpdateCheckError = LastUpdateCheck(store.Dir)
 	return st, nil
+}
+
+// LastUpdateCheck reads the last update check kept in the agent's
+// directory dir: nil when there is none, and why when it is unreadable.
+func LastUpdateCheck(dir string) (*upgrade.LastCheck, string) {
+	c, err := upgrade.ReadLastCheck(filepath.Join(dir, upgrade.LastCheckFileName))
+	if err != nil {
+		return nil, err.Error()
+	}
+	return c, ""
 }
 
 // nodeTaint is the taint kept at path; the boot record's (fromRecord, as
@@ -255,11 +273,18 @@ func (st *Status) WriteText(w io.Writer) error {
 		if c.Tainted {
 			fmt.Fprint(w, ", tainted (breakGlass)")
 		}
+		if c.AccessExpired != nil {
+			fmt.Fprintf(w, ", without its access: break-glass expired at %s", c.AccessExpired.UTC().Format("2006-01-02 15:04:05Z"))
+		}
 		fmt.Fprintln(w)
 	}
 	switch {
 	case st.Taint != nil:
-		fmt.Fprintf(w, "TAINTED %s (access.breakGlass): until the node is re-imaged\n", st.Taint)
+		why := "" // a login taints a node as well as a breakGlass config
+		if st.Taint.ConfigSHA256 != "" {
+			why = " (access.breakGlass)"
+		}
+		fmt.Fprintf(w, "TAINTED %s%s: until the node is re-imaged\n", st.Taint, why)
 	case st.TaintError != "":
 		fmt.Fprintf(w, "TAINTED (access.breakGlass): the taint record is unreadable: %s\n", st.TaintError)
 	case st.Tainted:
@@ -270,6 +295,22 @@ func (st *Status) WriteText(w io.Writer) error {
 	}
 	if u := st.Update; u != nil {
 		u.writeText(w)
+	}
+	if c := st.LastUpdateCheck; c != nil {
+		fmt.Fprintf(w, "last update check: %s %s", c.Time.UTC().Format("2006-01-02 15:04:05Z"), c.Result)
+		if c.Version != "" {
+			fmt.Fprintf(w, ", offered %s", c.Version)
+		}
+		if c.Ref != "" {
+			fmt.Fprintf(w, " (%s)", c.Ref)
+		}
+		if c.Error != "" {
+			fmt.Fprintf(w, ": %s", c.Error)
+		}
+		fmt.Fprintln(w)
+	}
+	if st.LastUpdateCheckError != "" {
+		fmt.Fprintf(w, "last update check: unreadable: %s\n", st.LastUpdateCheckError)
 	}
 	if r := st.Extensions; r != nil && (len(r.Entries) > 0 || len(r.Notes) > 0 || r.Error != "") {
 		r.WriteText(w)

@@ -11,6 +11,7 @@ import (
 	"github.com/slate-os/slate/agent/extensions"
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/slots"
+	"github.com/slate-os/slate/agent/upgrade"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/record"
 	"github.com/slate-os/slate/internal/jsonduration"
@@ -226,5 +227,36 @@ func TestExtensions(t *testing.T) {
 	(&Status{ExtensionsError: "extensions were not activated this boot: no /run/slate/extensions.json"}).WriteText(&b)
 	if !strings.Contains(b.String(), "extensions: NOT activated: extensions were not activated this boot: no /run/slate/extensions.json\n") {
 		t.Errorf("text:\n%s", b.String())
+	}
+}
+
+// The last update check, kept by slate upgrade, in text and JSON; the
+// same record slate metrics exports.
+func TestLastUpdateCheck(t *testing.T) {
+	dir := t.TempDir()
+	if c, e := LastUpdateCheck(dir); c != nil || e != "" {
+		t.Errorf("none: %+v %q", c, e)
+	}
+	want := upgrade.LastCheck{Time: time.Date(2026, 3, 2, 4, 0, 0, 0, time.UTC), Result: upgrade.CheckRefused, Ref: "registry.example/org/node:stable",
+		Version: "1.5", Error: "not signed"}
+	if err := upgrade.WriteLastCheck(filepath.Join(dir, upgrade.LastCheckFileName), want); err != nil {
+		t.Fatal(err)
+	}
+	c, e := LastUpdateCheck(dir)
+	if c == nil || *c != want || e != "" {
+		t.Fatalf("read %+v %q", c, e)
+	}
+	var b strings.Builder
+	(&Status{LastUpdateCheck: c}).WriteText(&b)
+	if want := "last update check: 2026-03-02 04:00:00Z refused, offered 1.5 (registry.example/org/node:stable): not signed\n"; !strings.Contains(b.String(), want) {
+		t.Errorf("text lacks %q:\n%s", want, b.String())
+	}
+	raw, _ := json.Marshal(&Status{LastUpdateCheck: c})
+	if want := `"lastUpdateCheck":{"time":"2026-03-02T04:00:00Z","result":"refused","ref":"registry.example/org/node:stable","version":"1.5","error":"not signed"}`; !strings.Contains(string(raw), want) {
+		t.Errorf("JSON lacks %s: %s", want, raw)
+	}
+	os.WriteFile(filepath.Join(dir, upgrade.LastCheckFileName), []byte("{"), 0o644)
+	if c, e := LastUpdateCheck(dir); c != nil || !strings.Contains(e, upgrade.LastCheckFileName) {
+		t.Errorf("unreadable: %+v %q", c, e)
 	}
 }

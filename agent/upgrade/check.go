@@ -38,7 +38,7 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *o
 	}
 	// A policy that trusts nothing refuses before the registry is asked.
 	if err := o.Policy.Usable(); err != nil {
-		return nil, nil, nil, none, err
+		return nil, nil, nil, none, refused(err)
 	}
 	if _, err := boot.ParseSlot(string(s)); err != nil {
 		return nil, nil, nil, none, fmt.Errorf("upgrade: target: %w", err)
@@ -61,12 +61,12 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *o
 	}
 	switch run := infos[o.Running]; run.State {
 	case slots.Trying:
-		return nil, nil, nil, none, fmt.Errorf("slot %s is still on trial (%s): an upgrade must wait until its boot has been marked good, or it would be left without a fallback",
-			o.Running, run.EntryFile)
+		return nil, nil, nil, none, refused(fmt.Errorf("slot %s is still on trial (%s): an upgrade must wait until its boot has been marked good, or it would be left without a fallback",
+			o.Running, run.EntryFile))
 	case slots.Bad:
-		return nil, nil, nil, none, fmt.Errorf("slot %s, the running slot, is marked bad (%s): it is no fallback for an upgrade", o.Running, run.EntryFile)
+		return nil, nil, nil, none, refused(fmt.Errorf("slot %s, the running slot, is marked bad (%s): it is no fallback for an upgrade", o.Running, run.EntryFile))
 	case slots.Empty:
-		return nil, nil, nil, none, fmt.Errorf("slot %s, the running slot, has no boot entry: it is no fallback for an upgrade", o.Running)
+		return nil, nil, nil, none, refused(fmt.Errorf("slot %s, the running slot, has no boot entry: it is no fallback for an upgrade", o.Running))
 	}
 
 	a, err := artifact.Open(o.Ref, append([]artifact.Option{artifact.WithContext(ctx)}, o.Artifact...)...)
@@ -74,40 +74,43 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *o
 		return nil, nil, nil, none, err
 	}
 	c := a.Config
+	if o.Offered != nil {
+		o.Offered(c.Version, a.Digest.String())
+	}
 	if c.Architecture != boot.Arch {
-		return nil, nil, nil, none, fmt.Errorf("artifact %s is for %s; this node is %s", o.Ref, c.Architecture, boot.Arch)
+		return nil, nil, nil, none, refused(fmt.Errorf("artifact %s is for %s; this node is %s", o.Ref, c.Architecture, boot.Arch))
 	}
 	// slate's dm-verity and init fix these; Validate allows what
 	// veritysetup allows.
 	r := c.Root
 	if r.DataBlockSize != verity.BlockSize || r.HashBlockSize != verity.BlockSize || r.Algorithm != verity.Algorithm || r.HashOffset != r.DataSize {
-		return nil, nil, nil, none, fmt.Errorf("artifact %s: root with %d/%d-byte %s blocks and the hash tree at byte %d of %d: slate nodes need %d-byte sha256 blocks and the tree right after the data",
-			o.Ref, r.DataBlockSize, r.HashBlockSize, r.Algorithm, r.HashOffset, r.DataSize, verity.BlockSize)
+		return nil, nil, nil, none, refused(fmt.Errorf("artifact %s: root with %d/%d-byte %s blocks and the hash tree at byte %d of %d: slate nodes need %d-byte sha256 blocks and the tree right after the data",
+			o.Ref, r.DataBlockSize, r.HashBlockSize, r.Algorithm, r.HashOffset, r.DataSize, verity.BlockSize))
 	}
 	if _, err := hex.DecodeString(r.RootHash); err != nil || r.RootHash == "" {
-		return nil, nil, nil, none, fmt.Errorf("artifact %s: config.root.rootHash %q is not a hex hash", o.Ref, r.RootHash)
+		return nil, nil, nil, none, refused(fmt.Errorf("artifact %s: config.root.rootHash %q is not a hex hash", o.Ref, r.RootHash))
 	}
 	if runningRootHash(infos[o.Running]) == r.RootHash {
 		return nil, nil, nil, none, fmt.Errorf("%w: slot %s already runs %s (root hash %s)", ErrUpToDate, o.Running, c.Version, r.RootHash)
 	}
 	if r.Size > t.Size {
-		return nil, nil, nil, none, fmt.Errorf("artifact %s: the root with its hash tree is %s (%d bytes), larger than slot %s's partition (%s, %d bytes)",
-			o.Ref, humanSize(r.Size), r.Size, s, humanSize(t.Size), t.Size)
+		return nil, nil, nil, none, refused(fmt.Errorf("artifact %s: the root with its hash tree is %s (%d bytes), larger than slot %s's partition (%s, %d bytes)",
+			o.Ref, humanSize(r.Size), r.Size, s, humanSize(t.Size), t.Size))
 	}
 	// After the cheap refusals, before any byte of a layer: a node reads
 	// nothing of a root no trusted key signed.
 	v, err := o.Policy.check(a)
 	if err != nil {
-		return nil, nil, nil, none, err
+		return nil, nil, nil, none, refused(err)
 	}
 	// What the signature covers (the config) is checked once it is known
 	// to be signed: no downgrade, no slate.* argument of the node's.
 	if v.downgrade, err = checkDowngrade(o, infos[o.Running], a); err != nil {
-		return nil, nil, nil, none, err
+		return nil, nil, nil, none, refused(err)
 	}
 	if arg := boot.ReservedCmdlineArg(c.Cmdline); arg != "" {
-		return nil, nil, nil, none, fmt.Errorf("artifact %s: its kernel command line carries %q: an image may set no slate.* argument but %s (slate.config would replace this node's config, its update keys included)",
-			o.Ref, arg, strings.Join(boot.ImageCmdlineArgs, ", "))
+		return nil, nil, nil, none, refused(fmt.Errorf("artifact %s: its kernel command line carries %q: an image may set no slate.* argument but %s (slate.config would replace this node's config, its update keys included)",
+			o.Ref, arg, strings.Join(boot.ImageCmdlineArgs, ", ")))
 	}
 	// The systemd-boot layer is small: read it (and check its digest) now,
 	// so a bad one refuses the artifact before anything changes, and the
@@ -140,7 +143,7 @@ func check(ctx context.Context, o *Options) (*artifact.Artifact, *loaderPlan, *o
 	}
 	if r.Size > devSize {
 		dev.Close()
-		return nil, nil, nil, none, fmt.Errorf("artifact %s: the root with its hash tree is %d bytes, larger than %s (%d bytes)", o.Ref, r.Size, t.Device, devSize)
+		return nil, nil, nil, none, refused(fmt.Errorf("artifact %s: the root with its hash tree is %d bytes, larger than %s (%d bytes)", o.Ref, r.Size, t.Device, devSize))
 	}
 	return a, lp, dev, v, nil
 }
@@ -218,8 +221,8 @@ func checkESPSpace(o *Options, a *artifact.Artifact, lp *loaderPlan) error {
 		return err
 	}
 	if need > free+old {
-		return fmt.Errorf("artifact %s: the ESP has %s free (%s once slot %s's old files are removed); %s %s",
-			o.Ref, humanSize(free), humanSize(free+old), o.Target.Slot, what, humanSize(need))
+		return refused(fmt.Errorf("artifact %s: the ESP has %s free (%s once slot %s's old files are removed); %s %s",
+			o.Ref, humanSize(free), humanSize(free+old), o.Target.Slot, what, humanSize(need)))
 	}
 	return nil
 }

@@ -26,8 +26,9 @@ func TestPrepare(t *testing.T) {
 			got = a
 			return refusal
 		}
-		if _, err := Run(context.Background(), o); !errors.Is(err, refusal) {
-			t.Fatalf("Run: %v, want the refusal", err)
+		_, err := Run(context.Background(), o)
+		if !errors.Is(err, refusal) || CheckResult(err) != CheckRefused || err.Error() != refusal.Error() {
+			t.Fatalf("Run: %v (%s), want the refusal", err, CheckResult(err))
 		}
 		if got == nil || got.Config.Version != "2.0" {
 			t.Errorf("Prepare got %+v", got)

@@ -79,6 +79,10 @@ type Options struct {
 	// with nothing written. slate upgrade fetches the node config's
 	// extensions for the new image there.
 	Prepare func(ctx context.Context, a *artifact.Artifact) error
+	// Offered, if set, is called once the artifact is opened, before it
+	// is checked, with the version and manifest digest it offers: slate
+	// upgrade records what it was offered whatever the outcome.
+	Offered func(version, digest string)
 }
 
 // Result describes a finished upgrade.
@@ -116,7 +120,7 @@ type Result struct {
 //
 // No line is logged when a check refuses the artifact; Options.Prepare runs
 // after the first lines and may refuse it too. Either way nothing was
-// changed.
+// changed, and the error wraps ErrRefused (or ErrUpToDate).
 func Run(ctx context.Context, o Options) (*Result, error) {
 	start := time.Now()
 	logf := o.Log
@@ -150,7 +154,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.Prepare != nil {
 		if err := o.Prepare(ctx, a); err != nil {
-			return nil, err
+			return nil, refused(err)
 		}
 	}
 	res := &Result{Slot: s, Version: cfg.Version, Digest: a.Digest.String(), SignedBy: signedBy, RootHash: cfg.Root.RootHash, RootBytes: cfg.Root.Size}

@@ -496,11 +496,29 @@ func TestRefused(t *testing.T) {
 			if c.ctx != nil {
 				ctx = c.ctx()
 			}
+			var offered string
+			o.Offered = func(version, digest string) { offered = version + " " + digest }
 			_, err := Run(ctx, o)
 			t.Log(err)
 			want := strings.ReplaceAll(c.want, "DEVICE", n.device)
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("error %v\nwant %q", err, want)
+			}
+			// What slate upgrade records (LastCheck): a check that said no is
+			// a refusal, what could not be read or done a failure.
+			result := CheckRefused
+			switch c.name {
+			case "already running":
+				result = CheckUpToDate
+			case "no such artifact", "canceled", "target is running", "bad systemd-boot digest", "bad systemd-boot digest, signed":
+				result = CheckError
+			}
+			if got := CheckResult(err); got != result {
+				t.Errorf("CheckResult: %s, want %s", got, result)
+			}
+			if opened := !slices.Contains([]string{"no such artifact", "canceled", "target is running", "running slot on trial", "running slot bad"}, c.name) &&
+				!strings.HasPrefix(c.name, "nothing trusted"); opened != (offered != "") {
+				t.Errorf("offered %q", offered)
 			}
 			if len(n.log) > 0 {
 				t.Errorf("logged steps: %q", n.log)
@@ -568,6 +586,9 @@ func TestFailed(t *testing.T) {
 			t.Log(err)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %v\nwant %q", err, c.want)
+			}
+			if got := CheckResult(err); got != CheckError {
+				t.Errorf("CheckResult: %s, want %s", got, CheckError)
 			}
 			if !strings.Contains(err.Error(), "slot b has no boot entry now; slot a boots as before") {
 				t.Errorf("error does not say what is left: %v", err)

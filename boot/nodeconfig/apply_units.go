@@ -48,9 +48,16 @@ func (p *planner) findUnit(name unitName, s string) (text, at string, err error)
 	return "", "", fs.ErrNotExist
 }
 
-// ExtensionFetchUnit fetches the node config's extension references
-// (builder/nodefiles installs it, without enabling it).
-const ExtensionFetchUnit = "slate-sysext-fetch.service"
+// The agent's units Apply enables when the config asks for what they do
+// (builder/nodefiles installs them, without enabling them).
+const (
+	// ExtensionFetchUnit fetches the config's extension references.
+	ExtensionFetchUnit = "slate-sysext-fetch.service"
+	// LogshipUnit ships the journal to logging.collector.
+	LogshipUnit = "slate-logship.service"
+	// MetricsUnit serves or writes the metrics.
+	MetricsUnit = "slate-metrics.service"
+)
 
 func (p *planner) planUnits(c *Config, a *Applied) error {
 	contents := map[string]string{}
@@ -79,17 +86,28 @@ func (p *planner) planUnits(c *Config, a *Applied) error {
 			}
 		}
 	}
-	// Extension references are fetched by the agent once the network is
-	// up: its unit is enabled only on nodes whose config names one, so no
-	// other node waits for network-online.target. An image without the
-	// unit (not built by slate) has nothing to enable.
-	if slices.ContainsFunc(c.Extensions, IsExtensionRef) {
-		name, _ := parseUnitName(ExtensionFetchUnit)
-		if _, _, err := p.findUnit(name, ExtensionFetchUnit); err == nil {
-			if err := p.enable("extensions", ExtensionFetchUnit, true, map[string]bool{}); err != nil {
+	// The agent's optional units are enabled only on nodes whose config
+	// asks for what they do: extension references are fetched once the
+	// network is up, so no other node waits for network-online.target; the
+	// journal is shipped, metrics served. An image without the unit (not
+	// built by slate, or by an older one) has nothing to enable.
+	for _, agent := range []struct {
+		unit, field string
+		want        bool
+	}{
+		{ExtensionFetchUnit, "extensions", slices.ContainsFunc(c.Extensions, IsExtensionRef)},
+		{LogshipUnit, "logging.collector", c.Logging.Collector != ""},
+		{MetricsUnit, "metrics", c.Metrics.Listen != "" || c.Metrics.Textfile != ""},
+	} {
+		if !agent.want {
+			continue
+		}
+		name, _ := parseUnitName(agent.unit)
+		if _, _, err := p.findUnit(name, agent.unit); err == nil {
+			if err := p.enable(agent.field, agent.unit, true, map[string]bool{}); err != nil {
 				return err
 			}
-			a.Enabled = append(a.Enabled, ExtensionFetchUnit)
+			a.Enabled = append(a.Enabled, agent.unit)
 		}
 	}
 	// Enable and disable once every unit file the config writes is planned.

@@ -23,6 +23,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -90,6 +91,12 @@ type Config struct {
 	Health Health `yaml:"health,omitempty" json:"health,omitzero"`
 	// Access is emergency access; none unless breakGlass is true.
 	Access Access `yaml:"access,omitempty" json:"access,omitzero"`
+	// Logging ships the node's journal off the node. Recorded only: the
+	// agent's slate-logship.service, enabled when a collector is given.
+	Logging Logging `yaml:"logging,omitempty" json:"logging,omitzero"`
+	// Metrics exposes the node's state to Prometheus. Recorded only: the
+	// agent's slate-metrics.service, enabled when either field is set.
+	Metrics Metrics `yaml:"metrics,omitempty" json:"metrics,omitzero"`
 }
 
 // File is a regular file under /etc or /run.
@@ -213,6 +220,55 @@ type Access struct {
 	// SSHAuthorizedKeys are OpenSSH public key lines for root, written to
 	// /etc/ssh/authorized_keys.d/root.
 	SSHAuthorizedKeys []string `yaml:"sshAuthorizedKeys,omitempty" json:"sshAuthorizedKeys,omitempty"`
+	// Expires ends break-glass at this time (RFC 3339): the agent then
+	// does AfterExpiry, and a boot after it applies the config without
+	// access (the rest of the config still applies). It needs breakGlass.
+	Expires *Time `yaml:"expires,omitempty" json:"expires,omitempty"`
+	// AfterExpiry is what the agent does at Expires: "reboot" (the
+	// default: the node comes back on its config without access) or
+	// "poweroff" (the platform replaces it).
+	AfterExpiry string `yaml:"afterExpiry,omitempty" json:"afterExpiry,omitempty"`
+}
+
+// What the agent does when break-glass expires.
+const (
+	AfterExpiryReboot   = "reboot"
+	AfterExpiryPoweroff = "poweroff"
+)
+
+// Expired says whether break-glass has expired at now: a config whose
+// access expired grants none.
+func (a *Access) Expired(now time.Time) bool {
+	return a.BreakGlass && a.Expires != nil && !now.Before(a.Expires.Time)
+}
+
+// Logging is where the node's journal goes.
+type Logging struct {
+	// Collector is tls://HOST:PORT (RFC 5424 syslog over TLS, RFC 5425)
+	// or tcp://HOST:PORT (over plain TCP with octet counting, RFC 6587,
+	// for a private network).
+	Collector string `yaml:"collector,omitempty" json:"collector,omitempty"`
+	// CA is the PEM bundle the collector's certificate must chain to;
+	// empty means the image's system roots.
+	CA string `yaml:"ca,omitempty" json:"ca,omitempty"`
+	// ClientCertificate and ClientKey (PEM) authenticate the node to the
+	// collector; both or neither.
+	ClientCertificate string `yaml:"clientCertificate,omitempty" json:"clientCertificate,omitempty"`
+	ClientKey         string `yaml:"clientKey,omitempty" json:"clientKey,omitempty"`
+	// ServerName is the name the collector's certificate must carry; empty
+	// means the collector's host.
+	ServerName string `yaml:"serverName,omitempty" json:"serverName,omitempty"`
+}
+
+// Metrics is how the node's state reaches Prometheus.
+type Metrics struct {
+	// Listen is the address the agent serves /metrics on, HOST:PORT
+	// (":9437" for every address); empty: not served.
+	Listen string `yaml:"listen,omitempty" json:"listen,omitempty"`
+	// Textfile is a file the agent keeps the metrics in, for
+	// node_exporter's textfile collector: an absolute path under /var or
+	// /run ending in .prom.
+	Textfile string `yaml:"textfile,omitempty" json:"textfile,omitempty"`
 }
 
 // Parse decodes and validates a node config, YAML or JSON. Errors are

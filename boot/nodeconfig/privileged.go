@@ -14,6 +14,7 @@ package nodeconfig
 
 import (
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -154,4 +155,20 @@ func (p *planner) checkPrivileged(breakGlass bool) error {
 		}
 	}
 	return nil
+}
+
+// WithoutAccess is c as it applies once its break-glass has expired
+// (Access.Expired): no access fields, and none of the files, directories
+// and links that only breakGlass allows, so that the rest of the config
+// still applies. A write that reaches a guarded path through an image's
+// symlink is still refused by Apply, which then applies nothing.
+func (c *Config) WithoutAccess() *Config {
+	d := *c
+	d.Access = Access{}
+	d.Files = slices.DeleteFunc(slices.Clone(c.Files), func(f File) bool {
+		return privileged(f.Path) != "" || f.Mode != nil && *f.Mode&setID != 0
+	})
+	d.Directories = slices.DeleteFunc(slices.Clone(c.Directories), func(x Directory) bool { return privileged(x.Path) != "" })
+	d.Links = slices.DeleteFunc(slices.Clone(c.Links), func(l Link) bool { return privileged(l.Path) != "" })
+	return &d
 }

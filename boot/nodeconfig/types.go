@@ -223,3 +223,21 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 	*d = v
 	return nil
 }
+
+// Time is an RFC 3339 time ("2026-12-07T18:00:00Z"); in JSON as
+// time.Time writes it.
+type Time struct{ time.Time }
+
+func (t *Time) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!str" && n.Tag != "!!timestamp") {
+		return fmt.Errorf("want an RFC 3339 time like \"2026-12-07T18:00:00Z\", got %s", strictyaml.Describe(n))
+	}
+	v, err := time.Parse(time.RFC3339, n.Value)
+	if err != nil {
+		return fmt.Errorf("want an RFC 3339 time like \"2026-12-07T18:00:00Z\", got %s", q(n.Value))
+	}
+	t.Time = v
+	return nil
+}
+
+func (t Time) MarshalYAML() (any, error) { return t.UTC().Format(time.RFC3339), nil }

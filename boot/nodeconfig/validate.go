@@ -183,6 +183,12 @@ func (c *Config) Validate() error {
 	if err := c.Access.check(); err != nil {
 		return err
 	}
+	if err := c.Logging.check(); err != nil {
+		return err
+	}
+	if err := c.Metrics.check(); err != nil {
+		return err
+	}
 	return checkConflicts(c.entries())
 }
 
@@ -646,6 +652,96 @@ func (a *Access) check() error {
 	for i, k := range a.SSHAuthorizedKeys {
 		if err := checkSSHKey(k); err != nil {
 			return fe(idx("access.sshAuthorizedKeys", i), "%v", err)
+		}
+	}
+	if a.Expires != nil && !a.BreakGlass {
+		return fe("access.expires", "needs access.breakGlass: true")
+	}
+	switch a.AfterExpiry {
+	case "":
+	case AfterExpiryReboot, AfterExpiryPoweroff:
+		if a.Expires == nil {
+			return fe("access.afterExpiry", "needs access.expires")
+		}
+	default:
+		return fe("access.afterExpiry", "got %s, want %q or %q", q(a.AfterExpiry), AfterExpiryReboot, AfterExpiryPoweroff)
+	}
+	return nil
+}
+
+func (l *Logging) check() error {
+	if l.Collector == "" {
+		if l.CA != "" || l.ClientCertificate != "" || l.ClientKey != "" || l.ServerName != "" {
+			return fe("logging.collector", "missing: the other logging fields need a collector (tls://HOST:PORT)")
+		}
+		return nil
+	}
+	scheme, hostport, ok := strings.Cut(l.Collector, "://")
+	if !ok || (scheme != "tls" && scheme != "tcp") || !hostPortRe.MatchString(hostport) {
+		return fe("logging.collector", "%s is not tls://HOST:PORT or tcp://HOST:PORT", q(l.Collector))
+	}
+	if scheme == "tcp" && (l.CA != "" || l.ClientCertificate != "" || l.ClientKey != "") {
+		return fe("logging.collector", "%s is plain TCP, but the config gives TLS settings: write tls://", q(l.Collector))
+	}
+	if l.CA != "" {
+		if err := checkPEM(l.CA, "CERTIFICATE"); err != nil {
+			return fe("logging.ca", "%v", err)
+		}
+	}
+	if (l.ClientCertificate == "") != (l.ClientKey == "") {
+		return fe("logging.clientKey", "clientCertificate and clientKey go together")
+	}
+	if l.ClientCertificate != "" {
+		if err := checkPEM(l.ClientCertificate, "CERTIFICATE"); err != nil {
+			return fe("logging.clientCertificate", "%v", err)
+		}
+		if err := checkPEM(l.ClientKey, "PRIVATE KEY"); err != nil {
+			return fe("logging.clientKey", "%v", err)
+		}
+	}
+	return nil
+}
+
+// hostPortRe is HOST:PORT: a DNS name, an IPv4 address or a bracketed
+// IPv6 address (the agent resolves and dials it; this only catches typos).
+var hostPortRe = regexp.MustCompile(`^([A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):([1-9][0-9]{0,4})$`)
+
+// checkPEM checks that s is PEM blocks of the given type (a suffix:
+// "PRIVATE KEY" takes "EC PRIVATE KEY" too); the agent parses them.
+func checkPEM(s, typ string) error {
+	rest := []byte(s)
+	n := 0
+	for {
+		b, r := pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if !strings.HasSuffix(b.Type, typ) {
+			return fmt.Errorf("a PEM block of type %s, want %s", q(b.Type), typ)
+		}
+		n++
+		rest = r
+	}
+	if n == 0 || len(bytes.TrimSpace(rest)) > 0 {
+		return fmt.Errorf("not PEM (-----BEGIN %s-----)", typ)
+	}
+	return nil
+}
+
+func (m *Metrics) check() error {
+	if m.Listen != "" {
+		host, port, ok := strings.Cut(m.Listen, ":")
+		if strings.HasPrefix(m.Listen, "[") {
+			i := strings.LastIndex(m.Listen, "]:")
+			host, port, ok = m.Listen[:i+1], m.Listen[i+2:], i > 0
+		}
+		if !ok || (host != "" && !hostPortRe.MatchString(host+":1")) || !regexp.MustCompile(`^[1-9][0-9]{0,4}$`).MatchString(port) {
+			return fe("metrics.listen", "%s is not HOST:PORT or :PORT", q(m.Listen))
+		}
+	}
+	if t := m.Textfile; t != "" {
+		if path.Clean(t) != t || !strings.HasSuffix(t, ".prom") || !(strings.HasPrefix(t, "/var/") || strings.HasPrefix(t, "/run/")) {
+			return fe("metrics.textfile", "%s is not a clean absolute path under /var or /run ending in .prom", q(t))
 		}
 	}
 	return nil

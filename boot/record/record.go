@@ -196,6 +196,9 @@ type Config struct {
 	// longer pristine. The node stays tainted on later boots, whatever
 	// their config: see Record.Taint.
 	Tainted bool `json:"tainted"`
+	// AccessExpired is set when the config's break-glass had expired
+	// (access.expires) at boot: it was applied without its access.
+	AccessExpired *time.Time `json:"accessExpired,omitempty"`
 	// Hostname is the hostname the config set, "" if none.
 	Hostname string `json:"hostname,omitempty"`
 	// Files are the files the config wrote, absolute paths on the node.

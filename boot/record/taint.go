@@ -29,6 +29,68 @@ type Taint struct {
 	Last             time.Time `json:"last"`
 	LastConfigSHA256 string    `json:"last_config_sha256"`
 	Boots            int       `json:"boots"`
+	// Logins are the interactive logins seen on the node (the agent's
+	// slate-access.service, from utmp), oldest first, the newest
+	// MaxLogins kept; LoginsTotal counts them all. A login taints a node
+	// whatever its config: Since is then the first login's time when no
+	// config tainted it before.
+	Logins      []Login `json:"logins,omitempty"`
+	LoginsTotal int     `json:"logins_total,omitempty"`
+}
+
+// Login is one interactive login: who, when and how.
+type Login struct {
+	Time time.Time `json:"time"`
+	User string    `json:"user"`
+	// TTY is the terminal (ttyS0, tty1, pts/0).
+	TTY string `json:"tty"`
+	// Host is the remote host of an SSH login; empty on a console.
+	Host string `json:"host,omitempty"`
+	// Via says how: "serial console", "console", "ssh" (a remote
+	// pseudo-terminal), "pseudo-terminal".
+	Via string `json:"via"`
+	// Boot is the boot id of the boot the login happened in.
+	Boot string `json:"boot,omitempty"`
+}
+
+// MaxLogins bounds the logins a taint record keeps.
+const MaxLogins = 100
+
+func (l Login) String() string {
+	s := fmt.Sprintf("%s on %s (%s)", l.User, l.TTY, l.Via)
+	if l.Host != "" {
+		s += " from " + l.Host
+	}
+	return s + " at " + l.Time.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+// AddLogins records logins at path (durably, as MarkTainted does),
+// tainting a node that was not. It returns the taint as written.
+func AddLogins(path string, logins ...Login) (*Taint, error) {
+	t, _ := ReadTaint(path)
+	if t == nil {
+		t = &Taint{}
+	}
+	if t.Since.IsZero() && len(logins) > 0 {
+		t.Since = logins[0].Time
+	}
+	t.Logins = append(t.Logins, logins...)
+	t.LoginsTotal += len(logins)
+	if n := len(t.Logins); n > MaxLogins {
+		t.Logins = t.Logins[n-MaxLogins:]
+	}
+	return t, writeTaint(path, t)
+}
+
+func writeTaint(path string, t *Taint) error {
+	b, err := json.MarshalIndent(t, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return fsync.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // Where the taint is kept.
@@ -63,18 +125,14 @@ func ReadTaint(path string) (*Taint, error) {
 func MarkTainted(path string, at time.Time, sha256, source string) (*Taint, error) {
 	t, _ := ReadTaint(path)
 	if t == nil {
-		t = &Taint{Since: at, ConfigSHA256: sha256, Source: source}
+		t = &Taint{Since: at}
+	}
+	if t.ConfigSHA256 == "" {
+		t.ConfigSHA256, t.Source = sha256, source
 	}
 	t.Last, t.LastConfigSHA256 = at, sha256
 	t.Boots++
-	b, err := json.MarshalIndent(t, "", "  ")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	if err := fsync.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+	if err := writeTaint(path, t); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -83,13 +141,19 @@ func MarkTainted(path string, at time.Time, sha256, source string) (*Taint, erro
 // String is the taint on one line: "since 2026-01-02 03:04:05Z, by config
 // sha256:0123456789ab… from fw_cfg".
 func (t Taint) String() string {
-	s := "since " + t.Since.UTC().Format("2006-01-02 15:04:05Z") + ", by config sha256:" + shortHash(t.ConfigSHA256)
-	if t.Source != "" {
-		s += " from " + t.Source
+	s := "since " + t.Since.UTC().Format("2006-01-02 15:04:05Z")
+	if t.ConfigSHA256 != "" {
+		s += ", by config sha256:" + shortHash(t.ConfigSHA256)
+		if t.Source != "" {
+			s += " from " + t.Source
+		}
 	}
 	if t.Boots > 1 && t.LastConfigSHA256 != "" {
 		s += fmt.Sprintf("; %d boots with breakGlass, the last %s (config sha256:%s)", t.Boots,
 			t.Last.UTC().Format("2006-01-02 15:04:05Z"), shortHash(t.LastConfigSHA256))
+	}
+	if n := t.LoginsTotal; n > 0 {
+		s += fmt.Sprintf("; %d interactive login(s), the last %s", n, t.Logins[len(t.Logins)-1])
 	}
 	return s
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -24,11 +25,11 @@ func TestTaint(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Taint{Since: t1, ConfigSHA256: sha1, Source: "fw_cfg", Last: t1, LastConfigSHA256: sha1, Boots: 1}
-	if *w != want {
+	if !reflect.DeepEqual(*w, want) {
 		t.Errorf("written: %+v", w)
 	}
 	back, err := ReadTaint(path)
-	if err != nil || back == nil || *back != want {
+	if err != nil || back == nil || !reflect.DeepEqual(*back, want) {
 		t.Fatalf("read back: %+v %v", back, err)
 	}
 	raw, _ := os.ReadFile(path)
@@ -48,7 +49,7 @@ func TestTaint(t *testing.T) {
 	}
 	back, _ = ReadTaint(path)
 	want = Taint{Since: t1, ConfigSHA256: sha1, Source: "fw_cfg", Last: t2, LastConfigSHA256: sha2, Boots: 2}
-	if back == nil || *back != want {
+	if back == nil || !reflect.DeepEqual(*back, want) {
 		t.Errorf("second boot: %+v", back)
 	}
 	if s := back.String(); !strings.Contains(s, "; 2 boots with breakGlass, the last 2026-03-03 10:00:00Z (config sha256:cdcdcdcdcdcd…)") {
@@ -99,5 +100,36 @@ func TestRecordErrorsCapped(t *testing.T) {
 	// Marshal does not change the record itself.
 	if r.Error != huge || r.Config.Error != huge || r.Warnings[1] != huge || r.PreviousFailure.Error != huge {
 		t.Error("Marshal cut the record in place")
+	}
+}
+
+// A login taints a node, and a later breakGlass config keeps the login's
+// time as Since; the logins are bounded.
+func TestAddLogins(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tainted")
+	t1 := time.Date(2026, 3, 1, 10, 0, 0, 0, time.UTC)
+	l := Login{Time: t1, User: "root", TTY: "ttyS1", Via: "serial console", Boot: "b1"}
+	tt, err := AddLogins(path, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tt.Since.Equal(t1) || tt.ConfigSHA256 != "" || tt.LoginsTotal != 1 || len(tt.Logins) != 1 {
+		t.Errorf("after a login: %+v", tt)
+	}
+	if s := tt.String(); s != "since 2026-03-01 10:00:00Z; 1 interactive login(s), the last root on ttyS1 (serial console) at 2026-03-01 10:00:00Z" {
+		t.Errorf("String: %s", s)
+	}
+	if tt, err = MarkTainted(path, t1.Add(time.Hour), "abab", "fw_cfg"); err != nil || !tt.Since.Equal(t1) || tt.ConfigSHA256 != "abab" || tt.LoginsTotal != 1 {
+		t.Errorf("a breakGlass boot after the login: %+v, %v", tt, err)
+	}
+	for i := range MaxLogins + 5 {
+		l.Time = t1.Add(time.Duration(i) * time.Minute)
+		if _, err := AddLogins(path, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back, err := ReadTaint(path)
+	if err != nil || len(back.Logins) != MaxLogins || back.LoginsTotal != MaxLogins+6 || !back.Logins[MaxLogins-1].Time.Equal(l.Time) {
+		t.Errorf("bounded logins: %d kept, %d total, %v", len(back.Logins), back.LoginsTotal, err)
 	}
 }

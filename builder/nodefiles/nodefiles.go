@@ -117,9 +117,15 @@ const (
 	SysextWants     = UnitDir + "/sysinit.target.wants/slate-sysext.service"
 	SysextFetchUnit = UnitDir + "/slate-sysext-fetch.service"
 	PlatformUnit    = UnitDir + "/slate-platform-ready.service"
-	PlatformWants   = UnitDir + "/multi-user.target.wants/slate-platform-ready.service"
-	ImageInfo       = boot.ImageInfoFile
-	UpdateKeysDir   = boot.UpdateKeysDir
+	LogshipUnit     = UnitDir + "/slate-logship.service"
+	MetricsUnit     = UnitDir + "/slate-metrics.service"
+	AccessUnit      = UnitDir + "/slate-access.service"
+	AccessWants     = UnitDir + "/multi-user.target.wants/slate-access.service"
+	// AccessLink is the target of slate-access.service's link.
+	AccessLink    = "../slate-access.service"
+	PlatformWants = UnitDir + "/multi-user.target.wants/slate-platform-ready.service"
+	ImageInfo     = boot.ImageInfoFile
+	UpdateKeysDir = boot.UpdateKeysDir
 	// HealthLink is the target of both enabling symlinks.
 	HealthLink = "../slate-health.service"
 	// SysextLink is the target of slate-sysext.service's link.
@@ -226,6 +232,54 @@ TimeoutStartSec=30min
 WantedBy=multi-user.target
 `
 
+// LogshipService is slate-logship.service: it ships the journal, and the
+// logs kept from boots that rolled back, to the node config's collector.
+// Enabled per boot by the node config's Apply when the config names a
+// collector. A collector that is down delays nothing: the unit waits for
+// nothing to start and nothing waits for it.
+const LogshipService = `[Unit]
+Description=slate: ship the journal to the node config's log collector
+Documentation=https://github.com/slate-os/slate
+After=network-online.target slate-health.service
+Wants=network-online.target
+[Service]
+ExecStart=/usr/bin/slate logs ship
+Restart=always
+RestartSec=5
+[Install]
+WantedBy=multi-user.target
+`
+
+// MetricsService is slate-metrics.service: the node's state as Prometheus
+// metrics, served and/or written as a node_exporter textfile. Enabled per
+// boot by Apply when the config sets metrics.listen or metrics.textfile.
+const MetricsService = `[Unit]
+Description=slate: the node's state as Prometheus metrics
+Documentation=https://github.com/slate-os/slate
+After=network.target
+[Service]
+ExecStart=/usr/bin/slate metrics serve
+Restart=always
+RestartSec=5
+[Install]
+WantedBy=multi-user.target
+`
+
+// AccessService is slate-access.service, enabled in the image: it records
+// every interactive login (they taint the node) and ends break-glass at
+// the config's access.expires.
+const AccessService = `[Unit]
+Description=slate: record logins, which taint the node, and end break-glass at its expiry
+Documentation=https://github.com/slate-os/slate
+[Service]
+ExecStart=/usr/bin/slate access watch
+Restart=always
+RestartSec=5
+StandardOutput=journal+console
+StandardError=journal+console
+# No [Install]: the image enables it by the link in multi-user.target.wants.
+`
+
 // PlatformReadyService is slate-platform-ready.service.
 const PlatformReadyService = `[Unit]
 Description=slate: tell the cloud platform the node booted (Azure: report ready)
@@ -317,6 +371,10 @@ func tarball(agent []byte, im Image, mtime time.Time) ([]byte, error) {
 		SysextFetchUnit: {typ: tar.TypeReg, mode: 0o644, body: []byte(SysextFetchService)},
 		PlatformUnit:    {typ: tar.TypeReg, mode: 0o644, body: []byte(PlatformReadyService)},
 		PlatformWants:   {typ: tar.TypeSymlink, mode: 0o777, link: PlatformLink},
+		LogshipUnit:     {typ: tar.TypeReg, mode: 0o644, body: []byte(LogshipService)},
+		MetricsUnit:     {typ: tar.TypeReg, mode: 0o644, body: []byte(MetricsService)},
+		AccessUnit:      {typ: tar.TypeReg, mode: 0o644, body: []byte(AccessService)},
+		AccessWants:     {typ: tar.TypeSymlink, mode: 0o777, link: AccessLink},
 	}
 	if agent != nil {
 		files[AgentPath] = entry{typ: tar.TypeReg, mode: 0o755, body: agent}

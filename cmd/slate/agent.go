@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -171,7 +172,11 @@ carried by the new image. Otherwise the upgrade is refused, naming every
 entry and why. The store then keeps only what the config names, for the new
 image and the running one (a rollback needs its extensions).`,
 		Args: cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			// Every run is recorded, whatever its outcome (slate status and
+			// slate metrics show it), and before a reboot.
+			check := &upgrade.LastCheck{}
+			defer func() { recordUpdateCheck(check, err) }()
 			cfg, err := nodeConfig()
 			if err != nil {
 				return err
@@ -180,6 +185,7 @@ image and the running one (a rollback needs its extensions).`,
 			if len(args) == 1 {
 				ref = args[0]
 			}
+			check.Ref = ref
 			if ref == "" {
 				return errors.New("no artifact: give REF or oci:DIR, or set update.source in the node config")
 			}
@@ -218,7 +224,9 @@ image and the running one (a rollback needs its extensions).`,
 				Policy:         *pol,
 				Image:          info,
 				AllowDowngrade: allowDowngrade,
+				Offered:        func(version, digest string) { check.Version, check.Digest = version, digest },
 			})
+			recordUpdateCheck(check, err)
 			if errors.Is(err, upgrade.ErrUpToDate) {
 				fmt.Printf("upgrade: %v: nothing to do\n", err)
 				return nil
@@ -240,6 +248,30 @@ image and the running one (a rollback needs its extensions).`,
 	c.Flags().BoolVar(&noReboot, "no-reboot", false, "write the slot but do not reboot")
 	c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "install an artifact whose image was created before the running one")
 	return c
+}
+
+// updateCheckPath is where slate upgrade keeps the last update check.
+var updateCheckPath = filepath.Join(StateDir, upgrade.LastCheckFileName)
+
+// recordUpdateCheck keeps check, with the outcome err, as the last update
+// check (updateCheckPath), once per run. A record that cannot be written is
+// a warning: the upgrade goes on. Off a node (no StateDir: slate-health
+// makes it on every boot) nothing is recorded.
+func recordUpdateCheck(check *upgrade.LastCheck, err error) {
+	if !check.Time.IsZero() {
+		return // recorded already
+	}
+	check.Time = time.Now().UTC()
+	check.Result = upgrade.CheckResult(err)
+	if err != nil && check.Result != upgrade.CheckUpToDate {
+		check.Error = err.Error()
+	}
+	if _, err := os.Stat(filepath.Dir(updateCheckPath)); err != nil {
+		return
+	}
+	if err := upgrade.WriteLastCheck(updateCheckPath, *check); err != nil {
+		fmt.Fprintf(os.Stderr, "slate: upgrade: warning: recording the update check: %v\n", err)
+	}
 }
 
 // sameRegistry says whether ref is on the registry the node config names:
@@ -289,20 +321,9 @@ func statusCmd() *cobra.Command {
 		Short: "Show both slots, the running one, the last rollback, the init's last failure, the node config and its extensions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, esp, err := agentNode()
+			st, err := gatherStatus()
 			if err != nil {
 				return err
-			}
-			st, err := status.Gather(n, esp, &history.Store{Dir: StateDir})
-			if err != nil {
-				return err
-			}
-			if cfg, err := nodeConfig(); err == nil {
-				st.Update = updateStatus(cfg)
-				st.Extensions, st.ExtensionsError = extensionsStatus(cfg)
-			} else {
-				st.Update = &status.Update{Policy: status.PolicyRefused, Error: err.Error()}
-				st.Extensions, st.ExtensionsError = extensionsStatus(nil)
 			}
 			if asJSON {
 				return printJSON(st)
@@ -312,6 +333,28 @@ func statusCmd() *cobra.Command {
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return c
+}
+
+// gatherStatus is what slate status shows and slate metrics exports: the
+// node, its ESP and the state partition, with what the node config says of
+// updates and extensions.
+func gatherStatus() (*status.Status, error) {
+	n, esp, err := agentNode()
+	if err != nil {
+		return nil, err
+	}
+	st, err := status.Gather(n, esp, &history.Store{Dir: StateDir})
+	if err != nil {
+		return nil, err
+	}
+	if cfg, err := nodeConfig(); err == nil {
+		st.Update = updateStatus(cfg)
+		st.Extensions, st.ExtensionsError = extensionsStatus(cfg)
+	} else {
+		st.Update = &status.Update{Policy: status.PolicyRefused, Error: err.Error()}
+		st.Extensions, st.ExtensionsError = extensionsStatus(nil)
+	}
+	return st, nil
 }
 
 func healthCmd() *cobra.Command {

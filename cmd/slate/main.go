@@ -28,7 +28,7 @@ rollback, status and the boot health check.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(buildCmd(), runCmd(), testCmd(), keygenCmd(), signCmd(), pushCmd(), inspectCmd(), configCmd(), versionCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd(), sysextCmd(), platformCmd())
+	root.AddCommand(buildCmd(), runCmd(), testCmd(), keygenCmd(), signCmd(), pushCmd(), inspectCmd(), configCmd(), versionCmd(), upgradeCmd(), rollbackCmd(), statusCmd(), healthCmd(), espCmd(), sysextCmd(), platformCmd(), accessCmd(), metricsCmd(), logsCmd())
 	setVersionFlag(root)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "slate:", err)

@@ -179,7 +179,7 @@ func TestSlateTestBrokenV2(t *testing.T) {
 	if rep.Passed || len(rep.Results) != 1 || rep.Results[0].Status != nodetest.Fail {
 		t.Fatalf("report: %+v; want the upgrade scenario failed", rep)
 	}
-	if r := rep.Results[0].Reason; !strings.Contains(r, "slot b (1.1-broken)") || !strings.Contains(r, app) {
+	if r := rep.Results[0].Reason; !strings.Contains(r, "slot b (1.1-broken): NOT healthy") || !strings.Contains(r, app) {
 		t.Errorf("the failure's reason %q does not name the slot b boot and %s", r, app)
 	}
 	if j.Failures != 1 || len(j.Suites) != 1 || j.Suites[0].Cases[0].Failure == nil {

@@ -186,9 +186,15 @@ func takeSnapshot(t *testing.T, m *vm.Machine, name string) snapshot {
 // start powers on a new node from s (s itself is never written).
 func (s snapshot) start(t *testing.T, name, script string) *vm.Machine {
 	t.Helper()
+	return s.startConfig(t, name, script, nodeConfig(testRegistry(t)))
+}
+
+// startConfig is start with another node config.
+func (s snapshot) startConfig(t *testing.T, name, script, config string) *vm.Machine {
+	t.Helper()
 	vars := filepath.Join(t.TempDir(), "vars.fd")
 	testnode.Cmd(t, "cp", s.vars, vars)
-	return startNode(t, name, s.disk, "qcow2", vars, script)
+	return startNodeConfig(t, name, s.disk, "qcow2", vars, script, config)
 }
 
 // bootRun is one boot as the console showed it.

@@ -224,7 +224,12 @@ func rollbackTo(t *testing.T, m *vm.Machine, want string, max int) []*bootRun {
 	script := probe + `
 status
 echo "KEPT=$(cat /var/lib/slate/rollbacks/*/console.txt 2>/dev/null | grep -c 'Attempted to kill init')"
-if [ "$(cat ` + VersionFile + `)" = ` + want + ` ]; then echo poweroff > /run/slate-test.after; fi
+if [ "$(cat ` + VersionFile + `)" = ` + want + ` ]; then
+	# slate-logship marks a rollback's logs shipped once the collector has them.
+	i=0; while [ -z "$(ls /var/lib/slate/rollbacks/*/shipped 2>/dev/null)" ] && [ $i -lt 90 ]; do sleep 1; i=$((i+1)); done
+	echo "SHIPPED=$(ls /var/lib/slate/rollbacks/*/shipped 2>/dev/null | wc -l)"
+	echo poweroff > /run/slate-test.after
+fi
 `
 	var boots []*bootRun
 	for i := range max {
@@ -246,11 +251,12 @@ if [ "$(cat ` + VersionFile + `)" = ` + want + ` ]; then echo poweroff > /run/sl
 
 // upgradeFromV2 starts a node from scenario 1's snapshot and upgrades it
 // to the named image (slot A); the agent reboots.
-func upgradeFromV2(t *testing.T, name string) (*vm.Machine, *published) {
+func upgradeFromV2(t *testing.T, name string, extraConfig ...string) (*vm.Machine, *published) {
 	t.Helper()
 	n := nodeOnV2(t)
 	p := image(t, name)
-	m := n.Snap.start(t, name, probe+"status\nagent UPGRADE slate upgrade "+p.Ref+"\n")
+	m := n.Snap.startConfig(t, name, probe+"status\nagent UPGRADE slate upgrade "+p.Ref+"\n",
+		nodeConfigFor(testRegistry(t).Source(), strings.Join(extraConfig, "")))
 	expectStep(t, m, "upgrade: slot a holds", upgradeTimeout)
 	b := waitBoot(t, m, exitTimeout)
 	if b.Slot != "b" || b.Version != "v2" || b.Exit.Reason != "guest-reset" {
@@ -293,7 +299,8 @@ func checkRolledBack(t *testing.T, final *bootRun, bad string) *rollback {
 // boots v2 again, and status names the panic and shows v3's console.
 func TestKernelPanicRollsBack(t *testing.T) {
 	begin(t)
-	m, _ := upgradeFromV2(t, "v3-panic")
+	col := testnode.NewCollector(t)
+	m, _ := upgradeFromV2(t, "v3-panic", fmt.Sprintf("logging:\n  collector: tcp://%s:%d\n", GuestHost, col.Port))
 	boots := rollbackTo(t, m, "v2", 6)
 	trials := boots[:len(boots)-1]
 	if len(trials) != 3 {
@@ -315,6 +322,13 @@ func TestKernelPanicRollsBack(t *testing.T) {
 	}
 	if k, _ := strconv.Atoi(boots[len(boots)-1].Script.Get("KEPT")); k == 0 {
 		t.Error("no console.txt under /var/lib/slate/rollbacks holds the panic")
+	}
+	// The good boot after the rollback ships the kept console, marked as
+	// a failed boot's.
+	if msg, err := col.Await(vm.Scale(2*time.Minute), "slate-rollback", `file="console.txt"`, "Attempted to kill init"); err != nil {
+		t.Error(err)
+	} else {
+		t.Logf("at the collector: %s", msg)
 	}
 }
 

@@ -241,6 +241,16 @@ func configure(ctx context.Context, srcs []configsrc.Source, root string, prepar
 	if err != nil {
 		return fail(record.ConfigFailedParse, from+" is invalid", err)
 	}
+	// Break-glass that has expired grants nothing: the rest of the config
+	// applies, so the node comes back as its config says without access.
+	var expired []consoleLine
+	if now := time.Now(); c.Access.Expired(now) {
+		at := c.Access.Expires.UTC()
+		rc.AccessExpired = &at
+		c = c.WithoutAccess()
+		expired = append(expired, consoleLine{klog.LevelWarning, fmt.Sprintf(
+			"break-glass expired at %s (access.expires): the config is applied without its access", at.Format("2006-01-02 15:04:05Z"))})
+	}
 	if prepare != nil {
 		undo, err := prepare()
 		if err != nil {
@@ -286,7 +296,7 @@ func configure(ctx context.Context, srcs []configsrc.Source, root string, prepar
 		lines = append(lines, consoleLine{klog.LevelWarning, "warning: this node is tainted: its config sets access.breakGlass (kept in " +
 			record.TaintFile + ": the node stays tainted until it is re-imaged)"})
 	}
-	return rc, append(lines, notes...)
+	return rc, append(append(lines, expired...), notes...)
 }
 
 // summary says in a few words what a config did:

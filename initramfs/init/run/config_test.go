@@ -250,7 +250,7 @@ func TestConfigureTaintKept(t *testing.T) {
 		t.Fatalf("taint: %+v %v", taint, err)
 	}
 	got, lines := nodeTaint(root, rc)
-	if got == nil || *got != *taint || len(lines) != 0 { // configure's own line said it
+	if got == nil || !reflect.DeepEqual(*got, *taint) || len(lines) != 0 { // configure's own line said it
 		t.Errorf("breakGlass boot: %+v %+v", got, lines)
 	}
 
@@ -260,7 +260,7 @@ func TestConfigureTaintKept(t *testing.T) {
 		t.Fatalf("clean config: %+v", rc)
 	}
 	got, lines = nodeTaint(root, rc)
-	if got == nil || *got != *taint {
+	if got == nil || !reflect.DeepEqual(*got, *taint) {
 		t.Errorf("clean boot: taint %+v, want %+v", got, taint)
 	}
 	if len(lines) != 1 || lines[0].level != klog.LevelWarning || !strings.HasPrefix(lines[0].msg, "warning: this node is tainted since ") ||
@@ -269,7 +269,7 @@ func TestConfigureTaintKept(t *testing.T) {
 	}
 	// An invalid config changes nothing of it either.
 	configure(context.Background(), []configsrc.Source{src{name: "fw_cfg", data: "kind: x\n"}}, root, nil)
-	if got, _ := record.ReadTaint(taintPath); got == nil || *got != *taint {
+	if got, _ := record.ReadTaint(taintPath); got == nil || !reflect.DeepEqual(*got, *taint) {
 		t.Errorf("after an invalid config: %+v", got)
 	}
 	// Another breakGlass boot keeps the first taint and counts.
