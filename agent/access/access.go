@@ -6,13 +6,15 @@
 // access: the init drops an expired config's access) or a power-off (the
 // platform replaces the node).
 //
-// Logins are read from utmp, not from logind: every login program writes
-// utmp (login on a console or a serial line, sshd), while logind sees a
+// Logins are read from wtmp, not from logind: every login program writes
+// wtmp (login on a console or a serial line, sshd), while logind sees a
 // session only where pam_systemd is installed, which Debian's minimal
-// images (debootstrap --variant=minbase) leave out. /run/utmp is a tmpfs
-// file, so it holds this boot's logins only; the keys of those already
-// recorded are kept in /run, so a restart of the watcher records none
-// twice.
+// images (debootstrap --variant=minbase) leave out. wtmp, not utmp: utmp
+// holds the sessions open now, and a login shorter than the watcher's
+// poll would be gone from it; wtmp is append-only, on the state partition
+// (/var/log), and the watcher keeps how far it has read beside the taint
+// record, so a restart or a reboot records no login twice and misses
+// none.
 package access
 
 import (
@@ -35,14 +37,15 @@ import (
 
 // Default paths on a node.
 const (
-	UtmpPath = "/run/utmp"
-	SeenPath = "/run/slate/logins-seen"
+	WtmpPath   = "/var/log/wtmp"
+	OffsetPath = "/var/lib/slate/logins-read"
 )
 
 // Watcher records logins and ends break-glass.
 type Watcher struct {
-	Utmp      string // UtmpPath
-	Seen      string // SeenPath
+	Wtmp string // WtmpPath
+	// Offset keeps how much of Wtmp was read (OffsetPath).
+	Offset    string
 	TaintFile string // record.TaintFile
 	BootID    string
 	// Every is how often utmp is read; 2 s by default.
@@ -104,48 +107,55 @@ func afterExpiry(c *nodeconfig.Config) string {
 	return "reboot"
 }
 
-// Check records the logins utmp shows that are not recorded yet.
+// Check records the logins wtmp gained since it was last read.
 func (w *Watcher) Check() error {
-	entries, err := ReadUtmp(w.Utmp)
+	f, err := os.Open(w.Wtmp)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	seen := map[string]bool{}
-	if b, err := os.ReadFile(w.Seen); err == nil {
-		for _, k := range strings.Fields(string(b)) {
-			seen[k] = true
-		}
-	}
-	var logins []record.Login
-	var keys []string
-	for _, e := range entries {
-		if e.Type != userProcess || seen[e.key()] {
-			continue
-		}
-		l := record.Login{Time: e.Time.UTC(), User: e.User, TTY: e.Line, Host: e.Host, Via: via(e.Line, e.Host), Boot: w.BootID}
-		logins = append(logins, l)
-		keys = append(keys, e.key())
-	}
-	if len(logins) == 0 {
-		return nil
-	}
-	t, err := record.AddLogins(w.TaintFile, logins...)
+	defer f.Close()
+	st, err := f.Stat()
 	if err != nil {
-		return fmt.Errorf("recording %d login(s) in %s: %w", len(logins), w.TaintFile, err)
-	}
-	for _, l := range logins {
-		fmt.Fprintf(w.Log, "interactive login: %s: this node is tainted until it is re-imaged (%d login(s) recorded in %s)\n", l, t.LoginsTotal, w.TaintFile)
-	}
-	for k := range seen {
-		keys = append(keys, k)
-	}
-	if err := os.MkdirAll(filepath.Dir(w.Seen), 0o755); err != nil {
 		return err
 	}
-	return fsync.WriteFile(w.Seen, []byte(strings.Join(keys, "\n")+"\n"), 0o644)
+	off := int64(0)
+	if b, err := os.ReadFile(w.Offset); err == nil {
+		fmt.Sscan(string(b), &off)
+	}
+	if off > st.Size() || off%utmpSize != 0 {
+		off = 0 // rotated or truncated: read it all
+	}
+	n := (st.Size() - off) / utmpSize * utmpSize
+	if n == 0 {
+		return nil
+	}
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return fmt.Errorf("%s: %w", w.Wtmp, err)
+	}
+	var logins []record.Login
+	for _, e := range parseUtmp(b) {
+		if e.Type != userProcess || e.User == "" {
+			continue
+		}
+		logins = append(logins, record.Login{Time: e.Time.UTC(), User: e.User, TTY: e.Line, Host: e.Host, Via: via(e.Line, e.Host), Boot: w.BootID})
+	}
+	if len(logins) > 0 {
+		t, err := record.AddLogins(w.TaintFile, logins...)
+		if err != nil {
+			return fmt.Errorf("recording %d login(s) in %s: %w", len(logins), w.TaintFile, err)
+		}
+		for _, l := range logins {
+			fmt.Fprintf(w.Log, "interactive login: %s: this node is tainted until it is re-imaged (%d login(s) recorded in %s)\n", l, t.LoginsTotal, w.TaintFile)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(w.Offset), 0o755); err != nil {
+		return err
+	}
+	return fsync.WriteFile(w.Offset, []byte(fmt.Sprintf("%d\n", off+n)), 0o644)
 }
 
 // via says how a login came: from its terminal and remote host.
@@ -171,17 +181,13 @@ type Entry struct {
 	Time time.Time
 }
 
-func (e Entry) key() string {
-	return fmt.Sprintf("%s/%d/%d", strings.ReplaceAll(e.Line, "/", "_"), e.PID, e.Time.UnixMicro())
-}
-
 // utmp as glibc lays it out on x86-64 and arm64 (struct utmp, 384 bytes).
 const (
 	utmpSize    = 384
 	userProcess = 7 // USER_PROCESS: a logged-in user
 )
 
-// ReadUtmp reads a utmp file.
+// ReadUtmp reads a utmp or wtmp file.
 func ReadUtmp(path string) ([]Entry, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -190,9 +196,13 @@ func ReadUtmp(path string) ([]Entry, error) {
 	if len(b)%utmpSize != 0 {
 		return nil, fmt.Errorf("%s: %d bytes, not a whole number of %d-byte records", path, len(b), utmpSize)
 	}
+	return parseUtmp(b), nil
+}
+
+func parseUtmp(b []byte) []Entry {
 	var out []Entry
 	le := binary.LittleEndian
-	for off := 0; off < len(b); off += utmpSize {
+	for off := 0; off+utmpSize <= len(b); off += utmpSize {
 		r := b[off : off+utmpSize]
 		out = append(out, Entry{
 			Type: int16(le.Uint16(r[0:])),
@@ -203,7 +213,7 @@ func ReadUtmp(path string) ([]Entry, error) {
 			Time: time.Unix(int64(int32(le.Uint32(r[340:]))), int64(int32(le.Uint32(r[344:])))*1000),
 		})
 	}
-	return out, nil
+	return out
 }
 
 func cstring(b []byte) string {

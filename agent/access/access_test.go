@@ -51,24 +51,26 @@ func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(
 func TestLoginsTaint(t *testing.T) {
 	dir := t.TempDir()
 	var log syncBuf
-	w := &Watcher{Utmp: filepath.Join(dir, "utmp"), Seen: filepath.Join(dir, "run", "seen"), TaintFile: filepath.Join(dir, "var", "tainted"), BootID: "b1", Log: &log}
+	w := &Watcher{Wtmp: filepath.Join(dir, "wtmp"), Offset: filepath.Join(dir, "var", "read"), TaintFile: filepath.Join(dir, "var", "tainted"), BootID: "b1", Log: &log}
 	at := time.Date(2026, 12, 7, 10, 0, 0, 123000, time.UTC)
 	boot := Entry{Type: 2, Line: "~", User: "reboot", Time: at}
 	getty := Entry{Type: 6, PID: 300, Line: "ttyS1", User: "LOGIN", Time: at}
-	if err := w.Check(); err != nil { // no utmp yet
+	if err := w.Check(); err != nil { // no wtmp yet
 		t.Fatal(err)
 	}
-	writeUtmp(t, w.Utmp, boot, getty)
+	writeUtmp(t, w.Wtmp, boot, getty)
 	if err := w.Check(); err != nil {
 		t.Fatal(err)
 	}
 	if tt, _ := record.ReadTaint(w.TaintFile); tt != nil {
 		t.Fatalf("tainted with no login: %+v", tt)
 	}
+	// A login and its logout, then an SSH login: appended, as wtmp is.
 	root := Entry{Type: userProcess, PID: 300, Line: "ttyS1", User: "root", Time: at.Add(time.Second)}
+	logout := Entry{Type: 8, PID: 300, Line: "ttyS1", Time: at.Add(2 * time.Second)}
 	ssh := Entry{Type: userProcess, PID: 400, Line: "pts/0", User: "admin", Host: "192.0.2.7", Time: at.Add(2 * time.Second)}
-	writeUtmp(t, w.Utmp, boot, root, ssh)
-	for range 2 { // the second check, and a restarted watcher's, record nothing more
+	writeUtmp(t, w.Wtmp, boot, getty, root, logout, ssh)
+	for range 2 { // a second check (a restarted watcher's) records nothing more
 		if err := w.Check(); err != nil {
 			t.Fatal(err)
 		}
@@ -105,7 +107,7 @@ func TestExpiry(t *testing.T) {
 	dir := t.TempDir()
 	var log syncBuf
 	acted := make(chan string, 1)
-	w := &Watcher{Utmp: filepath.Join(dir, "utmp"), Seen: filepath.Join(dir, "seen"), TaintFile: filepath.Join(dir, "tainted"),
+	w := &Watcher{Wtmp: filepath.Join(dir, "wtmp"), Offset: filepath.Join(dir, "read"), TaintFile: filepath.Join(dir, "tainted"),
 		Log: &log, Every: 10 * time.Millisecond, Act: func(what string) error { acted <- what; return nil }}
 	exp := time.Now().Add(50 * time.Millisecond)
 	c := &nodeconfig.Config{Access: nodeconfig.Access{BreakGlass: true, Expires: &nodeconfig.Time{Time: exp}, AfterExpiry: nodeconfig.AfterExpiryPoweroff}}
@@ -122,5 +124,25 @@ func TestExpiry(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "break-glass expired at") {
 		t.Errorf("log:\n%s", log.String())
+	}
+}
+
+// A rotated wtmp is read again from its start.
+func TestWtmpRotated(t *testing.T) {
+	dir := t.TempDir()
+	var log syncBuf
+	w := &Watcher{Wtmp: filepath.Join(dir, "wtmp"), Offset: filepath.Join(dir, "read"), TaintFile: filepath.Join(dir, "tainted"), Log: &log}
+	at := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	l := func(u string) Entry { return Entry{Type: userProcess, PID: 1, Line: "tty1", User: u, Time: at} }
+	writeUtmp(t, w.Wtmp, l("a"), l("b"), l("c"))
+	if err := w.Check(); err != nil {
+		t.Fatal(err)
+	}
+	writeUtmp(t, w.Wtmp, l("d")) // rotated: smaller than what was read
+	if err := w.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if tt, _ := record.ReadTaint(w.TaintFile); tt == nil || tt.LoginsTotal != 4 || tt.Logins[3].User != "d" {
+		t.Errorf("after a rotation: %+v", tt)
 	}
 }

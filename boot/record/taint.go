@@ -30,7 +30,7 @@ type Taint struct {
 	LastConfigSHA256 string    `json:"last_config_sha256"`
 	Boots            int       `json:"boots"`
 	// Logins are the interactive logins seen on the node (the agent's
-	// slate-access.service, from utmp), oldest first, the newest
+	// slate-access.service, from wtmp), oldest first, the newest
 	// MaxLogins kept; LoginsTotal counts them all. A login taints a node
 	// whatever its config: Since is then the first login's time when no
 	// config tainted it before.

@@ -235,13 +235,22 @@ WantedBy=multi-user.target
 // LogshipService is slate-logship.service: it ships the journal, and the
 // logs kept from boots that rolled back, to the node config's collector.
 // Enabled per boot by the node config's Apply when the config names a
-// collector. A collector that is down delays nothing: the unit waits for
-// nothing to start and nothing waits for it.
+// collector. A collector that is down delays nothing: nothing waits for
+// the unit. It starts once the boot's health check is done, so that the
+// logs of the boots that rolled back go out from a boot that passed it
+// (a boot on trial that fails reboots before). slate-health runs after
+// multi-user.target, which wants this unit: without
+// DefaultDependencies=no the target would also order itself after it,
+// a cycle; the defaults it keeps are spelled out.
 const LogshipService = `[Unit]
 Description=slate: ship the journal to the node config's log collector
 Documentation=https://github.com/slate-os/slate
-After=network-online.target slate-health.service
+DefaultDependencies=no
+Requires=sysinit.target
+After=sysinit.target basic.target network-online.target slate-health.service
 Wants=network-online.target
+Conflicts=shutdown.target
+Before=shutdown.target
 [Service]
 ExecStart=/usr/bin/slate logs ship
 Restart=always

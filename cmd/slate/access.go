@@ -20,8 +20,8 @@ func accessCmd() *cobra.Command {
 	c.AddCommand(&cobra.Command{
 		Use:   "watch",
 		Short: "Record every interactive login (it taints the node) and end break-glass at access.expires",
-		Long: `Watch runs as slate-access.service on every node. It reads utmp every two
-seconds and records each interactive login (who, on which terminal, from
+		Long: `Watch runs as slate-access.service on every node. It reads wtmp every
+two seconds and records each interactive login (who, on which terminal, from
 where, when) in the taint record on the state partition,
 /var/lib/slate/tainted: the node is then tainted until it is re-imaged,
 whatever its config, and slate status and the metrics say so. Each login is
@@ -38,7 +38,7 @@ platform replaces the node).`,
 				return err
 			}
 			id, _ := node.BootID()
-			w := &access.Watcher{Utmp: access.UtmpPath, Seen: access.SeenPath, TaintFile: record.TaintFile, BootID: id, Log: os.Stdout,
+			w := &access.Watcher{Wtmp: access.WtmpPath, Offset: access.OffsetPath, TaintFile: record.TaintFile, BootID: id, Log: os.Stdout,
 				Act: func(what string) error {
 					out, err := exec.Command("systemctl", "--no-block", what).CombinedOutput()
 					if err != nil {
