@@ -31,16 +31,23 @@
 //
 // The shipper keeps a cursor on the state partition (StateDir/cursor,
 // replaced atomically: temporary file, fsync, rename): the journal cursor
-// of the last entry delivered. It reads the journal after it
-// (`journalctl -o json --follow --no-tail --all --after-cursor=…`; without
-// a cursor, from the start of the journal, every boot), sends a batch, and
+// of the last entry delivered. It reads the journal after it (`journalctl
+// -o json --no-tail --all --after-cursor=…` to catch up across every boot,
+// then the same with --follow from the last entry: --follow alone is "this
+// boot only" since systemd 250, which would skip what the previous boot
+// logged during an outage; without a cursor, from the start of the
+// journal), sends a batch, and
 // moves the cursor only once the collector's TCP stack has acknowledged
 // every byte of it: after the write it polls the socket's send queue
 // (ioctl SIOCOUTQ on the TCP socket, under TLS too, is the bytes not yet
 // acknowledged) until it is empty, with the connection still open. That
 // is delivery to the collector host's TCP stack, the strongest guarantee
 // syslog over TCP offers without RELP: a collector that crashes with
-// acknowledged bytes unread loses them. On a write error, a queue that
+// acknowledged bytes unread loses them, and so does a NAT or proxy in
+// the way, which acknowledges for the collector (QEMU's user network
+// does). Acknowledgements count only while the connection is established
+// both ways: once the collector has closed its side (CLOSE_WAIT), nothing
+// more is sent on it. On a write error, a queue that
 // does not drain within AckTimeout, or a collector that closes the
 // connection, the shipper closes it, reconnects with backoff (1 s doubling
 // to 30 s) and reads the journal again from the saved cursor: what may

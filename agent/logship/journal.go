@@ -45,51 +45,88 @@ type Journalctl struct {
 	Path string
 }
 
-// Args are journalctl's arguments to follow the journal after cursor:
-// every field whole (--all), from the start of the journal when there is
-// no cursor (--no-tail, or --follow would start at the last 10 lines).
-func (j Journalctl) Args(cursor string) []string {
-	args := []string{"-o", "json", "--follow", "--no-tail", "--all"}
+// Args are journalctl's arguments to read the journal after cursor: every
+// field whole (--all), from the start of the journal when there is no
+// cursor; with follow, then waiting for more (--no-tail, or --follow would
+// start at the last 10 lines).
+//
+// Reading is done in two runs, because --follow also means "this boot
+// only" since systemd 250 (systemd#21711, systemd#36102), even with a
+// cursor in an earlier boot: what the previous boot logged while the
+// collector was down would be skipped. So the first run catches up
+// without --follow, across every boot, and the second follows from the
+// last entry the first printed, which is in this boot.
+func (j Journalctl) Args(cursor string, follow bool) []string {
+	args := []string{"-o", "json", "--no-tail", "--all"}
+	if follow {
+		args = []string{"-o", "json", "--follow", "--no-tail", "--all"}
+	}
 	if cursor != "" {
 		args = append(args, "--after-cursor="+cursor)
 	}
 	return args
 }
 
-func (j Journalctl) command(ctx context.Context, cursor string) *exec.Cmd {
+func (j Journalctl) command(ctx context.Context, cursor string, follow bool) *exec.Cmd {
 	path := j.Path
 	if path == "" {
 		path = "journalctl"
 	}
-	return exec.CommandContext(ctx, path, j.Args(cursor)...)
+	return exec.CommandContext(ctx, path, j.Args(cursor, follow)...)
 }
 
-// Open implements Source.
+// Open implements Source: it catches up after cursor, then follows.
 func (j Journalctl) Open(ctx context.Context, cursor string) (Reader, error) {
-	cmd := j.command(ctx, cursor)
+	r := &journalReader{j: j, ctx: ctx, last: cursor}
+	if err := r.start(false); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// start runs journalctl from r.last, following or catching up.
+func (r *journalReader) start(follow bool) error {
+	cmd := r.j.command(r.ctx, r.last, follow)
 	// Our own pipe rather than StdoutPipe: Close may end the process while
 	// Next is reading, and the read end must stay ours until both are done.
 	pr, pw, err := os.Pipe()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	r := &journalReader{cmd: cmd, pipe: pr, stderr: &tailBuffer{max: 2048}}
-	cmd.Stdout, cmd.Stderr = pw, r.stderr
+	stderr := &tailBuffer{max: 2048}
+	cmd.Stdout, cmd.Stderr = pw, stderr
 	err = cmd.Start()
 	pw.Close()
 	if err != nil {
 		pr.Close()
-		return nil, fmt.Errorf("journalctl: %w", err)
+		return fmt.Errorf("journalctl: %w", err)
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed { // Close ran meanwhile: it did not see this one
+		cmd.Process.Kill()
+		cmd.Wait()
+		pr.Close()
+		return errors.New("journalctl: closed")
+	}
+	r.cmd, r.pipe, r.stderr, r.follow = cmd, pr, stderr, follow
+	r.waitOnce, r.waitErr = sync.Once{}, nil
 	r.br = bufio.NewReaderSize(pr, 64<<10)
-	return r, nil
+	return nil
 }
 
 type journalReader struct {
+	j      Journalctl
+	ctx    context.Context
+	last   string // the cursor of the last entry read (or Open's)
+	follow bool   // the running journalctl follows
+
+	mu     sync.Mutex // cmd, pipe, stderr: Close may run during Next
 	cmd    *exec.Cmd
 	pipe   *os.File
 	br     *bufio.Reader
 	stderr *tailBuffer
+	closed bool
 
 	waitOnce sync.Once
 	waitErr  error
@@ -101,8 +138,30 @@ func (r *journalReader) wait() error {
 }
 
 func (r *journalReader) Next() (*Entry, error) {
+	e, err := r.next()
+	if e != nil && e.Cursor != "" {
+		r.last = e.Cursor
+	}
+	return e, err
+}
+
+func (r *journalReader) next() (*Entry, error) {
 	for {
 		line, size, err := readLine(r.br, MaxLine)
+		if err != nil && errors.Is(err, io.EOF) && !r.follow && r.wait() == nil {
+			// Caught up: follow from here.
+			r.mu.Lock()
+			closed := r.closed
+			r.pipe.Close()
+			r.mu.Unlock()
+			if closed {
+				return nil, errors.New("journalctl: closed")
+			}
+			if err := r.start(true); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if err != nil {
 			werr := r.wait()
 			msg := strings.TrimSpace(r.stderr.String())
@@ -139,6 +198,9 @@ func (r *journalReader) Next() (*Entry, error) {
 }
 
 func (r *journalReader) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
 	if r.cmd.Process != nil {
 		r.cmd.Process.Kill()
 	}

@@ -201,13 +201,13 @@ func TestJournalctlCommand(t *testing.T) {
 		t.Skipf("journalctl does not run: %v", err)
 	}
 	j := Journalctl{}
-	cmd := j.command(context.Background(), "")
-	if want := []string{"journalctl", "-o", "json", "--follow", "--no-tail", "--all"}; !slices.Equal(cmd.Args, want) || cmd.Path != path {
+	cmd := j.command(context.Background(), "", false)
+	if want := []string{"journalctl", "-o", "json", "--no-tail", "--all"}; !slices.Equal(cmd.Args, want) || cmd.Path != path {
 		t.Errorf("no cursor: %s %q", cmd.Path, cmd.Args)
 	}
-	cmd = j.command(context.Background(), "s=7a;i=1f;b=01;m=11;t=22;x=33")
+	cmd = j.command(context.Background(), "s=7a;i=1f;b=01;m=11;t=22;x=33", true)
 	if want := []string{"journalctl", "-o", "json", "--follow", "--no-tail", "--all", "--after-cursor=s=7a;i=1f;b=01;m=11;t=22;x=33"}; !slices.Equal(cmd.Args, want) {
-		t.Errorf("with a cursor: %q", cmd.Args)
+		t.Errorf("following with a cursor: %q", cmd.Args)
 	}
 	for _, opt := range []string{"--output", "--follow", "--no-tail", "--all", "--after-cursor"} {
 		if !bytes.Contains(help, []byte(opt)) {
@@ -233,25 +233,27 @@ garbage without a cursor
 `
 	os.WriteFile(filepath.Join(dir, "data"), []byte(data), 0o644)
 	script := filepath.Join(dir, "journalctl")
-	os.WriteFile(script, []byte("#!/bin/sh\necho \"$@\" > "+dir+"/args\ncat "+dir+"/data\nexec sleep 60\n"), 0o755)
+	// It catches up (no --follow: prints and exits), then follows (prints
+	// the newer entry and waits).
+	os.WriteFile(script, []byte("#!/bin/sh\necho \"$@\" >> "+dir+"/args\ncase \"$*\" in\n*--follow*) echo '{\"__CURSOR\":\"c5\",\"MESSAGE\":\"five\"}'; exec sleep 60;;\nesac\ncat "+dir+"/data\n"), 0o755)
 
 	r, err := Journalctl{Path: script}.Open(context.Background(), "c0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got []string
-	for range 4 {
+	for range 5 {
 		e, err := r.Next()
 		if err != nil {
 			t.Fatal(err)
 		}
 		got = append(got, e.Cursor+":"+string(e.Message))
 	}
-	if len(got) != 4 || got[0] != "c1:one" || got[1] != "c2:two" || !strings.HasPrefix(got[2], "c3:[slate: journal entry: invalid character") || got[3] != "c4:four" {
+	if len(got) != 5 || got[0] != "c1:one" || got[1] != "c2:two" || !strings.HasPrefix(got[2], "c3:[slate: journal entry: invalid character") || got[3] != "c4:four" || got[4] != "c5:five" {
 		t.Errorf("entries %q", got)
 	}
 	args, _ := os.ReadFile(filepath.Join(dir, "args"))
-	if string(args) != "-o json --follow --no-tail --all --after-cursor=c0\n" {
+	if string(args) != "-o json --no-tail --all --after-cursor=c0\n-o json --follow --no-tail --all --after-cursor=c4\n" {
 		t.Errorf("args %q", args)
 	}
 	next := make(chan error, 1)

@@ -32,6 +32,7 @@ type Collector struct {
 	l     net.Listener
 	conns []net.Conn
 	msgs  []string
+	errs  []string
 }
 
 // CollectorTLS is what a node config needs to reach a TLS collector.
@@ -124,20 +125,43 @@ func (c *Collector) read(conn net.Conn) {
 	for {
 		n, err := r.ReadString(' ')
 		if err != nil {
+			c.fail(conn, fmt.Errorf("reading a frame's length: %w", err))
 			return
 		}
 		size, err := strconv.Atoi(strings.TrimSpace(n))
 		if err != nil || size <= 0 || size > 1<<20 {
+			c.fail(conn, fmt.Errorf("not a frame length: %q", clipString(n, 80)))
 			return
 		}
 		b := make([]byte, size)
 		if _, err := io.ReadFull(r, b); err != nil {
+			c.fail(conn, fmt.Errorf("reading a %d-byte frame: %w", size, err))
 			return
 		}
 		c.mu.Lock()
 		c.msgs = append(c.msgs, string(b))
 		c.mu.Unlock()
 	}
+}
+
+func (c *Collector) fail(conn net.Conn, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.errs = append(c.errs, fmt.Sprintf("%s: %v", conn.RemoteAddr(), err))
+}
+
+// Errors says how each connection ended (after a frame, a close).
+func (c *Collector) Errors() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.errs...)
+}
+
+func clipString(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 // Stop closes the listener and every connection: an outage. Each
