@@ -43,6 +43,7 @@ i=0
 while [ ! -e $f ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
 if [ ! -e $f ]; then echo "SLATE-TEST-NONE"; exit 0; fi
 cp $f /run/slate-test.sh
+dmesg -n 1 2>/dev/null # printk would land in the middle of a script's line
 echo "SLATE-TEST-BEGIN"
 sh /run/slate-test.sh 2>&1
 echo "SLATE-TEST-END $?"

@@ -51,6 +51,10 @@ i=0
 while [ ! -e $f ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
 if [ ! -e $f ]; then echo "SLATE-TEST-NONE"; exit 0; fi
 cp $f /run/slate-test.sh
+# Kernel messages off the console (they stay in the journal): printk writes
+# to the serial port directly and can land in the middle of a script's
+# line, such as a long base64 record.
+dmesg -n 1 2>/dev/null
 echo "SLATE-TEST-BEGIN"
 sh /run/slate-test.sh 2>&1
 echo "SLATE-TEST-END $?"
