@@ -85,8 +85,7 @@ type configOpts struct {
 	// unattended enables slate-upgrade.timer, firing 1 s after boot, after
 	// the runner; the service prints its exit status on the console.
 	unattended bool
-	invalid    bool   // make the config invalid (see invalidHostname)
-	hostname   string // set the hostname (the config scenario's own)
+	invalid    bool // make the config invalid (see invalidHostname)
 }
 
 // invalidHostname is set by the invalid config, which also writes a file
@@ -143,9 +142,6 @@ func testConfig(user *nodeconfig.Config, o configOpts) ([]byte, error) {
 	if o.breakV2 {
 		c.Systemd.Units = append(c.Systemd.Units, nodeconfig.Unit{Name: brokenUnit, Contents: brokenUnitContents, Enabled: &yes})
 		c.Health.RequiredUnits = append(c.Health.RequiredUnits, brokenUnit)
-	}
-	if o.hostname != "" && c.Hostname == "" {
-		c.Hostname = o.hostname
 	}
 	if o.invalid {
 		c.Hostname = invalidHostname

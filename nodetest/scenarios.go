@@ -327,7 +327,7 @@ func rollbackScenario(ctx context.Context, s *session) error {
 	}
 	// The trial boots of V2 fail their health check and reboot; after the
 	// image's tries, systemd-boot boots V1 again, which powers off.
-	final := fmt.Sprintf(`if grep -qw slate.slot=a /proc/cmdline; then echo poweroff > /run/slate-test.after; fi`)
+	final := `if grep -qw slate.slot=a /proc/cmdline; then echo poweroff > /run/slate-test.after; fi`
 	if err := n.next(s.script(final), nil); err != nil {
 		return err
 	}
