@@ -327,55 +327,37 @@ func rollbackScenario(ctx context.Context, s *session) error {
 	}
 	// The trial boots of V2 fail their health check and reboot; after the
 	// image's tries, systemd-boot boots V1 again, which powers off.
-	final := `if grep -qw slate.slot=a /proc/cmdline; then echo poweroff > /run/slate-test.after; fi`
-	if err := n.next(s.script(final), nil); err != nil {
+	b, trials, err := n.backToV1(first, func(b *bootRun) error {
+		if b.Exit.Reason != "guest-reset" {
+			return fmt.Errorf("%s (unhealthy on purpose) ended with %s, want a reboot", b, b.Exit)
+		}
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	trials := 0
-	for {
-		b, err := n.wait(exitTimeout)
-		if err != nil {
-			return err
-		}
-		if b.Slot == "b" {
-			trials++
-			if b.Exit.Reason != "guest-reset" {
-				return fmt.Errorf("%s (unhealthy on purpose) ended with %s, want a reboot", b, b.Exit)
-			}
-			if trials > 5 {
-				return fmt.Errorf("%d boots of slot b and no rollback", trials)
-			}
-			if err := n.next("", nil); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := b.on("a", first.Version); err != nil {
-			return err
-		}
-		if trials == 0 {
-			return fmt.Errorf("%s came right after the upgrade: slot b never booted", b)
-		}
-		if err := s.healthy(b); err != nil {
-			return err
-		}
-		st, err := b.status()
-		if err != nil {
-			return err
-		}
-		if i := slotInfo(st, "b"); i == nil || i.State != "bad" {
-			return fmt.Errorf("%s: slot b is %s, want bad", b, describeSlot(i))
-		}
-		rb := st.LastRollback
-		if rb == nil || rb.FromSlot != "b" || rb.ToSlot != "a" {
-			return fmt.Errorf("%s: status shows no rollback from slot b to slot a: %+v", b, rb)
-		}
-		if !strings.Contains(rb.Cause, brokenUnit) {
-			return fmt.Errorf("%s: the rollback's cause %q does not name %s", b, rb.Cause, brokenUnit)
-		}
-		s.note("V2 failed its health check %d times, then V1 ran again; cause: %s", trials, rb.Cause)
-		return nil
+	if trials == 0 {
+		return fmt.Errorf("%s came right after the upgrade: slot b never booted", b)
 	}
+	if err := s.healthy(b); err != nil {
+		return err
+	}
+	st, err := b.status()
+	if err != nil {
+		return err
+	}
+	if i := slotInfo(st, "b"); i == nil || i.State != "bad" {
+		return fmt.Errorf("%s: slot b is %s, want bad", b, describeSlot(i))
+	}
+	rb := st.LastRollback
+	if rb == nil || rb.FromSlot != "b" || rb.ToSlot != "a" {
+		return fmt.Errorf("%s: status shows no rollback from slot b to slot a: %+v", b, rb)
+	}
+	if !strings.Contains(rb.Cause, brokenUnit) {
+		return fmt.Errorf("%s: the rollback's cause %q does not name %s", b, rb.Cause, brokenUnit)
+	}
+	s.note("V2 failed its health check %d times, then V1 ran again; cause: %s", trials, rb.Cause)
+	return nil
 }
 
 // powercutScenario runs the upgrades unattended, as a fleet does: the
@@ -510,4 +492,33 @@ func contents(c *nodeconfig.Contents) []byte {
 func sha256Hex(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
+}
+
+// backToV1 boots slot b, on trial after an upgrade from V1, until V1 runs
+// again: each boot of slot b goes to onB, at most 5. It returns V1's boot
+// (which powers off once its script ran) and how many of slot b came
+// before.
+func (n *node) backToV1(first *bootRun, onB func(*bootRun) error) (*bootRun, int, error) {
+	final := `if grep -qw slate.slot=a /proc/cmdline; then echo poweroff > /run/slate-test.after; fi`
+	if err := n.next(n.s.script(final), nil); err != nil {
+		return nil, 0, err
+	}
+	for trials := 0; ; trials++ {
+		b, err := n.wait(exitTimeout)
+		if err != nil {
+			return nil, trials, err
+		}
+		if b.Slot != "b" {
+			return b, trials, b.on("a", first.Version)
+		}
+		if err := onB(b); err != nil {
+			return nil, trials, err
+		}
+		if trials >= 5 {
+			return nil, trials, fmt.Errorf("%d boots of slot b and V1 never ran again", trials+1)
+		}
+		if err := n.next("", nil); err != nil {
+			return nil, trials, err
+		}
+	}
 }

@@ -32,55 +32,37 @@ func tamperScenario(ctx context.Context, s *session) error {
 	if err != nil {
 		return fmt.Errorf("changing a byte of slot b: %w", err)
 	}
-	final := `if grep -qw slate.slot=a /proc/cmdline; then echo poweroff > /run/slate-test.after; fi`
-	if err := n.next(s.script(final), nil); err != nil {
-		return err
-	}
-	trials := 0
 	var refused string
-	for {
-		b, err := n.wait(exitTimeout)
-		if err != nil {
-			return err
+	b, trials, err := n.backToV1(first, func(b *bootRun) error {
+		if b.Script != nil {
+			return fmt.Errorf("%s with a changed byte at %s reached the test runner: the node served from a tampered slot", b, where)
 		}
-		if b.Slot == "b" {
-			trials++
-			if b.Script != nil {
-				return fmt.Errorf("%s with a changed byte at %s reached the test runner: the node served from a tampered slot", b, where)
+		for _, l := range b.Lines {
+			if strings.Contains(l, "verity") && strings.Contains(l, "corrupt") && refused == "" {
+				refused = strings.TrimSpace(l)
 			}
-			for _, l := range b.Lines {
-				if strings.Contains(l, "verity") && strings.Contains(l, "corrupt") && refused == "" {
-					refused = strings.TrimSpace(l)
-				}
-			}
-			if trials > 5 {
-				return fmt.Errorf("%d boots of the tampered slot b and V1 never ran again", trials)
-			}
-			if err := n.next("", nil); err != nil {
-				return err
-			}
-			continue
-		}
-		if err := b.on("a", first.Version); err != nil {
-			return err
-		}
-		if err := s.healthy(b); err != nil {
-			return err
-		}
-		st, err := b.status()
-		if err != nil {
-			return err
-		}
-		if i := slotInfo(st, "b"); i != nil && i.State == "good" {
-			return fmt.Errorf("%s: the tampered slot b is %s", b, describeSlot(i))
-		}
-		if trials == 0 {
-			s.note("slot b (changed at %s) never booted: systemd-boot went to V1 at once", where)
-		} else {
-			s.note("slot b, changed at %s, was refused on each of its %d tries (%s); V1 runs, slot b %s", where, trials, refused, describeSlot(slotInfo(st, "b")))
 		}
 		return nil
+	})
+	if err != nil {
+		return err
 	}
+	if err := s.healthy(b); err != nil {
+		return err
+	}
+	st, err := b.status()
+	if err != nil {
+		return err
+	}
+	if i := slotInfo(st, "b"); i != nil && i.State == "good" {
+		return fmt.Errorf("%s: the tampered slot b is %s", b, describeSlot(i))
+	}
+	if trials == 0 {
+		s.note("slot b (changed at %s) never booted: systemd-boot went to V1 at once", where)
+	} else {
+		s.note("slot b, changed at %s, was refused on each of its %d tries (%s); V1 runs, slot b %s", where, trials, refused, describeSlot(slotInfo(st, "b")))
+	}
+	return nil
 }
 
 // tamper changes one byte of slot's root on disk (a qcow2 overlay, which
