@@ -11,6 +11,7 @@
 //	layers[1]     application/vnd.slate.kernel.v1                  vmlinuz
 //	layers[2]     application/vnd.slate.initramfs.v1               initramfs
 //	layers[3]     application/vnd.slate.systemd-boot.efi.v1        systemd-bootx64.efi
+//	layers[4]     application/vnd.slate.uki.efi.v1                 uki.efi
 //
 // layers[3] is the image's systemd-boot (usr/lib/systemd/boot/efi/
 // systemd-bootx64.efi), so that a node's boot loader follows its OS: an
@@ -22,6 +23,13 @@
 //
 // The root layer is the squashfs padded to 4 KiB, then the dm-verity
 // superblock and hash tree, byte for byte what goes into a root partition.
+// layers[4], only in an image built for Secure Boot, is the signed Unified
+// Kernel Image (the same kernel and initramfs with the image's systemd-stub
+// and a command line carrying the root hash; package boot/uki), and
+// layers[3] is then systemd-boot signed with the same key. The signatures
+// are Authenticode, checked by the node's firmware and, before anything is
+// written, by the agent against the node's enrolled db.
+//
 // Layers are stored as they are, never gzipped: squashfs is compressed
 // already, and a layer's digest is the digest of the bytes written to disk.
 //
@@ -68,6 +76,8 @@ const (
 	// SystemdBootMediaType is the optional systemd-boot layer: the EFI
 	// binary as it is, at most boot.MaxSystemdBootSize bytes.
 	SystemdBootMediaType = types.MediaType("application/vnd.slate.systemd-boot.efi.v1")
+	// UKIMediaType is the optional signed Unified Kernel Image.
+	UKIMediaType = types.MediaType("application/vnd.slate.uki.efi.v1")
 
 	// A system extension's manifest, config (sysext.Config) and image.
 	ExtensionArtifactType    = "application/vnd.slate.sysext.v1"
@@ -86,6 +96,7 @@ const (
 	KernelTitle      = "vmlinuz"
 	InitramfsTitle   = "initramfs"
 	SystemdBootTitle = "systemd-bootx64.efi"
+	UKITitle         = "uki.efi"
 
 	// Each entry of a registry index of extensions carries these (Push
 	// sets them), so that a person or a tool can tell the entries apart
@@ -174,6 +185,9 @@ type Artifact struct {
 	// SystemdBoot is layer 3, the image's systemd-boot; nil for an artifact
 	// written without it, which is valid.
 	SystemdBoot v1.Layer
+	// UKI is layer 4, the signed Unified Kernel Image of an image built
+	// for Secure Boot; nil otherwise.
+	UKI v1.Layer
 	// Extension is a system extension's parsed config; nil for an update
 	// artifact.
 	Extension *sysext.Config

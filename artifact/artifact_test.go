@@ -553,9 +553,12 @@ func TestOpenBroken(t *testing.T) {
 		{"systemd-boot media type", func(m, cfg map[string]any) {
 			m["layers"].([]any)[3].(map[string]any)["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
 		}, []string{`manifest.layers[3].mediaType: "application/vnd.oci.image.layer.v1.tar", want "application/vnd.slate.systemd-boot.efi.v1" (systemd-boot)`}},
-		{"five layers", func(m, cfg map[string]any) {
+		{"a kernel as the fifth layer", func(m, cfg map[string]any) {
 			m["layers"] = append(m["layers"].([]any), m["layers"].([]any)[1])
-		}, []string{"manifest.layers: 5 layers, want 3 (root, kernel, initramfs) or 4 (and systemd-boot)"}},
+		}, []string{`manifest.layers[4].mediaType: "application/vnd.slate.kernel.v1", want "application/vnd.slate.uki.efi.v1" (unified kernel image)`}},
+		{"six layers", func(m, cfg map[string]any) {
+			m["layers"] = append(m["layers"].([]any), m["layers"].([]any)[1], m["layers"].([]any)[1])
+		}, []string{"manifest.layers: 6 layers, want 3 (root, kernel, initramfs), 4 (and systemd-boot) or 5 (and a unified kernel image)"}},
 		{"systemd-boot too big", func(m, cfg map[string]any) {
 			m["layers"].([]any)[3].(map[string]any)["size"] = 9 << 20
 		}, []string{"manifest.layers[3].size: 9437184 bytes, more than a systemd-boot layer may be (8388608)"}},

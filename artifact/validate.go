@@ -122,12 +122,13 @@ var updateKind = &kind{
 		{"initramfs", InitramfsMediaType, InitramfsTitle, false, 0},
 		// Read whole into memory by the agent to find its version.
 		{"systemd-boot", SystemdBootMediaType, SystemdBootTitle, true, boot.MaxSystemdBootSize},
+		{"unified kernel image", UKIMediaType, UKITitle, true, 0},
 	},
 	required:  3,
-	wantCount: "3 (root, kernel, initramfs) or 4 (and systemd-boot)",
+	wantCount: "3 (root, kernel, initramfs), 4 (and systemd-boot) or 5 (and a unified kernel image)",
 	sizeField: "config.root.size",
 	layers: func(a *Artifact) []v1.Layer {
-		return []v1.Layer{a.Root, a.Kernel, a.Initramfs, a.SystemdBoot}
+		return []v1.Layer{a.Root, a.Kernel, a.Initramfs, a.SystemdBoot, a.UKI}
 	},
 	setLayer: func(a *Artifact, i int, l v1.Layer) {
 		switch i {
@@ -139,6 +140,8 @@ var updateKind = &kind{
 			a.Initramfs = l
 		case 3:
 			a.SystemdBoot = l
+		case 4:
+			a.UKI = l
 		}
 	},
 	size: func(a *Artifact) int64 { return a.Config.Root.Size },

@@ -47,9 +47,10 @@ func (b Blob) open() (io.ReadCloser, string, error) {
 
 // Blobs are the layers Write puts in the artifact. SystemdBoot may be left
 // zero (neither Path nor Open): the artifact then has no systemd-boot layer,
-// like those written before it existed. The builder always gives it.
+// like those written before it existed. The builder always gives it. UKI,
+// the signed Unified Kernel Image of a Secure Boot image, needs SystemdBoot.
 type Blobs struct {
-	Root, Kernel, Initramfs, SystemdBoot Blob
+	Root, Kernel, Initramfs, SystemdBoot, UKI Blob
 }
 
 func (b Blob) isZero() bool { return b.Path == "" && b.Open == nil }
@@ -94,6 +95,9 @@ func Write(dir string, cfg Config, blobs Blobs) (v1.Hash, error) {
 	p := checkConfig(pre)
 	if cfg.SystemdBootVersion != "" && blobs.SystemdBoot.isZero() {
 		p = append(p, fmt.Sprintf("config.systemdBootVersion: %q, but no systemd-boot blob was given", cfg.SystemdBootVersion))
+	}
+	if !blobs.UKI.isZero() && blobs.SystemdBoot.isZero() {
+		p = append(p, "a unified kernel image blob needs a systemd-boot blob (the layers' order)")
 	}
 	if len(p) > 0 {
 		return fail(&ValidationError{Problems: p})
@@ -148,7 +152,7 @@ func writeDir(dir string, k *kind, fill func(tmp string) (v1.Hash, error)) (v1.H
 // writeLayout writes the whole update artifact layout into the empty
 // directory tmp.
 func writeLayout(tmp string, cfg *Config, blobs Blobs) (v1.Hash, error) {
-	lp, layers, err := stageLayers(tmp, updateKind, []Blob{blobs.Root, blobs.Kernel, blobs.Initramfs, blobs.SystemdBoot})
+	lp, layers, err := stageLayers(tmp, updateKind, []Blob{blobs.Root, blobs.Kernel, blobs.Initramfs, blobs.SystemdBoot, blobs.UKI})
 	if err != nil {
 		return v1.Hash{}, err
 	}

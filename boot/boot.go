@@ -100,6 +100,7 @@ const (
 	FallbackEFI  = "EFI/BOOT/BOOTX64.EFI"
 	KernelName   = "vmlinuz"
 	InitrdName   = "initramfs"
+	UKIName      = "uki.efi" // a slot's signed Unified Kernel Image, under Secure Boot in place of the two above
 	EntrySortKey = "slate"
 )
 
@@ -108,6 +109,9 @@ func (s Slot) KernelPath() string { return "/" + s.ESPDir() + "/" + KernelName }
 
 // InitrdPath is the slot's initramfs on the ESP, with a leading slash.
 func (s Slot) InitrdPath() string { return "/" + s.ESPDir() + "/" + InitrdName }
+
+// UKIPath is the slot's Unified Kernel Image on the ESP, with a leading slash.
+func (s Slot) UKIPath() string { return "/" + s.ESPDir() + "/" + UKIName }
 
 // StateUnformatted is written by the builder at offset 0 of the state
 // partition. The init formats the partition only when it finds this marker:

@@ -29,3 +29,17 @@ func SlotCmdline(base string, a SlotArgs) string {
 	}
 	return strings.Join(args, " ")
 }
+
+// UKICmdline is the command line signed into a Unified Kernel Image: base,
+// the root hash and the version, and nothing that names a node's slot or
+// partitions, so that one signed image fits either slot of any node. Under
+// Secure Boot systemd-stub ignores the entry's options, and the init finds
+// the slot and partitions from systemd-boot's EFI variables instead
+// (initramfs/init/run).
+func UKICmdline(base, rootHash, version string) string {
+	args := []string{ArgRootHash + "=" + rootHash, ArgVersion + "=" + version}
+	if base = strings.TrimSpace(base); base != "" {
+		args = append([]string{base}, args...)
+	}
+	return strings.Join(args, " ")
+}

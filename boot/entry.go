@@ -25,6 +25,10 @@ type Entry struct {
 	Version string // the image's version label, from the title line's "version" comment key
 	Linux   string
 	Initrd  string
+	// EFI is a Unified Kernel Image to boot instead of Linux and Initrd
+	// (Secure Boot: the UKI carries kernel, initramfs and command line,
+	// all signed).
+	EFI     string
 	Options string
 }
 
@@ -49,8 +53,12 @@ func (e *Entry) Marshal() []byte {
 	fmt.Fprintf(&b, "title %s\n", e.Title)
 	fmt.Fprintf(&b, "sort-key %s\n", EntrySortKey)
 	fmt.Fprintf(&b, "version %d\n", e.Generation)
-	fmt.Fprintf(&b, "linux %s\n", e.Linux)
-	fmt.Fprintf(&b, "initrd %s\n", e.Initrd)
+	if e.EFI != "" {
+		fmt.Fprintf(&b, "efi %s\n", e.EFI)
+	} else {
+		fmt.Fprintf(&b, "linux %s\n", e.Linux)
+		fmt.Fprintf(&b, "initrd %s\n", e.Initrd)
+	}
 	fmt.Fprintf(&b, "options %s\n", e.Options)
 	return []byte(b.String())
 }
@@ -100,12 +108,14 @@ func ParseEntry(name string, data []byte) (*Entry, error) {
 			e.Linux = val
 		case "initrd":
 			e.Initrd = val
+		case "efi":
+			e.EFI = val
 		case "options":
 			e.Options = val
 		}
 	}
-	if e.Linux == "" {
-		return nil, fmt.Errorf("%s: no linux line", name)
+	if e.Linux == "" && e.EFI == "" {
+		return nil, fmt.Errorf("%s: no linux or efi line", name)
 	}
 	e.Version = CmdlineValue(e.Options, ArgVersion)
 	return &e, nil

@@ -1,6 +1,9 @@
 package boot
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestEntryRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
@@ -36,5 +39,30 @@ func TestEntryRoundTrip(t *testing.T) {
 	}
 	if _, err := ParseEntry("slate-a.conf", []byte("title x\nversion nope\nlinux /k\n")); err == nil {
 		t.Error("bad version accepted")
+	}
+	if _, err := ParseEntry("slate-a.conf", []byte("title x\nversion 1\ninitrd /i\n")); err == nil || !strings.Contains(err.Error(), "no linux or efi line") {
+		t.Errorf("entry without linux or efi: err = %v", err)
+	}
+}
+
+// A Secure Boot entry boots the slot's UKI: an efi line, no linux or initrd.
+func TestEntryEFI(t *testing.T) {
+	e := Entry{Slot: SlotB, Counting: true, Left: 2, Done: 1, Generation: 4, Title: "slate 2 (slot b)",
+		EFI: SlotB.UKIPath(), Options: "console=ttyS0 slate.slot=b slate.version=2"}
+	if e.EFI != "/slate/b/uki.efi" {
+		t.Errorf("UKIPath = %q", e.EFI)
+	}
+	data := string(e.Marshal())
+	if !strings.Contains(data, "\nefi /slate/b/uki.efi\n") || strings.Contains(data, "linux") || strings.Contains(data, "initrd") ||
+		!strings.Contains(data, "\noptions "+e.Options+"\n") {
+		t.Errorf("Marshal:\n%s", data)
+	}
+	back, err := ParseEntry(e.FileName(), []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Version = "2"
+	if *back != e {
+		t.Errorf("round trip:\n got %+v\nwant %+v", *back, e)
 	}
 }

@@ -90,6 +90,8 @@ type Result struct {
 	AllowUnsigned bool     `json:"allowUnsigned,omitempty"`
 	// Extensions are the system extensions the image carries.
 	Extensions []Extension `json:"extensions,omitempty"`
+	// SecureBoot says what a Secure Boot build signed; nil otherwise.
+	SecureBoot *SecureBootResult `json:"secureBoot,omitempty"`
 
 	// InitramfsSkipped are the optional modules the kernel lacks;
 	// InitramfsUnresolved the soft dependencies that name nothing it has.
@@ -385,6 +387,14 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	plan := disk.NewPlan(layout, seed[:])
 	b.res.Plan = plan
 	cmdline := s.Cmdline()
+	var sb *sbFiles
+	if s.SecureBoot.Enabled() {
+		b.step("uki")
+		if sb, err = b.secureBoot(s.SecureBoot, bootFiles, initrd, cmdline, b.res.RootHash, version); err != nil {
+			return nil, err
+		}
+		b.done()
+	}
 	diskTemp := ""
 	jobs := map[string]func() error{}
 	// 4 and 5, side by side: the disk and the update artifact.
@@ -397,7 +407,7 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			}
 			// What the ESP's systemd-boot is; "" when it has no readable LoaderInfo.
 			release.SystemdBootVersion, _ = boot.SystemdBootFileVersion(bootFiles.SystemdBoot)
-			if err := writeDisk(raw, plan, seed[:], created, cmdline, release, sqfs, bootFiles, initrd); err != nil {
+			if err := writeDisk(raw, plan, seed[:], created, cmdline, release, sqfs, bootFiles, initrd, sb); err != nil {
 				return err
 			}
 			diskTemp = raw
@@ -424,6 +434,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 			blobs := artifact.Blobs{
 				Root: artifact.Blob{Path: sqfs}, Kernel: artifact.Blob{Path: bootFiles.Kernel}, Initramfs: artifact.Blob{Path: initrd},
 				SystemdBoot: artifact.Blob{Path: bootFiles.SystemdBoot},
+			}
+			if sb != nil {
+				blobs.SystemdBoot, blobs.UKI = artifact.Blob{Path: sb.systemdBoot}, artifact.Blob{Path: sb.uki}
 			}
 			if _, err := artifact.Write(s.Outputs.Artifact, cfg, blobs); err != nil {
 				return fmt.Errorf("artifact %s: %w", s.Outputs.Artifact, err)
@@ -512,10 +525,15 @@ func (b *build) initramfs(out string, bf *rootfs.Boot) (*initramfs.Info, error) 
 // default line: a default would override boot counting.
 const loaderConfText = "timeout 0\neditor no\nauto-entries no\nauto-firmware no\nconsole-mode keep\n"
 
+// enrollConfLine makes systemd-boot enroll the keys under EnrollDir when
+// the firmware is in Setup Mode, without asking: the disk was built for
+// that (secureBoot.enrollKeys). In User Mode it does nothing.
+const enrollConfLine = "secure-boot-enroll force\n"
+
 // writeDisk writes a new disk: slot A holds the root (its release on the
 // ESP says what it holds), slot B is empty.
 func writeDisk(path string, plan disk.Plan, seed []byte, created time.Time, cmdline string,
-	release boot.Release, rootImg string, bf *rootfs.Boot, initrd string) error {
+	release boot.Release, rootImg string, bf *rootfs.Boot, initrd string, sb *sbFiles) error {
 	if err := disk.Create(path, plan); err != nil {
 		return err
 	}
@@ -547,14 +565,34 @@ func writeDisk(path string, plan disk.Plan, seed []byte, created time.Time, cmdl
 		Options: boot.SlotCmdline(cmdline, boot.SlotArgs{Slot: boot.SlotA, RootPartUUID: slotA.GUID,
 			RootHash: release.RootHash, StatePartUUID: state.GUID, Version: release.Version}),
 	}
-	files := []esp.File{
-		fileFrom(boot.FallbackEFI, bf.SystemdBoot),
-		bytesFile(boot.LoaderConf, []byte(loaderConfText)),
-		bytesFile(boot.EntriesDir+"/"+entry.FileName(), entry.Marshal()),
-		fileFrom(boot.SlotA.ESPDir()+"/"+boot.KernelName, bf.Kernel),
-		fileFrom(boot.SlotA.ESPDir()+"/"+boot.InitrdName, initrd),
-		bytesFile(boot.SlotA.ESPDir()+"/"+boot.ReleaseName, release.Marshal()),
+	var files []esp.File
+	if sb == nil {
+		files = []esp.File{
+			fileFrom(boot.FallbackEFI, bf.SystemdBoot),
+			bytesFile(boot.LoaderConf, []byte(loaderConfText)),
+			fileFrom(boot.SlotA.ESPDir()+"/"+boot.KernelName, bf.Kernel),
+			fileFrom(boot.SlotA.ESPDir()+"/"+boot.InitrdName, initrd),
+		}
+	} else {
+		// The signed loader and one signed UKI; the entry's options stay
+		// for the record and for firmware with Secure Boot off.
+		entry.Linux, entry.Initrd, entry.EFI = "", "", boot.SlotA.UKIPath()
+		conf := loaderConfText
+		if sb.enroll != nil {
+			conf += enrollConfLine
+		}
+		files = []esp.File{
+			fileFrom(boot.FallbackEFI, sb.systemdBoot),
+			bytesFile(boot.LoaderConf, []byte(conf)),
+			fileFrom(boot.SlotA.ESPDir()+"/"+boot.UKIName, sb.uki),
+		}
+		for p, data := range sb.enroll {
+			files = append(files, bytesFile(p, data))
+		}
 	}
+	files = append(files,
+		bytesFile(boot.EntriesDir+"/"+entry.FileName(), entry.Marshal()),
+		bytesFile(boot.SlotA.ESPDir()+"/"+boot.ReleaseName, release.Marshal()))
 	espPart := plan.Part(boot.NumESP)
 	err = esp.Write(f, espPart.Start, files, esp.Options{
 		Size: espPart.Size, Label: "ESP", VolumeID: binary.LittleEndian.Uint32(seed[:4]), ModTime: created,

@@ -24,10 +24,22 @@ func (m *Machine) args() []string {
 		cpus = 2
 	}
 	fw := c.Firmware
-	if fw == "" {
+	machine := "q35"
+	switch {
+	case fw == "" && c.SecureBoot:
+		fw = SecureBootFirmware
+	case fw == "":
 		fw = DefaultFirmware
 	}
-	a := []string{"-machine", "q35"}
+	if c.SecureBoot {
+		machine = "q35,smm=on"
+	}
+	a := []string{"-machine", machine}
+	if c.SecureBoot {
+		// The variable store only SMM may write (OVMF's secboot build
+		// refuses to run without it).
+		a = append(a, "-global", "driver=cfi.pflash01,property=secure,value=on")
+	}
 	if m.accel == AccelKVM {
 		a = append(a, "-accel", "kvm", "-cpu", "host")
 	} else {

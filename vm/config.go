@@ -9,6 +9,12 @@ import (
 const (
 	DefaultFirmware     = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 	DefaultVarsTemplate = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+	// SecureBootFirmware is OVMF built with Secure Boot, which needs SMM
+	// (the variable store is then writable only from SMM, so an OS cannot
+	// rewrite the keys behind the firmware's back). Its variable store
+	// starts from DefaultVarsTemplate: no keys, Setup Mode, so the first
+	// boot can enroll the node's own (systemd-boot's secure-boot-enroll).
+	SecureBootFirmware = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
 )
 
 // Config describes a machine. The zero Config is a diskless UEFI machine
@@ -41,8 +47,13 @@ type Config struct {
 	// QMP commands that name a drive).
 	Disks []Disk
 
-	// Firmware is the OVMF code image; empty means DefaultFirmware.
+	// Firmware is the OVMF code image; empty means DefaultFirmware, or
+	// SecureBootFirmware with SecureBoot.
 	Firmware string
+	// SecureBoot runs OVMF's Secure Boot build: a q35 machine with SMM and
+	// its variable store behind secure flash. Secure Boot is on once keys
+	// are enrolled in the variable store.
+	SecureBoot bool
 	// Vars is an OVMF variable store to use in place: QEMU writes to it,
 	// and it outlives the machine, for tests that carry EFI variables
 	// across machines. Empty means a fresh copy of VarsTemplate in the work

@@ -126,7 +126,7 @@ func Available() error {
 			return fmt.Errorf("vm: %s not found in PATH (Debian: apt-get install qemu-system-x86 qemu-utils ovmf)", bin)
 		}
 	}
-	for _, f := range []string{DefaultFirmware, DefaultVarsTemplate} {
+	for _, f := range []string{DefaultFirmware, DefaultVarsTemplate, SecureBootFirmware} {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Errorf("vm: OVMF firmware %s is missing (Debian: apt-get install ovmf)", f)
 		}

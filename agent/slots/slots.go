@@ -203,9 +203,9 @@ func (e *ESP) readSlot(s boot.Slot, files []entryFile) *Info {
 		problem("%s: missing", path.Join(s.ESPDir(), boot.ReleaseName))
 	}
 
-	for what, p := range map[string]string{"kernel": en.Linux, "initramfs": en.Initrd} {
+	for what, p := range map[string]string{"kernel": en.Linux, "initramfs": en.Initrd, "UKI": en.EFI} {
 		if p == "" {
-			if what == "initramfs" {
+			if what == "initramfs" && en.EFI == "" {
 				problem("%s: no initrd line", best.name)
 			}
 			continue
@@ -435,7 +435,7 @@ func (e *ESP) Promote(s boot.Slot) (*boot.Entry, error) {
 	}
 	// A first entry whose kernel is gone would stop systemd-boot at an
 	// error instead of booting anything.
-	for _, p := range []string{in.Entry.Linux, in.Entry.Initrd} {
+	for _, p := range []string{in.Entry.Linux, in.Entry.Initrd, in.Entry.EFI} {
 		if p == "" {
 			continue
 		}

@@ -227,6 +227,28 @@ func TestProblems(t *testing.T) {
 	}
 }
 
+// A Secure Boot slot's entry boots its UKI: no kernel or initramfs to check,
+// but the UKI must be there.
+func TestUKIEntry(t *testing.T) {
+	e := newESP(t)
+	putSlot(t, e, boot.SlotA, 1, "slate-a.conf")
+	en := entry(boot.SlotB, 2, "slate-b.conf")
+	en.Linux, en.Initrd, en.EFI = "", "", boot.SlotB.UKIPath()
+	put(t, e, boot.EntriesDir+"/slate-b.conf", marshal(en))
+	put(t, e, "slate/b/uki.efi", "uki")
+	put(t, e, "slate/b/release.json", string(release(boot.SlotB).Marshal()))
+	if b := read(t, e)[boot.SlotB]; b.State != Good || len(b.Problems) > 0 || b.Entry.EFI != "/slate/b/uki.efi" {
+		t.Errorf("slot b: %s %q %+v", b.State, b.Problems, b.Entry)
+	}
+	os.Remove(filepath.Join(e.Dir, "slate/b/uki.efi"))
+	if b := read(t, e)[boot.SlotB]; strings.Join(b.Problems, "\n") != "slate-b.conf: UKI /slate/b/uki.efi: missing" {
+		t.Errorf("missing UKI: problems %q", b.Problems)
+	}
+	if _, err := e.Promote(boot.SlotB); err == nil || !strings.Contains(err.Error(), "/slate/b/uki.efi is missing") {
+		t.Errorf("Promote without the UKI: %v", err)
+	}
+}
+
 func TestNotMounted(t *testing.T) {
 	e := Open(t.TempDir()) // an empty mount point
 	if _, err := e.Read(); err == nil || !strings.Contains(err.Error(), "no loader/entries directory: is the ESP mounted there?") {

@@ -55,6 +55,9 @@ type Status struct {
 	LastUpdateCheckError string             `json:"lastUpdateCheckError,omitempty"`
 	// SystemdBoot is the boot loader on the ESP and the one that booted.
 	SystemdBoot *SystemdBoot `json:"systemdBoot,omitempty"`
+	// SecureBoot is the firmware's Secure Boot state and the running
+	// unified kernel image's signer.
+	SecureBoot *SecureBoot `json:"secureBoot,omitempty"`
 	// Extensions is what slate-sysext.service did this boot: each node
 	// config extensions entry merged (name, version, digest) or refused or
 	// missing (why). ExtensionsError says why there is no report when one
@@ -155,6 +158,7 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 	}
 	loaderInfo, _ := n.LoaderVar("LoaderInfo")
 	st.SystemdBoot = systemdBoot(esp, loaderInfo)
+	st.SecureBoot = secureBootStatus("", esp, info[n.Running])
 	if id, err := node.BootID(); err == nil {
 		st.Running.BootID = id
 		if b, err := store.Boot(id); err == nil {
@@ -250,6 +254,9 @@ func (st *Status) WriteText(w io.Writer) error {
 	}
 	tw.Flush()
 	if sb := st.SystemdBoot; sb != nil {
+		sb.writeText(w)
+	}
+	if sb := st.SecureBoot; sb != nil {
 		sb.writeText(w)
 	}
 	if h := st.Health; h != nil {

@@ -18,6 +18,7 @@
 package upgrade
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -79,6 +80,10 @@ type Options struct {
 	// with nothing written. slate upgrade fetches the node config's
 	// extensions for the new image there.
 	Prepare func(ctx context.Context, a *artifact.Artifact) error
+	// EFIVars is where efivarfs is mounted (Secure Boot's state and the
+	// enrolled db); "" is /sys/firmware/efi/efivars. Without it Secure
+	// Boot counts as off.
+	EFIVars string
 	// Offered, if set, is called once the artifact is opened, before it
 	// is checked, with the version and manifest digest it offers: slate
 	// upgrade records what it was offered whatever the outcome.
@@ -113,6 +118,7 @@ type Result struct {
 //	upgrade: writing root of slot b (<size>)
 //	upgrade: verifying slot b
 //	upgrade: writing kernel and initramfs of slot b
+//	upgrade: writing unified kernel image of slot b (signed by <subject>, in this node's db)   (in place of the line above, for an artifact that has one)
 //	upgrade: systemd-boot <old> → <new> on the ESP (<path>)   (for each loader it replaces)
 //	upgrade: <why a loader is kept>                          (for each it does not)
 //	upgrade: writing boot entry of slot b
@@ -134,7 +140,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	s := o.Target.Slot
 
 	// 1. Everything that can refuse, before any change.
-	a, loader, dev, v, err := check(ctx, &o)
+	a, loader, up, dev, v, err := check(ctx, &o)
 	if err != nil {
 		return nil, err
 	}
@@ -215,12 +221,23 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err := ctx.Err(); err != nil {
 		return failed("before writing the kernel", err)
 	}
-	logf("upgrade: writing kernel and initramfs of slot %s", s)
-	if err := writeLayer(o.ESP, s.ESPDir()+"/"+boot.KernelName, a.Kernel); err != nil {
-		return failed("writing the kernel", err)
-	}
-	if err := writeLayer(o.ESP, s.ESPDir()+"/"+boot.InitrdName, a.Initramfs); err != nil {
-		return failed("writing the initramfs", err)
+	if up != nil {
+		if up.signedBy != "" {
+			logf("upgrade: writing unified kernel image of slot %s (signed by %s, in this node's db)", s, up.signedBy)
+		} else {
+			logf("upgrade: writing unified kernel image of slot %s (Secure Boot is off here: its signature was not checked)", s)
+		}
+		if _, err := o.ESP.WriteFile(s.ESPDir()+"/"+boot.UKIName, bytes.NewReader(up.blob)); err != nil {
+			return failed("writing the unified kernel image", err)
+		}
+	} else {
+		logf("upgrade: writing kernel and initramfs of slot %s", s)
+		if err := writeLayer(o.ESP, s.ESPDir()+"/"+boot.KernelName, a.Kernel); err != nil {
+			return failed("writing the kernel", err)
+		}
+		if err := writeLayer(o.ESP, s.ESPDir()+"/"+boot.InitrdName, a.Initramfs); err != nil {
+			return failed("writing the initramfs", err)
+		}
 	}
 	// The loader, once the slot is known whole and before its entry: a
 	// failure or a power cut from here on leaves the ESP's old loader or
@@ -259,6 +276,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		Initrd: s.InitrdPath(),
 		Options: boot.SlotCmdline(cfg.Cmdline, boot.SlotArgs{Slot: s, RootPartUUID: o.Target.PartUUID,
 			RootHash: cfg.Root.RootHash, StatePartUUID: o.Target.StatePartUUID, Version: cfg.Version}),
+	}
+	if up != nil {
+		en.Linux, en.Initrd, en.EFI = "", "", s.UKIPath()
 	}
 	if err := o.ESP.WriteEntry(en); err != nil {
 		return failed("writing the boot entry", err)

@@ -32,11 +32,14 @@ import (
 
 // Report describes a disk or an artifact.
 type Report struct {
-	Kind     string           `json:"kind"` // "disk" or "artifact"
-	Path     string           `json:"path"`
-	Format   string           `json:"format,omitempty"` // a disk's: raw, vhd... (package format)
-	Disk     *disk.Plan       `json:"disk,omitempty"`
-	Loader   string           `json:"loaderConf,omitempty"`
+	Kind   string     `json:"kind"` // "disk" or "artifact"
+	Path   string     `json:"path"`
+	Format string     `json:"format,omitempty"` // a disk's: raw, vhd... (package format)
+	Disk   *disk.Plan `json:"disk,omitempty"`
+	Loader string     `json:"loaderConf,omitempty"`
+	// Enroll lists the Secure Boot key files the disk carries for
+	// systemd-boot to enroll (loader/keys/*/).
+	Enroll   []string         `json:"enroll,omitempty"`
 	Slots    []Slot           `json:"slots,omitempty"`
 	Artifact *ArtifactSummary `json:"artifact,omitempty"`
 }
@@ -56,7 +59,10 @@ type Slot struct {
 	Cmdline    string `json:"cmdline,omitempty"`
 	// Release is slate/<slot>/release.json: what the slot's partition holds.
 	Release *boot.Release `json:"release,omitempty"`
-	// Initramfs is slate/<slot>/initramfs's load list; nil for an empty slot.
+	// UKI is the slot's signed unified kernel image (Secure Boot images).
+	UKI *UKI `json:"uki,omitempty"`
+	// Initramfs is slate/<slot>/initramfs's load list (or the one inside
+	// the slot's UKI); nil for an empty slot.
 	Initramfs *initramfs.Contents `json:"initramfs,omitempty"`
 	// Problems are what does not add up: an unreadable release, or one that
 	// disagrees with the entry.
@@ -78,6 +84,8 @@ type ArtifactSummary struct {
 	Bundles    int `json:"bundles,omitempty"`
 	// Initramfs is the initramfs layer's load list.
 	Initramfs *initramfs.Contents `json:"initramfs,omitempty"`
+	// UKI is the unified kernel image layer of a Secure Boot image.
+	UKI *UKI `json:"uki,omitempty"`
 	// Problems are what could not be read (the initramfs layer).
 	Problems []string `json:"problems,omitempty"`
 }
@@ -114,6 +122,15 @@ func Path(p string) (*Report, error) {
 		sum.Problems = append(sum.Problems, fmt.Sprintf("initramfs layer: %v", err))
 	} else {
 		sum.Initramfs = c
+	}
+	if a.UKI != nil {
+		data, err := readUKILayer(a.UKI)
+		if err == nil {
+			sum.UKI, _, err = readUKI("layer "+artifact.UKITitle, data)
+		}
+		if err != nil {
+			sum.Problems = append(sum.Problems, fmt.Sprintf("unified kernel image layer: %v", err))
+		}
 	}
 	return &Report{Kind: "artifact", Path: p, Artifact: sum}, nil
 }
@@ -182,6 +199,14 @@ func rawDisk(path, raw string, size int64) (*Report, error) {
 	if b, err := fs.ReadFile(boot.LoaderConf); err == nil {
 		r.Loader = string(b)
 	}
+	if dirs, err := fs.ReadDir("loader/keys"); err == nil {
+		for _, d := range dirs {
+			files, _ := fs.ReadDir("loader/keys/" + d)
+			for _, f := range files {
+				r.Enroll = append(r.Enroll, "loader/keys/"+d+f)
+			}
+		}
+	}
 	names, err := fs.ReadDir(boot.EntriesDir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%s: partition %s: %s: %w", path, boot.PartESP, boot.EntriesDir, err)
@@ -226,6 +251,15 @@ func rawDisk(path, raw string, size int64) (*Report, error) {
 		}
 		readRelease(fs, s, &slot)
 		readInitramfs(fs, s, &slot)
+		if e := entries[s]; e != nil && e.EFI != "" {
+			data, err := fs.ReadFile(strings.TrimPrefix(e.EFI, "/"))
+			if err == nil {
+				slot.UKI, slot.Initramfs, err = readUKI(e.EFI, data)
+			}
+			if err != nil {
+				slot.Problems = append(slot.Problems, fmt.Sprintf("%s: %v", e.EFI, err))
+			}
+		}
 		r.Slots = append(r.Slots, slot)
 	}
 	return r, nil
@@ -319,6 +353,9 @@ func (r *Report) Text(w io.Writer) {
 		if c := r.Artifact.Initramfs; c != nil {
 			initramfsLine(w, c)
 		}
+		if u := r.Artifact.UKI; u != nil {
+			u.text(w)
+		}
 		for _, p := range r.Artifact.Problems {
 			fmt.Fprintf(w, "  problem: %s\n", p)
 		}
@@ -328,6 +365,9 @@ func (r *Report) Text(w io.Writer) {
 	fmt.Fprintf(w, "  %-2s %-14s %-10s %-10s %s\n", "#", "name", "start", "size", "partuuid")
 	for _, p := range r.Disk.Partitions {
 		fmt.Fprintf(w, "  %-2d %-14s %-10s %-10s %s\n", p.Number, p.Name, mib(p.Start), mib(p.Size), p.GUID)
+	}
+	if len(r.Enroll) > 0 {
+		fmt.Fprintf(w, "secure boot keys to enroll: %s\n", strings.Join(r.Enroll, " "))
 	}
 	for _, s := range r.Slots {
 		fmt.Fprintf(w, "slot %s: %s", strings.ToUpper(s.Name), s.State)
@@ -351,6 +391,9 @@ func (r *Report) Text(w io.Writer) {
 			if !rel.Written.IsZero() {
 				fmt.Fprintf(w, "  written  %s\n", rel.Written.Format(time.RFC3339))
 			}
+		}
+		if u := s.UKI; u != nil {
+			u.text(w)
 		}
 		if c := s.Initramfs; c != nil {
 			initramfsLine(w, c)

@@ -47,6 +47,10 @@ type Boot struct {
 	// Kernel and SystemdBoot are files under Options.WorkDir.
 	Kernel      string
 	SystemdBoot string
+	// Stub is the image's systemd-stub (a file under Options.WorkDir), ""
+	// when the image has none: a Secure Boot build needs it to make a
+	// Unified Kernel Image.
+	Stub string
 	// KernelConfig is /boot/config-<kver> (or the modules dir's config), nil if absent.
 	KernelConfig []byte
 	// ModulesDep and ModulesBuiltin come from the kernel's modules directory.
@@ -72,6 +76,7 @@ type Boot struct {
 // Kernel and bootloader locations, as the error for a missing one lists them.
 const (
 	SystemdBootPath = "usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+	StubPath        = "usr/lib/systemd/boot/efi/linuxx64.efi.stub"
 	kernelPlaces    = "/usr/lib/modules/<kver>/vmlinuz or /boot/vmlinuz-<kver>"
 )
 
@@ -115,6 +120,7 @@ type scanner struct {
 	deps          map[string][]byte
 	builtin       map[string][]byte
 	sdboot        string
+	stub          string
 	droppedXattrs int
 	osRelease     []byte
 	usrRelease    []byte
@@ -210,6 +216,10 @@ func (s *scanner) entry(p string, r io.Reader) error {
 	case p == SystemdBootPath || p == "lib/systemd/boot/efi/systemd-bootx64.efi":
 		f, err := s.spill(p, filepath.Join(s.opt.WorkDir, "systemd-bootx64.efi"), r)
 		s.sdboot = f
+		return err
+	case p == StubPath || p == "lib/systemd/boot/efi/linuxx64.efi.stub":
+		f, err := s.spill(p, filepath.Join(s.opt.WorkDir, "linuxx64.efi.stub"), r)
+		s.stub = f
 		return err
 	case strings.HasPrefix(p, "boot/vmlinuz-"):
 		kver := strings.TrimPrefix(p, "boot/vmlinuz-")
@@ -313,6 +323,7 @@ func (s *scanner) boot() (*Boot, error) {
 		KernelRelease:  kver,
 		Kernel:         s.kernels[kver],
 		SystemdBoot:    s.sdboot,
+		Stub:           s.stub,
 		KernelConfig:   s.configs[kver],
 		ModulesDep:     s.deps[kver],
 		ModulesBuiltin: s.builtin[kver],

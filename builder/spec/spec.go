@@ -42,8 +42,40 @@ type Spec struct {
 	// key when the image has any (unless update.allowUnsigned). `slate
 	// build --extension REF` adds more.
 	Extensions []string `yaml:"extensions" json:"extensions,omitempty"`
-	Outputs    Outputs  `yaml:"outputs" json:"outputs"`
+	// SecureBoot, when set, makes the image boot as a signed Unified
+	// Kernel Image under UEFI Secure Boot.
+	SecureBoot SecureBoot `yaml:"secureBoot" json:"secureBoot,omitzero"`
+	Outputs    Outputs    `yaml:"outputs" json:"outputs"`
 }
+
+// SecureBoot signs what a node boots with keys the user owns. The builder
+// assembles one Unified Kernel Image (the image's systemd-stub with its
+// kernel, the initramfs, os-release and a command line that carries the
+// root hash) and signs it and the image's systemd-boot with the db key, so
+// firmware with that key's certificate in its db boots nothing else: the
+// root hash, and through dm-verity every byte of the root, is then as
+// trustworthy as the key. Paths are relative to the spec file.
+type SecureBoot struct {
+	// Key and Certificate are the db signing key and its certificate
+	// (PEM; slate keygen --secure-boot makes db.key and db.crt).
+	Key         string `yaml:"key" json:"key,omitempty"`
+	Certificate string `yaml:"certificate" json:"certificate,omitempty"`
+	// EnrollKeys is a directory holding PK.auth, KEK.auth and db.auth
+	// (slate keygen --secure-boot): the disk carries them on its ESP and
+	// systemd-boot enrolls them on first boot when the firmware is in
+	// Setup Mode. Only for machines meant for it: see the README.
+	EnrollKeys string `yaml:"enrollKeys" json:"enrollKeys,omitempty"`
+	// SBAT is the image's SBAT generation for the component "slate"
+	// (1 when unset): raise it to revoke every image built with a lower
+	// one (see the README for who enforces it).
+	SBAT int `yaml:"sbat" json:"sbat,omitempty"`
+}
+
+// Enabled says whether the image boots under Secure Boot.
+func (b SecureBoot) Enabled() bool { return b.Key != "" || b.Certificate != "" }
+
+// SBATGeneration is the generation to embed: SBAT or 1.
+func (b SecureBoot) SBATGeneration() int { return max(b.SBAT, 1) }
 
 // Update is whom the image's agent trusts for upgrades. The builder bakes it
 // into the root (package builder/nodefiles: /usr/lib/slate/update-keys and
@@ -134,6 +166,12 @@ func Load(path string) (*Spec, error) {
 	for i, k := range s.Update.PublicKeys {
 		if !isInlineKey(k) && !filepath.IsAbs(k) {
 			s.Update.PublicKeys[i] = filepath.Join(filepath.Dir(path), k)
+		}
+	}
+	// So are the Secure Boot files.
+	for _, p := range []*string{&s.SecureBoot.Key, &s.SecureBoot.Certificate, &s.SecureBoot.EnrollKeys} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(filepath.Dir(path), *p)
 		}
 	}
 	// So are extension layouts.
@@ -258,6 +296,16 @@ func (s *Spec) Validate() error {
 	for i, m := range s.Initramfs.Modules {
 		if !moduleRe.MatchString(m) {
 			return fe(fmt.Sprintf("initramfs.modules[%d]", i), "%q is not a module name", m)
+		}
+	}
+	if sb := s.SecureBoot; sb.Enabled() || sb.EnrollKeys != "" || sb.SBAT != 0 {
+		switch {
+		case sb.Key == "":
+			return fe("secureBoot.key", "missing: Secure Boot needs the db key that signs the boot files (and secureBoot.certificate)")
+		case sb.Certificate == "":
+			return fe("secureBoot.certificate", "missing: Secure Boot needs the db key's certificate (and secureBoot.key)")
+		case sb.SBAT < 0 || sb.SBAT > 1<<20:
+			return fe("secureBoot.sbat", "%d is not a generation (1 or more)", sb.SBAT)
 		}
 	}
 	if f := s.Outputs.Format; f != "" && !slices.Contains(format.Names, f) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,6 +18,8 @@ import (
 
 func buildCmd() *cobra.Command {
 	var (
+		sbKey, sbCert, sbEnroll                                                             string
+		sbat                                                                                int
 		specFile, source, output, format, artifactDir, version, compression, initBin, agent string
 		slotSize, espSize, stateSize                                                        spec.Size
 		cmdline, modules, updateKeys, exts                                                  []string
@@ -83,6 +86,20 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			set("state-size", func() { s.Disk.StateSize = stateSize })
 			set("cmdline", func() { s.Kernel.ExtraCmdline = append(s.Kernel.ExtraCmdline, cmdline...) })
 			set("module", func() { s.Initramfs.Modules = append(s.Initramfs.Modules, modules...) })
+			absSet := func(name string, dst *string, v string) error {
+				if !f.Changed(name) {
+					return nil
+				}
+				abs, err := filepath.Abs(v)
+				*dst = abs
+				return err
+			}
+			if err := errors.Join(absSet("secure-boot-key", &s.SecureBoot.Key, sbKey),
+				absSet("secure-boot-cert", &s.SecureBoot.Certificate, sbCert),
+				absSet("secure-boot-enroll", &s.SecureBoot.EnrollKeys, sbEnroll)); err != nil {
+				return err
+			}
+			set("sbat", func() { s.SecureBoot.SBAT = sbat })
 			s.Extensions = append(s.Extensions, exts...)
 			for _, k := range updateKeys {
 				abs, err := filepath.Abs(k)
@@ -169,6 +186,10 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 	f.StringSliceVar(&modules, "module", nil, "extra kernel module for the initramfs (repeatable, or a comma-separated list)")
 	f.StringArrayVar(&exts, "extension", nil, "system extension the image carries in /usr/lib/slate/extensions: a registry reference or oci:DIR[:TAG|@DIGEST] (repeatable; adds to the spec's extensions); it must match the image's os-release and be signed by an update key when the image has any")
 	f.StringArrayVar(&updateKeys, "update-key", nil, "public key file (PEM) that update artifacts must be signed by, baked into the image (repeatable; adds to the spec's update.publicKeys)")
+	f.StringVar(&sbKey, "secure-boot-key", "", "sign the boot files with this Secure Boot db key (PEM; slate keygen --secure-boot makes db.key): the image boots as a signed Unified Kernel Image (spec: secureBoot.key)")
+	f.StringVar(&sbCert, "secure-boot-cert", "", "the db key's certificate (PEM; db.crt) (spec: secureBoot.certificate)")
+	f.StringVar(&sbEnroll, "secure-boot-enroll", "", "directory with PK.auth, KEK.auth and db.auth for systemd-boot to enroll on first boot, for machines in Setup Mode (spec: secureBoot.enrollKeys)")
+	f.IntVar(&sbat, "sbat", 0, "SBAT generation of the image (spec: secureBoot.sbat; default 1)")
 	f.StringVar(&initBin, "init", "", "use this init binary instead of the embedded one (development)")
 	f.StringVar(&agent, "agent", "", "install this slate binary as the node's agent, /usr/bin/slate (default: this one; must be static)")
 	f.BoolVar(&insecure, "insecure", false, "allow plain HTTP to the source and extension registries")

@@ -12,11 +12,14 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/builder/source"
+	"github.com/slate-os/slate/secureboot"
 	"github.com/slate-os/slate/signature"
 )
 
@@ -109,16 +112,39 @@ sha256-<hex> where the registry lacks it). Nodes accept both formats.`,
 }
 
 func keygenCmd() *cobra.Command {
-	var useEd25519 bool
+	var (
+		useEd25519, secureBoot bool
+		commonName             string
+		extraDB                []string
+	)
 	c := &cobra.Command{
-		Use:   "keygen KEY",
-		Short: "Make a signing key: KEY (private, mode 0600) and KEY.pub (for update.publicKey)",
+		Use:   "keygen (KEY | --secure-boot DIR)",
+		Short: "Make a signing key: KEY (private, mode 0600) and KEY.pub (for update.publicKey), or Secure Boot keys in DIR",
 		Long: `keygen writes a new private key to KEY (PKCS #8 PEM, mode 0600) and its public
 key to KEY.pub (PKIX PEM): give KEY to slate sign and the contents of
 KEY.pub to the nodes as update.publicKey. ECDSA P-256, cosign's default,
-unless --ed25519. It never overwrites a file.`,
+unless --ed25519. It never overwrites a file.
+
+With --secure-boot it makes UEFI Secure Boot keys in DIR instead: an RSA
+key and a self-signed certificate for each of PK, KEK and db (PK.key,
+PK.crt...), and PK.auth, KEK.auth and db.auth, which systemd-boot enrolls
+into firmware in Setup Mode. The image spec's secureBoot.key and
+secureBoot.certificate name db.key and db.crt (slate build signs the boot
+files with them), and secureBoot.enrollKeys names DIR. --extra-db-cert
+adds certificates to db.auth, such as Microsoft's UEFI CA 2011, which
+signs the option ROMs of many graphics and network cards: without it they
+do not run under Secure Boot.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if secureBoot {
+				if useEd25519 {
+					return errors.New("--ed25519 makes an update-signing key; Secure Boot keys are RSA")
+				}
+				return secureBootKeygen(args[0], commonName, extraDB)
+			}
+			if commonName != "" || len(extraDB) > 0 {
+				return errors.New("--common-name and --extra-db-cert go with --secure-boot")
+			}
 			var key crypto.Signer
 			var err error
 			if useEd25519 {
@@ -150,7 +176,36 @@ unless --ed25519. It never overwrites a file.`,
 		},
 	}
 	c.Flags().BoolVar(&useEd25519, "ed25519", false, "an Ed25519 key instead of ECDSA P-256")
+	c.Flags().BoolVar(&secureBoot, "secure-boot", false, "make UEFI Secure Boot keys (PK, KEK, db and their .auth files) in the directory DIR")
+	c.Flags().StringVar(&commonName, "common-name", "", "with --secure-boot: the certificates' common name, followed by PK, KEK or db (default \"slate\")")
+	c.Flags().StringArrayVar(&extraDB, "extra-db-cert", nil, "with --secure-boot: a certificate file (PEM or DER) whose certificates db.auth holds as well (repeatable)")
 	return c
+}
+
+// secureBootKeygen makes a Secure Boot key set in dir.
+func secureBootKeygen(dir, commonName string, extraFiles []string) error {
+	var extra []*x509.Certificate
+	for _, f := range extraFiles {
+		certs, err := secureboot.LoadCertificates(f)
+		if err != nil {
+			return err
+		}
+		extra = append(extra, certs...)
+	}
+	if err := secureboot.GenerateKeySet(dir, commonName, extra); err != nil {
+		return err
+	}
+	fmt.Printf("wrote in %s: %s\n", dir, strings.Join(secureboot.KeySetFiles, " "))
+	if db, err := secureboot.LoadCertificates(filepath.Join(dir, "db.crt")); err == nil {
+		fmt.Printf("db certificate %s (%s)", db[0].Subject, secureboot.Fingerprint(db[0]))
+		if len(extra) > 0 {
+			fmt.Printf("; db.auth also holds %d certificate(s) from --extra-db-cert", len(extra))
+		}
+		fmt.Println()
+	}
+	fmt.Printf("in the image spec: secureBoot.key: %s, secureBoot.certificate: %s, secureBoot.enrollKeys: %s\n",
+		filepath.Join(dir, "db.key"), filepath.Join(dir, "db.crt"), dir)
+	return nil
 }
 
 // writeNew writes a file that must not exist yet.

@@ -37,7 +37,16 @@ var packages = map[string]string{
 	"genisoimage": "genisoimage", "isoinfo": "genisoimage",
 	"losetup": "mount", "partx": "util-linux",
 	"qemu-img": "qemu-utils", "qemu-system-x86_64": "qemu-system-x86",
+	"sbsign": "sbsigntool", "sbverify": "sbsigntool",
+	"objdump": "binutils", "objcopy": "binutils",
+	StubPath: "systemd-boot-efi", SystemdBootPath: "systemd-boot-efi",
 }
+
+// Files that packages install, which tests use as they are (File).
+const (
+	StubPath        = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+	SystemdBootPath = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
+)
 
 // Unavailable skips tb with why, or fails it when Required.
 func Unavailable(tb testing.TB, format string, args ...any) {
@@ -92,6 +101,16 @@ func Have(tb testing.TB, tool string) bool {
 		return false
 	}
 	return true
+}
+
+// File requires a file that a package installs (StubPath...) and
+// returns its path.
+func File(tb testing.TB, path string) string {
+	tb.Helper()
+	if _, err := os.Stat(path); err != nil {
+		Unavailable(tb, "%s is missing%s", path, hint(path))
+	}
+	return path
 }
 
 // Root requires the test to run as root (what make test does, as CI).

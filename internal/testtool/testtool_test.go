@@ -48,4 +48,7 @@ func TestNeed(t *testing.T) {
 	if tb := call(func(tb testing.TB) { Any(tb, "genisoimage", "xorriso") }); !tb.failed {
 		t.Errorf("make test, Any: %+v, want a failure", tb)
 	}
+	if tb := call(func(tb testing.TB) { File(tb, t.TempDir()+"/linuxx64.efi.stub") }); !tb.failed {
+		t.Errorf("make test, File: %+v, want a failure", tb)
+	}
 }

@@ -1,5 +1,5 @@
-// Package blockdev finds partitions by PARTUUID and tells the kernel about a
-// grown partition.
+// Package blockdev finds partitions by PARTUUID (or by GPT name on the disk
+// of one found by PARTUUID) and tells the kernel about a grown partition.
 //
 // The kernel does not put a partition's PARTUUID in sysfs or its uevent, so
 // the finder reads the GPT of every whole disk in /sys/class/block (with
@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -209,11 +210,7 @@ func (f Finder) Wait(want []Want, timeout, poll time.Duration) (map[string]Parti
 			case 1:
 				res[w.PartUUID] = ps[0]
 			default:
-				var devs []string
-				for _, p := range ps {
-					devs = append(devs, p.Dev)
-				}
-				return nil, fmt.Errorf("%s: PARTUUID %s is on %d partitions (%s): refusing to guess", w.What, w.PartUUID, len(ps), strings.Join(devs, ", "))
+				return nil, fmt.Errorf("%s: PARTUUID %s is on %d partitions (%s): refusing to guess", w.What, w.PartUUID, len(ps), devs(ps))
 			}
 		}
 		if len(missing) == 0 {
@@ -224,6 +221,71 @@ func (f Finder) Wait(want []Want, timeout, poll time.Duration) (map[string]Parti
 		}
 		time.Sleep(poll)
 	}
+}
+
+// WaitOnDiskOf polls until the partition anchor names exists and its disk
+// holds one partition with each of the GPT names (the names the kernel
+// shows as PARTNAME in uevent; read here from the GPT itself), or the
+// timeout passes. It returns the anchor and the named partitions by name.
+// Anchoring the search to one disk (the ESP's, under Secure Boot) keeps a
+// second slate disk, or a copy of this one, from being taken; a name found
+// twice on that disk is an error.
+func (f Finder) WaitOnDiskOf(anchor Want, names []string, timeout, poll time.Duration) (Partition, map[string]Partition, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		found, err := f.Scan()
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return Partition{}, nil, err
+		}
+		var missing []string
+		var at Partition
+		switch ps := found[anchor.PartUUID]; len(ps) {
+		case 0:
+			missing = append(missing, fmt.Sprintf("%s: no partition with PARTUUID %s", anchor.What, anchor.PartUUID))
+		case 1:
+			at = ps[0]
+		default:
+			return Partition{}, nil, fmt.Errorf("%s: PARTUUID %s is on %d partitions (%s): refusing to guess", anchor.What, anchor.PartUUID, len(ps), devs(ps))
+		}
+		res := map[string]Partition{}
+		if len(missing) == 0 {
+			for _, name := range names {
+				var on []Partition
+				for _, ps := range found {
+					for _, p := range ps {
+						if p.DiskName == at.DiskName && p.Label == name {
+							on = append(on, p)
+						}
+					}
+				}
+				switch len(on) {
+				case 0:
+					missing = append(missing, fmt.Sprintf("no partition named %s on disk %s (the disk of %s, PARTUUID %s)", name, at.DiskName, anchor.What, anchor.PartUUID))
+				case 1:
+					res[name] = on[0]
+				default:
+					sort.Slice(on, func(i, j int) bool { return on[i].Number < on[j].Number })
+					return Partition{}, nil, fmt.Errorf("%d partitions are named %s on disk %s (%s): refusing to guess", len(on), name, at.DiskName, devs(on))
+				}
+			}
+		}
+		if len(missing) == 0 {
+			return at, res, nil
+		}
+		if !time.Now().Before(deadline) {
+			return Partition{}, nil, &NotFoundError{Missing: missing, After: timeout.Round(time.Millisecond)}
+		}
+		time.Sleep(poll)
+	}
+}
+
+// devs lists partitions' device nodes for a message.
+func devs(ps []Partition) string {
+	var d []string
+	for _, p := range ps {
+		d = append(d, p.Dev)
+	}
+	return strings.Join(d, ", ")
 }
 
 // Size returns the size in bytes of a block device or regular file.

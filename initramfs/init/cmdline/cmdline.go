@@ -33,6 +33,12 @@ type Params struct {
 	// Version is the image's version label, "" if absent.
 	Version     string
 	RebootDelay time.Duration
+	// Discover is true when the command line names neither the slot nor
+	// the partitions, as a Unified Kernel Image's signed one does (it must
+	// fit either slot of any node): the init then finds them from
+	// systemd-boot's EFI variables and fills Slot, RootPartUUID and
+	// StatePartUUID itself.
+	Discover bool
 }
 
 // Split splits a kernel command line into arguments as the kernel does:
@@ -110,14 +116,25 @@ func RebootDelay(cmdline string) (time.Duration, error) {
 }
 
 // Parse reads the init's parameters. slate.slot, slate.root and
-// slate.state are required; warnings are for problems that do not stop the
-// boot (a bad reboot delay, a missing root hash).
+// slate.state come together, or not at all (Discover; then slate.roothash
+// is required, as a UKI always carries it); warnings are for problems that
+// do not stop the boot (a bad reboot delay, a missing root hash).
 func Parse(cmdline string) (p *Params, warnings []string, err error) {
 	args := Split(cmdline)
 	p = &Params{}
 	var errs []error
 
-	if v, ok := Value(args, boot.ArgSlot); !ok {
+	given := 0
+	for _, k := range []string{boot.ArgSlot, boot.ArgRoot, boot.ArgState} {
+		if _, ok := Value(args, k); ok {
+			given++
+		}
+	}
+	p.Discover = given == 0
+
+	if p.Discover {
+		// Nothing to read: the init discovers them.
+	} else if v, ok := Value(args, boot.ArgSlot); !ok {
 		errs = append(errs, fmt.Errorf("%s= is missing", boot.ArgSlot))
 	} else if s, err := boot.ParseSlot(v); err != nil {
 		errs = append(errs, fmt.Errorf("%s=%s: %w", boot.ArgSlot, v, err))
@@ -137,13 +154,23 @@ func Parse(cmdline string) (p *Params, warnings []string, err error) {
 		}
 		return g.String()
 	}
-	p.RootPartUUID = partUUID(boot.ArgRoot)
-	p.StatePartUUID = partUUID(boot.ArgState)
+	if !p.Discover {
+		p.RootPartUUID = partUUID(boot.ArgRoot)
+		p.StatePartUUID = partUUID(boot.ArgState)
+	}
 	if p.RootPartUUID != "" && p.RootPartUUID == p.StatePartUUID {
 		errs = append(errs, fmt.Errorf("%s and %s name the same partition %s", boot.ArgRoot, boot.ArgState, p.RootPartUUID))
 	}
 
-	if v, ok := Value(args, boot.ArgRootHash); !ok || v == "" {
+	if given > 0 && given < 3 {
+		errs = append(errs, fmt.Errorf("give %s, %s and %s together, or none of them (a UKI's command line: the init then finds them from systemd-boot's EFI variables)",
+			boot.ArgSlot, boot.ArgRoot, boot.ArgState))
+	}
+
+	if v, ok := Value(args, boot.ArgRootHash); (!ok || v == "") && p.Discover {
+		errs = append(errs, fmt.Errorf("%s= is missing, and so are %s, %s and %s: this is no slate command line (a UKI's names no slot or partition, but always carries %s)",
+			boot.ArgRootHash, boot.ArgSlot, boot.ArgRoot, boot.ArgState, boot.ArgRootHash))
+	} else if !ok || v == "" {
 		warnings = append(warnings, fmt.Sprintf("%s= is missing: the root cannot be verified", boot.ArgRootHash))
 	} else if b, err := hex.DecodeString(v); err != nil || len(b) < 16 || len(b) > 64 {
 		errs = append(errs, fmt.Errorf("%s=%s is not a hex hash", boot.ArgRootHash, v))

@@ -73,7 +73,8 @@ func TestParseErrors(t *testing.T) {
 		{strings.Replace(good(), "slate.state="+state, "slate.state=", 1), "slate.state= is missing"},
 		{strings.Replace(good(), "slate.state="+state, "slate.state="+root, 1), "name the same partition"},
 		{strings.Replace(good(), hash, "xyz", 1), "slate.roothash=xyz is not a hex hash"},
-		{"console=ttyS0", "slate.slot= is missing"},
+		{"console=ttyS0", "slate.roothash= is missing, and so are slate.slot, slate.root and slate.state"},
+		{strings.Replace(good(), "slate.slot=a", "", 1), "give slate.slot, slate.root and slate.state together, or none of them"},
 	} {
 		_, _, err := Parse(tc.cmdline)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -81,10 +82,42 @@ func TestParseErrors(t *testing.T) {
 		}
 	}
 	// Every problem is reported at once.
-	_, _, err := Parse("console=ttyS0")
-	for _, key := range []string{"slate.slot", "slate.root", "slate.state"} {
+	_, _, err := Parse("console=ttyS0 slate.slot=c slate.roothash=" + hash)
+	for _, key := range []string{"slate.slot=c", "slate.root= is missing", "slate.state= is missing"} {
 		if err == nil || !strings.Contains(err.Error(), key) {
 			t.Errorf("err %v does not mention %s", err, key)
+		}
+	}
+}
+
+// A UKI's signed command line names no slot and no partition: the init
+// discovers them.
+func TestParseDiscover(t *testing.T) {
+	line := "console=ttyS0 quiet slate.roothash=" + hash + " slate.version=1.4.2"
+	p, warns, err := Parse(line)
+	if err != nil || len(warns) != 0 {
+		t.Fatalf("Parse(%q): %v %v", line, err, warns)
+	}
+	want := &Params{RootHash: hash, Version: "1.4.2", RebootDelay: DefaultRebootDelay, Discover: true}
+	if !reflect.DeepEqual(p, want) {
+		t.Errorf("Parse(%q) =\n%+v\nwant\n%+v", line, p, want)
+	}
+	// A full command line does not discover.
+	if p, _, err := Parse(good()); err != nil || p.Discover {
+		t.Errorf("Parse(good) = %+v, %v", p, err)
+	}
+	for _, tc := range []struct{ cmdline, want string }{
+		// Without a root hash it is no UKI's: an error, not a warning.
+		{"console=ttyS0 slate.version=1", "slate.roothash= is missing"},
+		{"console=ttyS0 slate.roothash=", "slate.roothash= is missing"},
+		{"console=ttyS0 slate.roothash=xyz", "slate.roothash=xyz is not a hex hash"},
+		// Some but not all: as before, an error.
+		{line + " slate.slot=b", "slate.root= is missing"},
+		{line + " slate.state=" + state, "slate.slot= is missing"},
+		{line + " slate.root=", "give slate.slot, slate.root and slate.state together"},
+	} {
+		if _, _, err := Parse(tc.cmdline); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(%q): err = %v, want %q", tc.cmdline, err, tc.want)
 		}
 	}
 }

@@ -193,6 +193,11 @@ func (in *initProc) failureVerdict(step, msg string) (v failpolicy.Verdict) {
 	} else {
 		this.Slot = boot.CmdlineValue(in.cmdline, boot.ArgSlot)
 	}
+	if this.Slot == "" && in.efi.mounted { // a UKI's command line names no slot
+		if s, _, err := selectedSlot(in.efiStore); err == nil {
+			this.Slot = string(s)
+		}
+	}
 	input := failpolicy.Input{Counting: in.efi.counting, Persist: in.efi.mounted, Prev: in.efi.prev, This: this}
 	v = failpolicy.Decide(input)
 	if in.efi.mounted {

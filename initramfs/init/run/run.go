@@ -1,6 +1,8 @@
 // Package run is slate's init: PID 1 in the initramfs. It mounts the API
 // filesystems, loads the modules the packer put in the initramfs, finds the
-// slot's root and the state partition by PARTUUID, mounts the root read-only
+// slot's root and the state partition by PARTUUID (or, when the command
+// line names none, as a Unified Kernel Image's, by name on the disk of the
+// ESP systemd-boot booted from: discover.go), mounts the root read-only
 // through dm-verity (package dm), sets up the state partition on /var
 // (formatting and growing it on first boot), makes /etc a tmpfs overlay and
 // /tmp a tmpfs, applies the node config (see config.go and package
@@ -309,11 +311,18 @@ func (in *initProc) readCmdline() error {
 	in.rec.RootHash = p.RootHash
 	in.rec.RootPartUUID = p.RootPartUUID
 	in.rec.StatePartUUID = p.StatePartUUID
+	if p.Discover {
+		in.log.Infof("image version %q; the command line names no slot or partition (a UKI's): finding them from systemd-boot's EFI variables", p.Version)
+		return nil
+	}
 	in.log.Infof("slot %s, image version %q, root PARTUUID %s, state PARTUUID %s", p.Slot, p.Version, p.RootPartUUID, p.StatePartUUID)
 	return nil
 }
 
 func (in *initProc) findPartitions() error {
+	if in.params.Discover {
+		return in.discoverPartitions()
+	}
 	slot := "slot " + string(in.params.Slot)
 	got, err := in.finder.Wait([]blockdev.Want{
 		{PartUUID: in.params.RootPartUUID, What: slot},
