@@ -19,7 +19,7 @@ GOFLAGS_BUILD := -trimpath -ldflags=-s\ -w
 # Debian packages the tests and the demo need.
 DEB_PACKAGES := squashfs-tools-ng squashfs-tools cryptsetup-bin qemu-system-x86 qemu-utils ovmf \
 	debootstrap gdisk fdisk dosfstools mtools cpio zstd xz-utils e2fsprogs genisoimage umoci \
-	sbsigntool systemd-boot-efi binutils
+	sbsigntool systemd-boot-efi binutils openssl
 
 .PHONY: all slate deps unit test qemu-test bench reference-image reference-matrix init-binary demo run clean vet
 

@@ -84,6 +84,8 @@ const (
 	ArgState = "slate.state"
 	// ArgVersion is the image's version label, for the record.
 	ArgVersion = "slate.version"
+	// ArgSBAT is the image's SBAT generation (component "slate") in a unified kernel image's signed command line.
+	ArgSBAT = "slate.sbat"
 	// ArgRebootDelay is how long a fatal init error waits before rebooting (a Go duration).
 	ArgRebootDelay = "slate.reboot_delay"
 	// ArgPlatform names the cloud the node runs on (ec2, gce, azure,

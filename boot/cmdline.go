@@ -1,6 +1,9 @@
 package boot
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // SlotArgs are what a slot's boot entry tells the init about the slot.
 type SlotArgs struct {
@@ -31,13 +34,15 @@ func SlotCmdline(base string, a SlotArgs) string {
 }
 
 // UKICmdline is the command line signed into a Unified Kernel Image: base,
-// the root hash and the version, and nothing that names a node's slot or
+// the root hash, the version and the image's SBAT generation (which the
+// init checks against the node's revocation level), and nothing that names
+// a node's slot or
 // partitions, so that one signed image fits either slot of any node. Under
 // Secure Boot systemd-stub ignores the entry's options, and the init finds
 // the slot and partitions from systemd-boot's EFI variables instead
 // (initramfs/init/run).
-func UKICmdline(base, rootHash, version string) string {
-	args := []string{ArgRootHash + "=" + rootHash, ArgVersion + "=" + version}
+func UKICmdline(base, rootHash, version string, sbat int) string {
+	args := []string{ArgRootHash + "=" + rootHash, ArgVersion + "=" + version, ArgSBAT + "=" + strconv.Itoa(sbat)}
 	if base = strings.TrimSpace(base); base != "" {
 		args = append([]string{base}, args...)
 	}

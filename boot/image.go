@@ -22,6 +22,11 @@ const (
 	// signed by (one of them): NN.pub, PKIX PEM, from the image spec's
 	// update.publicKeys and `slate build --update-key`.
 	UpdateKeysDir = ImageDir + "/update-keys"
+	// SBATLevelFile is, in a Secure Boot image, the signed payload that
+	// raises a node's revocation level to the image's SBAT generation
+	// (secureboot.SBATLevelPayload); the agent writes it once the image
+	// has booted well.
+	SBATLevelFile = ImageDir + "/sbat-level.auth"
 )
 
 // ImageInfo is /usr/lib/slate/image.json: what the image is, and its update

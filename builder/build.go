@@ -40,6 +40,7 @@ import (
 	"github.com/slate-os/slate/initramfs/initbin"
 	"github.com/slate-os/slate/internal/jsonduration"
 	"github.com/slate-os/slate/internal/progress"
+	"github.com/slate-os/slate/secureboot"
 	"github.com/slate-os/slate/signature"
 	"github.com/slate-os/slate/sysext"
 )
@@ -310,9 +311,24 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	// 1. One pass over the flattened image, slate's node files on top (an
 	// image's own /usr/bin/slate loses): squashfs and boot files.
 	b.step("rootfs")
+	// A Secure Boot image carries the signed payload that sets its nodes'
+	// SBAT level to its generation: generation 1 too, so that the first
+	// good boot binds the level variable to the db key before anything
+	// else on the node could create it with a key of its own.
+	var sbatLevel []byte
+	if sb := s.SecureBoot; sb.Enabled() {
+		signer, err := secureboot.LoadSigner(sb.Key, sb.Certificate)
+		if err != nil {
+			return nil, fmt.Errorf("secureBoot: %w", err)
+		}
+		if sbatLevel, err = secureboot.SBATLevelPayload(sb.SBATGeneration(), signer); err != nil {
+			return nil, fmt.Errorf("secureBoot.sbat: %w", err)
+		}
+	}
 	nodeLayer, err := nodefiles.Layer(b.o.AgentBinary, created, nodefiles.Image{
 		Info:       boot.ImageInfo{Version: version, Source: digest.String(), Created: created, AllowUnsigned: s.Update.AllowUnsigned},
 		UpdateKeys: keyPEMs,
+		SBATLevel:  sbatLevel,
 	})
 	if err != nil {
 		return nil, err

@@ -76,7 +76,7 @@ func (b *build) secureBoot(sb spec.SecureBoot, bf *rootfs.Boot, initrd, cmdline,
 	}
 	img, err := uki.Assemble(stub, uki.Sections{
 		OSRel:   bf.OSRelease,
-		Cmdline: []byte(boot.UKICmdline(cmdline, rootHash, version)),
+		Cmdline: []byte(boot.UKICmdline(cmdline, rootHash, version, sb.SBATGeneration())),
 		Uname:   []byte(bf.KernelRelease),
 		SBAT:    []byte(SBATLine(sb.SBATGeneration(), version)),
 		Initrd:  initramfs,

@@ -88,6 +88,11 @@ type System struct {
 	// health.requiredExtensions by (extensions.ReadReport of
 	// extensions.ReportPath when nil).
 	Extensions func() (*extensions.Report, error)
+	// RaiseSBAT, if set, runs once a boot is judged good: a Secure Boot
+	// image of a higher SBAT generation raises the node's revocation level
+	// (secureboot.WriteSBATLevel) only then, so that a new image that does
+	// not work can still roll back. It returns what to report ("" none).
+	RaiseSBAT func() (string, error)
 	// BlessBoot is systemd-bless-boot's path (BlessBoot when empty): when
 	// it does not exist, a good counted boot is blessed by the agent.
 	BlessBoot string
@@ -216,6 +221,14 @@ func assess(ctx context.Context, sys System) (counted bool, err error) {
 					return counted, fmt.Errorf("marking slot %s good: %w", n.Running, err)
 				}
 				fmt.Fprintf(out, "slate health: slot %s marked good (no systemd-bless-boot in this image)\n", n.Running)
+			}
+		}
+		if sys.RaiseSBAT != nil {
+			// A failure is reported, never a reason to reboot a good boot.
+			if msg, err := sys.RaiseSBAT(); err != nil {
+				fmt.Fprintln(errw, "slate health: raising the SBAT level:", err)
+			} else if msg != "" {
+				fmt.Fprintln(out, "slate health:", msg)
 			}
 		}
 		return counted, nil

@@ -23,6 +23,9 @@ type SecureBoot struct {
 	// SignedBy and Fingerprint name the certificate that signed it.
 	SignedBy    string `json:"signedBy,omitempty"`
 	Fingerprint string `json:"fingerprint,omitempty"`
+	// SBATLevel is the node's revocation level (0: none): images of a
+	// lower SBAT generation do not boot here.
+	SBATLevel int `json:"sbatLevel,omitempty"`
 	// Error says what could not be read.
 	Error string `json:"error,omitempty"`
 }
@@ -37,6 +40,9 @@ func secureBootStatus(dir string, esp *slots.ESP, running *slots.Info) *SecureBo
 		errs = append(errs, err.Error())
 	}
 	sb.Enabled = on
+	if sb.SBATLevel, err = secureboot.SBATLevel(dir); err != nil {
+		errs = append(errs, err.Error())
+	}
 	if running != nil && running.Entry != nil && running.Entry.EFI != "" {
 		sb.UKI = running.Entry.EFI
 		data, err := os.ReadFile(filepath.Join(esp.Dir, filepath.FromSlash(strings.TrimPrefix(running.Entry.EFI, "/"))))
@@ -70,6 +76,9 @@ func (sb *SecureBoot) writeText(w io.Writer) {
 		if sb.SignedBy != "" {
 			fmt.Fprintf(w, " signed by %s (%s)", sb.SignedBy, sb.Fingerprint)
 		}
+	}
+	if sb.SBATLevel > 0 {
+		fmt.Fprintf(w, "; SBAT level %d", sb.SBATLevel)
 	}
 	if sb.Error != "" {
 		fmt.Fprintf(w, " (%s)", sb.Error)

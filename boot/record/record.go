@@ -32,6 +32,9 @@ type Record struct {
 	Slot string `json:"slot"`
 	// Version is the image's version label, from slate.version.
 	Version string `json:"version,omitempty"`
+	// SBAT is the image's SBAT generation, from slate.sbat (0: none given;
+	// the init checks it as 1 against the node's revocation level).
+	SBAT int `json:"sbat,omitempty"`
 	// RootHash is the dm-verity root hash from slate.roothash.
 	RootHash string `json:"root_hash,omitempty"`
 	// Verity is true when the root is mounted through dm-verity; false

@@ -76,7 +76,9 @@
 //     PKIX PEM, 01.pub first. In the root, under dm-verity, they are as
 //     trustworthy as the running image: the agent takes its update policy
 //     and the running image's age (no downgrades) from them, not from the
-//     ESP (see agent/upgrade).
+//     ESP (see agent/upgrade). /usr/lib/slate/sbat-level.auth, in a Secure
+//     Boot image: the signed payload that raises a node's revocation
+//     level to its SBAT generation (see package secureboot).
 //
 // The layer is reproducible: sorted entries, owner 0:0, one modification
 // time, the same bytes for the same agent binary, image and time.
@@ -322,6 +324,8 @@ type Image struct {
 	// UpdateKeys are PEM public keys, written as update-keys/01.pub, 02.pub...
 	// in this order.
 	UpdateKeys [][]byte
+	// SBATLevel, if set, is written as boot.SBATLevelFile.
+	SBATLevel []byte
 }
 
 // UpdateKeyPath is the path of the i-th (from 0) update key in the image.
@@ -390,6 +394,9 @@ func tarball(agent []byte, im Image, mtime time.Time) ([]byte, error) {
 	}
 	for i, k := range im.UpdateKeys {
 		files[UpdateKeyPath(i)] = entry{typ: tar.TypeReg, mode: 0o644, body: k}
+	}
+	if im.SBATLevel != nil {
+		files[boot.SBATLevelFile] = entry{typ: tar.TypeReg, mode: 0o644, body: im.SBATLevel}
 	}
 	// Every parent directory, so the layer stands on its own whatever the
 	// image has; an image's own directory of the same name keeps its contents.

@@ -145,6 +145,13 @@ Flags override the spec file. The same inputs give byte-identical outputs.`,
 			if res.Artifact != "" {
 				fmt.Printf("  artifact  %s\n", res.Artifact)
 			}
+			if sb := res.SecureBoot; sb != nil {
+				enroll := ""
+				if sb.Enroll {
+					enroll = "; the disk enrolls its keys on first boot in Setup Mode"
+				}
+				fmt.Printf("  uki       %d KiB, signed by %s (%s), SBAT generation %d%s\n", sb.UKISize>>10, sb.SignedBy, sb.Fingerprint, sb.SBAT, enroll)
+			}
 			switch {
 			case len(res.UpdateKeys) > 0 && res.AllowUnsigned:
 				fmt.Printf("  updates   signed by %s, or UNSIGNED (update.allowUnsigned)\n", strings.Join(res.UpdateKeys, ", "))

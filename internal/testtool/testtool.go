@@ -33,7 +33,7 @@ var packages = map[string]string{
 	"mkfs.vfat": "dosfstools", "fsck.fat": "dosfstools",
 	"mcopy": "mtools", "mdir": "mtools",
 	"cpio": "cpio", "zstd": "zstd", "xz": "xz-utils",
-	"umoci":       "umoci",
+	"umoci": "umoci", "openssl": "openssl",
 	"genisoimage": "genisoimage", "isoinfo": "genisoimage",
 	"losetup": "mount", "partx": "util-linux",
 	"qemu-img": "qemu-utils", "qemu-system-x86_64": "qemu-system-x86",

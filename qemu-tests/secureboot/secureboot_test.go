@@ -54,7 +54,7 @@ waithealth() { i=0; while [ $i -lt 120 ]; do
 echo "SB=$(od -An -t u1 -j4 -N1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c | tr -d ' ')"
 echo "KMSG=$(dmesg | grep -o 'Secure boot enabled' | head -1)"
 echo "CMDLINE=$(cat /proc/cmdline)"
-` + testnode.PrintRecord + `mkdir -p /mnt/art && mount -o ro LABEL=slatesb /mnt/art
+` + testnode.PrintRecord + `mkdir -p /run/art && mount -o ro LABEL=slatesb /run/art
 `
 
 func TestSecureBoot(t *testing.T) {
@@ -72,7 +72,7 @@ func TestSecureBoot(t *testing.T) {
 	v1 := testnode.BuildVariant(t, testnode.Variant{Name: "sb-v1", Version: "sb-1", Disk: true, Tweak: sign,
 		Entries: []testimage.Entry{testimage.Dir("etc"), testimage.File("etc/sb-marker", "1\n")}})
 	v1Build := time.Since(t0)
-	v2 := testnode.BuildVariant(t, testnode.Variant{Name: "sb-v2", Version: "sb-2", Tweak: sign,
+	v2 := testnode.BuildVariant(t, testnode.Variant{Name: "sb-v2", Version: "sb-2", Tweak: func(s *spec.Spec) { sign(s); s.SecureBoot.SBAT = 2 },
 		Entries: []testimage.Entry{testimage.Dir("etc"), testimage.File("etc/sb-marker", "2\n")}})
 	if v1.SecureBoot == nil || v2.SecureBoot == nil {
 		t.Fatal("the builds say nothing of Secure Boot")
@@ -83,6 +83,9 @@ func TestSecureBoot(t *testing.T) {
 	// The artifacts reach the guest on a second disk: v2 as built, and v2
 	// with its UKI's signature stripped.
 	arts := filepath.Join(dir, "arts")
+	if err := os.Mkdir(arts, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	copyLayout(t, v2.Artifact, filepath.Join(arts, "v2"))
 	unsigned(t, v2.Artifact, filepath.Join(arts, "v2-unsigned"))
 	artDisk := filepath.Join(dir, "arts.img")
@@ -118,8 +121,8 @@ func TestSecureBoot(t *testing.T) {
 	// hash in slot B's UKI is changed.
 	next(prelude + `waithealth
 slate status
-slate upgrade --no-reboot oci:/mnt/art/v2-unsigned; echo "UNSIGNED_RC=$?"
-slate upgrade --no-reboot oci:/mnt/art/v2; echo "SIGNED_RC=$?"
+slate upgrade --no-reboot oci:/run/art/v2-unsigned; echo "UNSIGNED_RC=$?"
+slate upgrade --no-reboot oci:/run/art/v2; echo "SIGNED_RC=$?"
 slate esp mount >/dev/null
 f=/run/slate/esp/slate/b/uki.efi
 off=$(grep -abo 'slate.roothash=' $f | head -1 | cut -d: -f1)
@@ -151,43 +154,13 @@ sync
 	// v2 again, and an init=/bin/sh is added to its entry.
 	next(prelude + `waithealth
 slate esp mount >/dev/null; ls /run/slate/esp/loader/entries/ | sed 's/^/ENTRYFILE=/'
-slate upgrade --no-reboot oci:/mnt/art/v2; echo "SIGNED_RC=$?"
+slate upgrade --no-reboot oci:/run/art/v2; echo "SIGNED_RC=$?"
 e=$(ls /run/slate/esp/loader/entries/ | grep '^slate-b+')
 sed -i 's/^options .*/& init=\/bin\/sh/' /run/slate/esp/loader/entries/$e
 grep ^options /run/slate/esp/loader/entries/$e | sed 's/^/ENTRY=/'
 sync
 ` + testnode.ThenReboot)
-	refused, resets := 0, 0
-	progress := regexp.MustCompile(testnode.Begin + `|Linux version|Access Denied|Security Violation`)
-	for {
-		mt, err := m.Expect(progress, vm.Scale(90*time.Second))
-		switch {
-		case err != nil:
-			// Stuck where the firmware went after the refusal (its next
-			// boot option, its menu): a reset is what a watchdog or an
-			// operator would do.
-			if resets++; resets > 6 {
-				t.Fatalf("the node never came back to slot a: %v", err)
-			}
-			if err := m.SystemReset(); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := m.WaitExit(time.Minute); err != nil {
-				t.Fatal(err)
-			}
-			if err := m.Boot(t.Context()); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		case strings.Contains(mt.Line, "Linux version"):
-			continue // a kernel started: slot A, on its way to the runner
-		case !strings.Contains(mt.Line, testnode.Begin):
-			refused++
-			t.Logf("refused: %s", strings.TrimSpace(mt.Line))
-			continue
-		}
-		break
-	}
+	refused, resets := waitRunner(t, m)
 	r = testnode.Run(t, m, vm.Scale(6*time.Minute))
 	t.Logf("boot 3 (after %d refusals, %d resets):\n%s", refused, resets, strings.Join(r.Lines, "\n"))
 	if refused == 0 {
@@ -203,11 +176,18 @@ sync
 	}
 
 	// 4. v2 on slot B, its entry's init=/bin/sh ignored: the signed
-	// command line is what the kernel gets.
+	// command line is what the kernel gets. v2 is SBAT generation 2: once
+	// it is good the node revokes generation 1, and slot A's v1 may no
+	// longer be rolled back to. Then slot A's entry is made the next boot
+	// (counted) by hand, as someone who can write the ESP could.
 	next(prelude + `waithealth
 slate status
 echo "MARKER=$(cat /etc/sb-marker)"
-`)
+slate rollback --no-reboot; echo "ROLLBACK_RC=$?"
+slate esp mount >/dev/null
+cd /run/slate/esp/loader/entries && a=$(ls | grep '^slate-a') && sed -i 's/^version .*/version 99/' $a && mv $a slate-a+1.conf && ls | sed 's/^/ENTRYFILE=/'
+sync
+` + testnode.ThenReboot)
 	r = testnode.Run(t, m, vm.Scale(5*time.Minute))
 	t.Logf("boot 4 (slot B, v2):\n%s", strings.Join(r.Lines, "\n"))
 	want(t, r, "SB", "1")
@@ -220,7 +200,89 @@ echo "MARKER=$(cat /etc/sb-marker)"
 	if !has(r, "signed by") {
 		t.Errorf("slate status does not say who signed the running UKI")
 	}
+	if !consoleHas(m, "SBAT level raised from 1 to 2") || !has(r, "SBAT level 2") {
+		t.Errorf("the node's SBAT level was not raised to v2's generation")
+	}
+	if rc := r.Get("ROLLBACK_RC"); rc == "0" || !has(r, "revoked every generation below 2") {
+		t.Errorf("slate rollback to the revoked v1 was not refused (rc %q)", rc)
+	}
+
+	// 5. v1's init refuses to run under the node's level; its one try
+	// spent, systemd-boot boots slot B again.
+	next(prelude + `slate status
+`)
+	refused, resets = waitRunner(t, m)
+	r = testnode.Run(t, m, vm.Scale(5*time.Minute))
+	t.Logf("boot 6 (after v1's refused boot; %d resets):\n%s", resets, strings.Join(r.Lines, "\n"))
+	want(t, r, "SLOT", "b")
+	if !has(r, "revoked") {
+		t.Errorf("slate status does not show v1's init refusing its revoked generation")
+	}
+	if !consoleHas(m, "sbat") {
+		t.Errorf("the console does not show v1's init refusing to boot")
+	}
 	t.Logf("the whole story took %s", time.Since(tBoot).Round(time.Second))
+}
+
+// waitRunner waits for the test runner to start after boots the firmware
+// refuses: it counts systemd-boot's "Error loading" lines, and resets the
+// machine when nothing moves (after a refusal systemd-boot returns to the
+// firmware, which tries its other boot options and then waits in its menu:
+// a reset is what a watchdog or an operator would do).
+func waitRunner(t *testing.T, m *vm.Machine) (refused, resets int) {
+	t.Helper()
+	progress := regexp.MustCompile(testnode.Begin + `|Linux version|Error loading`)
+	kernel, reboots := false, 0
+	for {
+		wait := 30 * time.Second
+		if kernel {
+			wait = 4 * time.Minute // a kernel runs: on its way to the runner
+		}
+		mt, err := m.Expect(progress, vm.Scale(wait))
+		switch {
+		case err != nil && !m.Running():
+			// The guest rebooted (QEMU exits on a reboot here): power on again.
+			if reboots++; reboots > 8 {
+				t.Fatalf("the node never came back: %v", err)
+			}
+			if _, err := m.WaitExit(time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Boot(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			kernel = false
+		case err != nil && kernel:
+			t.Fatalf("a kernel started but the runner did not: %v", err)
+		case err != nil:
+			if resets++; resets > 8 {
+				t.Fatalf("the node never came back: %v", err)
+			}
+			if err := m.SystemReset(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m.WaitExit(time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Boot(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			kernel = false
+		case strings.Contains(mt.Line, testnode.Begin):
+			return refused, resets
+		case strings.Contains(mt.Line, "Linux version"):
+			kernel = true
+		default:
+			refused++
+			t.Logf("refused: %s", strings.TrimSpace(mt.Line))
+		}
+	}
+}
+
+// consoleHas says whether the console log holds s.
+func consoleHas(m *vm.Machine, s string) bool {
+	b, err := os.ReadFile(m.ConsoleLog())
+	return err == nil && bytes.Contains(b, []byte(s))
 }
 
 func has(r *testnode.Result, s string) bool {

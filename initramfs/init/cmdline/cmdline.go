@@ -31,7 +31,11 @@ type Params struct {
 	// RootHash is the dm-verity root hash (lower-case hex), "" if absent.
 	RootHash string
 	// Version is the image's version label, "" if absent.
-	Version     string
+	Version string
+	// SBAT is the image's SBAT generation (slate.sbat, in a UKI's signed
+	// command line), 0 if absent: the init refuses to boot an image whose
+	// generation the node has revoked (package run, sbat.go).
+	SBAT        int
 	RebootDelay time.Duration
 	// Discover is true when the command line names neither the slot nor
 	// the partitions, as a Unified Kernel Image's signed one does (it must
@@ -99,6 +103,17 @@ func ParseRebootDelay(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("%s=%s is out of range (0 to %s)", boot.ArgRebootDelay, s, MaxRebootDelay)
 	}
 	return d, nil
+}
+
+// ParseSBAT reads slate.sbat: a decimal generation, 1 or more. It is an
+// error, not a warning: the value comes from the signed command line, and a
+// generation the init cannot read cannot be checked against the node's level.
+func ParseSBAT(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, fmt.Errorf("%s=%s is not an SBAT generation (a whole number, 1 or more)", boot.ArgSBAT, s)
+	}
+	return n, nil
 }
 
 // RebootDelay returns the reboot delay the command line asks for, or the
@@ -178,6 +193,13 @@ func Parse(cmdline string) (p *Params, warnings []string, err error) {
 		p.RootHash = strings.ToLower(v)
 	}
 	p.Version, _ = Value(args, boot.ArgVersion)
+	if v, ok := Value(args, boot.ArgSBAT); ok {
+		if n, err := ParseSBAT(v); err != nil {
+			errs = append(errs, err)
+		} else {
+			p.SBAT = n
+		}
+	}
 
 	d, err := RebootDelay(cmdline)
 	if err != nil {

@@ -122,6 +122,26 @@ func TestParseDiscover(t *testing.T) {
 	}
 }
 
+// slate.sbat is a UKI's SBAT generation: 0 when absent, an error when it
+// is no generation.
+func TestParseSBAT(t *testing.T) {
+	line := "console=ttyS0 slate.roothash=" + hash + " slate.version=1.4.2"
+	if p, _, err := Parse(line); err != nil || p.SBAT != 0 {
+		t.Errorf("no slate.sbat: %+v, %v", p, err)
+	}
+	for v, want := range map[string]int{"1": 1, "3": 3, "012": 12} {
+		if p, _, err := Parse(line + " slate.sbat=" + v); err != nil || p.SBAT != want {
+			t.Errorf("slate.sbat=%s: %+v, %v; want %d", v, p, err, want)
+		}
+	}
+	for _, v := range []string{"", "0", "-1", "+2", "2a", "two", "99999999999999999999"} {
+		_, _, err := Parse(line + " slate.sbat=" + v)
+		if want := "slate.sbat=" + v + " is not an SBAT generation (a whole number, 1 or more)"; err == nil || err.Error() != want {
+			t.Errorf("slate.sbat=%s: err = %v, want %q", v, err, want)
+		}
+	}
+}
+
 func TestRebootDelay(t *testing.T) {
 	for _, tc := range []struct {
 		in   string

@@ -41,6 +41,9 @@ const (
 	NonVolatile       uint32 = 0x1
 	BootserviceAccess uint32 = 0x2
 	RuntimeAccess     uint32 = 0x4
+	// TimeBasedAuthenticated marks a variable the firmware lets change
+	// only by a payload signed with the key that first set it.
+	TimeBasedAuthenticated uint32 = 0x20
 	// Default is a variable that survives a power cut and that the OS can
 	// read and write.
 	Default = NonVolatile | BootserviceAccess | RuntimeAccess

@@ -1,5 +1,6 @@
 // Package run is slate's init: PID 1 in the initramfs. It mounts the API
-// filesystems, loads the modules the packer put in the initramfs, finds the
+// filesystems, loads the modules the packer put in the initramfs, refuses an
+// image whose SBAT generation the node has revoked (sbat.go), finds the
 // slot's root and the state partition by PARTUUID (or, when the command
 // line names none, as a Unified Kernel Image's, by name on the disk of the
 // ESP systemd-boot booted from: discover.go), mounts the root read-only
@@ -139,6 +140,7 @@ func (in *initProc) run() {
 	in.step("modules", in.loadModules)
 	in.devicesSince = time.Now()
 	in.step("efivars", in.setupEFIVars) // never fails
+	in.step("sbat", in.checkSBAT)
 	in.step("find-partitions", in.findPartitions)
 	in.step("mount-root", in.mountRoot)
 	in.step("state", in.setupState)
@@ -308,6 +310,7 @@ func (in *initProc) readCmdline() error {
 	in.armPanicReboot()
 	in.rec.Slot = string(p.Slot)
 	in.rec.Version = p.Version
+	in.rec.SBAT = p.SBAT
 	in.rec.RootHash = p.RootHash
 	in.rec.RootPartUUID = p.RootPartUUID
 	in.rec.StatePartUUID = p.StatePartUUID
