@@ -217,11 +217,16 @@ func checkESPSpace(o *Options, a *artifact.Artifact, lp *loaderPlan, up *ukiPlan
 	// The release and the entry take a cluster each.
 	need := round(ks) + round(is) + 2*cluster + lp.espBytes(round)
 	what := "the kernel and initramfs need"
-	if up != nil {
-		need, what = round(int64(len(up.blob)))+2*cluster+lp.espBytes(round), "the unified kernel image needs"
-	}
-	if len(lp.installs) > 0 {
+	switch {
+	case up != nil && len(lp.installs) > 0:
+		what = "the unified kernel image and systemd-boot need"
+	case up != nil:
+		what = "the unified kernel image needs"
+	case len(lp.installs) > 0:
 		what = "the kernel, initramfs and systemd-boot need"
+	}
+	if up != nil {
+		need = round(int64(len(up.blob))) + 2*cluster + lp.espBytes(round)
 	}
 	old, err := filesSize(filepath.Join(o.ESP.Dir, filepath.FromSlash(o.Target.Slot.ESPDir())), round)
 	if err != nil {

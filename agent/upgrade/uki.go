@@ -22,6 +22,7 @@ import (
 	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/uki"
+	"github.com/slate-os/slate/initramfs/init/cmdline"
 	"github.com/slate-os/slate/secureboot"
 )
 
@@ -90,14 +91,16 @@ func checkUKI(blob []byte, c artifact.Config) error {
 	if len(img.Linux) == 0 {
 		return fmt.Errorf("has no .linux section")
 	}
-	cmd := string(img.Cmdline)
-	if h := boot.CmdlineValue(cmd, boot.ArgRootHash); h != c.Root.RootHash {
+	// Read as the init reads it (quotes removed, spaces inside them kept),
+	// not word by word: `"slate.config=..."` sets slate.config there.
+	args := cmdline.Split(string(img.Cmdline))
+	if h, _ := cmdline.Value(args, boot.ArgRootHash); h != c.Root.RootHash {
 		return fmt.Errorf("carries root hash %q, but config.root.rootHash is %q", h, c.Root.RootHash)
 	}
-	if v := boot.CmdlineValue(cmd, boot.ArgVersion); v != c.Version {
+	if v, _ := cmdline.Value(args, boot.ArgVersion); v != c.Version {
 		return fmt.Errorf("carries version %q, but config.version is %q", v, c.Version)
 	}
-	for _, f := range strings.Fields(cmd) {
+	for _, f := range args {
 		k, _, _ := strings.Cut(f, "=")
 		if slices.Contains([]string{boot.ArgSlot, boot.ArgRoot, boot.ArgState, boot.ArgConfig}, k) {
 			return fmt.Errorf("carries %s: a unified kernel image must fit either slot of any node", f)

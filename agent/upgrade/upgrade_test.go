@@ -211,9 +211,10 @@ const (
 // good image in slot b (generation 2), and bookworm's systemd-boot as the
 // ESP's fallback loader, as the builder leaves it.
 type node struct {
-	esp    *slots.ESP
-	device string
-	log    []string
+	esp     *slots.ESP
+	device  string
+	log     []string
+	efiVars string // an empty efivarfs directory: Secure Boot off
 }
 
 func put(t testing.TB, dir, rel, content string) {
@@ -249,7 +250,7 @@ func newNode(t testing.TB, entryA string) *node {
 	putSlot(t, esp, boot.SlotB, 2, "slate-b.conf", "0.9")
 	put(t, esp, boot.LoaderConf, "timeout 0\n")
 	put(t, esp, boot.FallbackEFI, string(bookwormLoader))
-	n := &node{esp: slots.Open(esp), device: filepath.Join(dir, "vda3")}
+	n := &node{esp: slots.Open(esp), device: filepath.Join(dir, "vda3"), efiVars: t.TempDir()}
 	if err := os.WriteFile(n.device, bytes.Repeat([]byte{0xee}, devSize), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +267,9 @@ func (n *node) options(ref string) Options {
 		Now:     func() time.Time { return time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC) },
 		Policy:  imagePolicy(imageKey.Public()),
 		Image:   &boot.ImageInfo{Version: "1.0", Created: testCreated},
+		// Not the host's: a host booted with Secure Boot on would refuse
+		// these artifacts, which carry no unified kernel image.
+		EFIVars: n.efiVars,
 	}
 }
 

@@ -223,3 +223,53 @@ func TestExtensions(t *testing.T) {
 		t.Errorf("an extension with a space: %v", err)
 	}
 }
+
+// secureBoot: the key and its certificate go together, enrollKeys and sbat
+// need them, sbat is a generation; errors name the field. Paths are
+// relative to the spec file.
+func TestSecureBoot(t *testing.T) {
+	const head = "apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\nsecureBoot:\n"
+	for _, tc := range []struct{ name, body, want string }{
+		{"key without certificate", "  key: db.key\n", "secureBoot.certificate: missing"},
+		{"certificate without key", "  certificate: db.crt\n", "secureBoot.key: missing"},
+		{"enrollKeys without key", "  enrollKeys: keys\n", "secureBoot.key: missing"},
+		{"sbat without key", "  sbat: 2\n", "secureBoot.key: missing"},
+		{"negative sbat", "  key: db.key\n  certificate: db.crt\n  sbat: -1\n", "secureBoot.sbat: -1 is not a generation"},
+		{"huge sbat", "  key: db.key\n  certificate: db.crt\n  sbat: 99999999\n", "secureBoot.sbat: 99999999 is not a generation"},
+		{"sbat not a number", "  key: db.key\n  certificate: db.crt\n  sbat: two\n", "secureBoot.sbat"},
+		{"unknown field", "  keys: db.key\n", "secureBoot.keys (line 4): unknown field"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(head + tc.body))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error = %v, want it to contain %q", err, tc.want)
+			}
+		})
+	}
+
+	// Off: no secureBoot, or an empty one.
+	for _, doc := range []string{"apiVersion: slate.dev/v1alpha1\nkind: ImageSpec\n", head + "  {}\n"} {
+		s, err := Parse([]byte(doc))
+		if err != nil || s.SecureBoot.Enabled() {
+			t.Errorf("%q: %v, enabled %v", doc, err, s != nil && s.SecureBoot.Enabled())
+		}
+	}
+
+	dir := t.TempDir()
+	path := filepath.Join(dir, "spec.yaml")
+	doc := head + "  key: keys/db.key\n  certificate: /abs/db.crt\n  enrollKeys: keys\n"
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SecureBoot{Key: filepath.Join(dir, "keys/db.key"), Certificate: "/abs/db.crt", EnrollKeys: filepath.Join(dir, "keys")}
+	if s.SecureBoot != want || !s.SecureBoot.Enabled() || s.SecureBoot.SBATGeneration() != 1 {
+		t.Errorf("secureBoot %+v (generation %d), want %+v, generation 1", s.SecureBoot, s.SecureBoot.SBATGeneration(), want)
+	}
+	if g := (SecureBoot{Key: "k", Certificate: "c", SBAT: 7}).SBATGeneration(); g != 7 {
+		t.Errorf("SBATGeneration = %d, want 7", g)
+	}
+}

@@ -231,6 +231,13 @@ func Run(tb testing.TB, m *vm.Machine, timeout time.Duration) *Result {
 	if _, err := m.Expect(Begin, timeout); err != nil {
 		tb.Fatalf("the test script did not start: %v", err)
 	}
+	return Started(tb, m)
+}
+
+// Started reads a script's output to its end, once the caller has seen
+// the Begin marker.
+func Started(tb testing.TB, m *vm.Machine) *Result {
+	tb.Helper()
 	r := &Result{}
 	for {
 		mt, err := m.Expect(regexp.MustCompile(`.*`), vm.Scale(60*time.Second))

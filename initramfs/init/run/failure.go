@@ -98,6 +98,9 @@ func (in *initProc) readEFI() {
 		e.countPath = p
 		e.counting = failpolicy.CountingOf(p)
 	}
+	if e.countPath != "" {
+		in.dropStaleCountPath(e)
+	}
 	if e.prev, err = failpolicy.Load(in.efiStore); err != nil {
 		// A variable that cannot be read is dropped: it would block the
 		// policy's count for good.
@@ -225,4 +228,30 @@ func (in *initProc) hold(lines ...string) {
 		}
 		time.Sleep(HoldRepeat)
 	}
+}
+
+// dropStaleCountPath removes a LoaderBootCountPath that names another
+// slot's entry than the one systemd-boot booted (LoaderEntrySelected).
+// systemd-boot sets it when it starts a counted entry and does not clear
+// it when that image fails to load (a UKI the firmware refused under
+// Secure Boot) and the firmware runs systemd-boot again, which then boots
+// the other slot uncounted: left there, the variable would make this boot
+// count as the refused slot's, and systemd-bless-boot would mark the
+// refused entry good.
+func (in *initProc) dropStaleCountPath(e *efiState) {
+	booted, entry, err := selectedSlot(in.efiStore)
+	if err != nil {
+		return // no selected entry to compare with: keep what systemd-boot said
+	}
+	name := e.countPath[strings.LastIndexAny(e.countPath, `\/`)+1:]
+	counted, ok := boot.ParseEntryName(name)
+	if !ok || counted.Slot == booted {
+		return
+	}
+	if err := in.efiStore.Delete("LoaderBootCountPath", efivar.LoaderGUID); err != nil {
+		in.log.Warnf("LoaderBootCountPath %s names slot %s's entry, but systemd-boot booted %s; removing it: %v", e.countPath, counted.Slot, entry, err)
+	} else {
+		in.log.Warnf("LoaderBootCountPath %s names slot %s's entry, but systemd-boot booted %s: left from an image that failed to load; removed, so that nothing marks that entry good", e.countPath, counted.Slot, entry)
+	}
+	e.countPath, e.counting = "", failpolicy.Uncounted
 }

@@ -58,6 +58,12 @@ func (in *initProc) checkSBAT() error {
 		in.log.Debugf("sbat: generation %d, not checked: no EFI variables", gen)
 		return nil
 	}
+	// Without Secure Boot the command line is the entry's, which carries
+	// no generation, and any image boots anyway: nothing to enforce.
+	if _, sb, err := in.efiStore.Get("SecureBoot", globalGUID); err != nil || len(sb) != 1 || sb[0] != 1 {
+		in.log.Infof("sbat: generation %d, not checked: Secure Boot is off", gen)
+		return nil
+	}
 	name := VarSBATLevel + "-" + efivar.SlateGUID
 	level, authed, err := sbatLevel(in.efiStore)
 	if err != nil {
@@ -82,3 +88,6 @@ func (in *initProc) checkSBAT() error {
 	}
 	return nil
 }
+
+// globalGUID is EFI_GLOBAL_VARIABLE, the vendor of SecureBoot.
+const globalGUID = "8be4df61-93ca-11d2-aa0d-00e098032b8c"

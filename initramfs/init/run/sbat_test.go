@@ -29,6 +29,9 @@ func TestCheckSBAT(t *testing.T) {
 	const authed = efivar.Default | efivar.TimeBasedAuthenticated
 	const name = "SlateSBATLevel-" + efivar.SlateGUID
 	s := efivar.Store{Dir: t.TempDir()}
+	if err := s.Set("SecureBoot", globalGUID, efivar.Default, []byte{1}); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	check := func(gen int) error {
 		t.Helper()
@@ -111,5 +114,22 @@ func TestCheckSBAT(t *testing.T) {
 	in := &initProc{log: &klog.Logger{Console: &out}, efiStore: s, params: &cmdline.Params{SBAT: 1}}
 	if err := in.checkSBAT(); err != nil || len(in.rec.Warnings) != 0 {
 		t.Errorf("no EFI variables: %v %v", err, in.rec.Warnings)
+	}
+}
+
+func TestCheckSBATSecureBootOff(t *testing.T) {
+	s := efivar.Store{Dir: t.TempDir()}
+	s.Set(VarSBATLevel, efivar.SlateGUID, efivar.Default|efivar.TimeBasedAuthenticated, []byte("slate,2\n"))
+	var out bytes.Buffer
+	in := &initProc{log: &klog.Logger{Console: &out}, efiStore: s, params: &cmdline.Params{}}
+	in.efi.mounted = true
+	// The entry's command line (no slate.sbat) under Secure Boot off: not refused.
+	if err := in.checkSBAT(); err != nil || !strings.Contains(out.String(), "not checked: Secure Boot is off") {
+		t.Errorf("Secure Boot off: %v; log %s", err, out.String())
+	}
+	s.Set("SecureBoot", globalGUID, efivar.Default, []byte{1})
+	out.Reset()
+	if err := in.checkSBAT(); err == nil {
+		t.Errorf("Secure Boot on, generation 1 below level 2: booted; log %s", out.String())
 	}
 }
