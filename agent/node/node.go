@@ -231,6 +231,9 @@ const loaderGUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 // LoaderBootCountPath, ...) as a string; "" when it is not set.
 func (n *Node) LoaderVar(name string) (string, error) { return n.paths.LoaderVar(name) }
 
+// CountPath is Paths.CountPath for this node.
+func (n *Node) CountPath() (string, error) { return n.paths.CountPath() }
+
 // LoaderVar reads a systemd-boot variable without the rest of the node:
 // the health check needs to know whether this boot is on trial even when
 // it cannot find the node.
@@ -269,8 +272,27 @@ func (n *Node) BootCounted() (bool, error) { return n.paths.BootCounted() }
 
 // BootCounted is Node.BootCounted without the node.
 func (p Paths) BootCounted() (bool, error) {
-	v, err := p.LoaderVar("LoaderBootCountPath")
+	v, err := p.CountPath()
 	return v != "", err
+}
+
+// CountPath is systemd-boot's LoaderBootCountPath, the counted entry this
+// boot started, or "" when this boot is not counted. A path naming another
+// slot's entry than LoaderEntrySelected is left from an image that failed
+// to load (the firmware refused it and ran systemd-boot again, which booted
+// the other slot uncounted): "", as the init has it.
+func (p Paths) CountPath() (string, error) {
+	v, err := p.LoaderVar("LoaderBootCountPath")
+	if v == "" || err != nil {
+		return v, err
+	}
+	sel, _ := p.LoaderVar("LoaderEntrySelected")
+	counted, ok1 := boot.ParseEntryName(v[strings.LastIndexAny(v, `\/`)+1:])
+	booted, ok2 := boot.ParseEntryName(strings.TrimSuffix(sel, ".conf") + ".conf")
+	if ok1 && ok2 && counted.Slot != booted.Slot {
+		return "", nil
+	}
+	return v, nil
 }
 
 // BootID is the kernel's random ID of this boot, as journald knows it.

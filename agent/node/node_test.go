@@ -147,6 +147,25 @@ func TestLoaderVar(t *testing.T) {
 	if c, _ := n.BootCounted(); !c {
 		t.Error("counted boot not seen")
 	}
+	setVar := func(name, val string) {
+		v := []byte{7, 0, 0, 0}
+		for _, r := range val {
+			v = append(v, byte(r), 0)
+		}
+		os.WriteFile(filepath.Join(p.EFIVars, name+"-"+loaderGUID), append(v, 0, 0), 0o644)
+	}
+	// The counted entry is the one booted (its id with or without the counter).
+	for _, sel := range []string{"slate-b+2-1.conf", "slate-b.conf"} {
+		setVar("LoaderEntrySelected", sel)
+		if c, _ := n.BootCounted(); !c {
+			t.Errorf("selected %s: counted boot not seen", sel)
+		}
+	}
+	// Left from slot b's image the firmware refused; slot a booted uncounted.
+	setVar("LoaderEntrySelected", "slate-a.conf")
+	if c, _ := n.BootCounted(); c {
+		t.Error("a count path of another slot's entry counted this boot")
+	}
 }
 
 func TestUnescapeMount(t *testing.T) {

@@ -147,7 +147,7 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 		st.Tainted = true
 	}
 	// systemd-boot sets LoaderBootCountPath only on a counted boot.
-	if sel, _ := n.LoaderVar("LoaderBootCountPath"); sel != "" {
+	if sel, _ := n.CountPath(); sel != "" {
 		st.Running.Counted = true
 		st.Running.Entry = sel[strings.LastIndexAny(sel, `\/`)+1:]
 	} else if in := info[n.Running]; in != nil {

@@ -230,14 +230,16 @@ func (in *initProc) hold(lines ...string) {
 	}
 }
 
-// dropStaleCountPath removes a LoaderBootCountPath that names another
+// dropStaleCountPath ignores a LoaderBootCountPath that names another
 // slot's entry than the one systemd-boot booted (LoaderEntrySelected).
 // systemd-boot sets it when it starts a counted entry and does not clear
 // it when that image fails to load (a UKI the firmware refused under
 // Secure Boot) and the firmware runs systemd-boot again, which then boots
-// the other slot uncounted: left there, the variable would make this boot
-// count as the refused slot's, and systemd-bless-boot would mark the
-// refused entry good.
+// the other slot uncounted. The variable is volatile, so nothing can
+// delete it after the firmware's boot services end: this boot counts as
+// uncounted, and systemd-bless-boot, which would mark the refused entry
+// good, is masked for this boot (the agent reads the same two variables,
+// agent/node).
 func (in *initProc) dropStaleCountPath(e *efiState) {
 	booted, entry, err := selectedSlot(in.efiStore)
 	if err != nil {
@@ -248,10 +250,19 @@ func (in *initProc) dropStaleCountPath(e *efiState) {
 	if !ok || counted.Slot == booted {
 		return
 	}
-	if err := in.efiStore.Delete("LoaderBootCountPath", efivar.LoaderGUID); err != nil {
-		in.log.Warnf("LoaderBootCountPath %s names slot %s's entry, but systemd-boot booted %s; removing it: %v", e.countPath, counted.Slot, entry, err)
-	} else {
-		in.log.Warnf("LoaderBootCountPath %s names slot %s's entry, but systemd-boot booted %s: left from an image that failed to load; removed, so that nothing marks that entry good", e.countPath, counted.Slot, entry)
+	in.log.Warnf("LoaderBootCountPath %s names slot %s's entry, but systemd-boot booted %s: left from an image that failed to load; this boot is not counted", e.countPath, counted.Slot, entry)
+	if err := maskUnit(blessUnitMask); err != nil {
+		in.log.Warnf("masking systemd-bless-boot.service for this boot: %v", err)
 	}
 	e.countPath, e.counting = "", failpolicy.Uncounted
+}
+
+// blessUnitMask masks systemd-bless-boot.service for this boot only (/run).
+var blessUnitMask = "/run/systemd/system/systemd-bless-boot.service"
+
+func maskUnit(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.Symlink("/dev/null", path)
 }
