@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/slate-os/slate/internal/clip"
@@ -100,14 +99,7 @@ func (c *LastCheck) Success() bool {
 // in a reference).
 func WriteLastCheck(path string, c LastCheck) error {
 	c.Error = clip.String(c.Error, MaxCheckError)
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	return fsync.WriteFile(path, append(b, '\n'), 0o644)
+	return fsync.WriteJSON(path, c)
 }
 
 // ReadLastCheck reads the check kept at path; nil, nil when there is none

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/slate-os/slate/internal/fsync"
@@ -82,16 +81,7 @@ func AddLogins(path string, logins ...Login) (*Taint, error) {
 	return t, writeTaint(path, t)
 }
 
-func writeTaint(path string, t *Taint) error {
-	b, err := json.MarshalIndent(t, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	return fsync.WriteFile(path, append(b, '\n'), 0o644)
-}
+func writeTaint(path string, t *Taint) error { return fsync.WriteJSON(path, t) }
 
 // Where the taint is kept.
 const (

@@ -6,6 +6,7 @@
 package fsync
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -26,6 +27,20 @@ func Path(path string) error {
 		return fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return nil
+}
+
+// WriteJSON writes v as indented JSON (and a newline) to path with
+// WriteFile, mode 0644, creating path's directory: slate's records on the
+// state partition (the taint, the last update check).
+func WriteJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // WriteFile writes data to path atomically and durably: to a hidden

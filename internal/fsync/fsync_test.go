@@ -118,3 +118,20 @@ func TestWriteFrom(t *testing.T) {
 		t.Errorf("directory holds %q after a failed write, want only vmlinuz", got)
 	}
 }
+
+func TestWriteJSON(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "new", "dir", "rec.json")
+	if err := WriteJSON(p, map[string]int{"a": 1}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil || string(b) != "{\n  \"a\": 1\n}\n" {
+		t.Errorf("%q, %v", b, err)
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o644 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+	if err := WriteJSON(p, func() {}); err == nil {
+		t.Error("a value JSON cannot hold was written")
+	}
+}
