@@ -40,7 +40,6 @@ import (
 	"github.com/slate-os/slate/initramfs/initbin"
 	"github.com/slate-os/slate/internal/jsonduration"
 	"github.com/slate-os/slate/internal/progress"
-	"github.com/slate-os/slate/secureboot"
 	"github.com/slate-os/slate/signature"
 	"github.com/slate-os/slate/sysext"
 )
@@ -311,24 +310,17 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	// 1. One pass over the flattened image, slate's node files on top (an
 	// image's own /usr/bin/slate loses): squashfs and boot files.
 	b.step("rootfs")
-	// A Secure Boot image carries the signed payload that sets its nodes'
-	// SBAT level to its generation: generation 1 too, so that the first
-	// good boot binds the level variable to the db key before anything
-	// else on the node could create it with a key of its own.
-	var sbatLevel []byte
-	if sb := s.SecureBoot; sb.Enabled() {
-		signer, err := secureboot.LoadSigner(sb.Key, sb.Certificate)
-		if err != nil {
-			return nil, fmt.Errorf("secureBoot: %w", err)
-		}
-		if sbatLevel, err = secureboot.SBATLevelPayload(sb.SBATGeneration(), signer); err != nil {
-			return nil, fmt.Errorf("secureBoot.sbat: %w", err)
+	// Secure Boot's key and files are read before the slow steps.
+	var sb *sbFiles
+	if s.SecureBoot.Enabled() {
+		if sb, err = prepareSecureBoot(s.SecureBoot); err != nil {
+			return nil, err
 		}
 	}
 	nodeLayer, err := nodefiles.Layer(b.o.AgentBinary, created, nodefiles.Image{
 		Info:       boot.ImageInfo{Version: version, Source: digest.String(), Created: created, AllowUnsigned: s.Update.AllowUnsigned},
 		UpdateKeys: keyPEMs,
-		SBATLevel:  sbatLevel,
+		SBATLevel:  sb.sbatLevelPayload(),
 	})
 	if err != nil {
 		return nil, err
@@ -403,10 +395,9 @@ func (b *build) run(ctx context.Context) (*Result, error) {
 	plan := disk.NewPlan(layout, seed[:])
 	b.res.Plan = plan
 	cmdline := s.Cmdline()
-	var sb *sbFiles
-	if s.SecureBoot.Enabled() {
+	if sb != nil {
 		b.step("uki")
-		if sb, err = b.secureBoot(s.SecureBoot, bootFiles, initrd, cmdline, b.res.RootHash, version); err != nil {
+		if err := b.secureBoot(sb, bootFiles, initrd, cmdline, b.res.RootHash, version); err != nil {
 			return nil, err
 		}
 		b.done()

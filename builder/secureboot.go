@@ -26,11 +26,53 @@ type SecureBootResult struct {
 	Enroll bool `json:"enroll,omitempty"`
 }
 
-// sbFiles are a Secure Boot build's boot files, in the work directory.
+// sbFiles are a Secure Boot build's key and files: read first, then the
+// signed boot files in the work directory.
 type sbFiles struct {
-	uki, systemdBoot string
-	// enroll maps ESP paths (loader/keys/slate/PK.auth...) to contents.
+	spec   spec.SecureBoot
+	signer *secureboot.Signer
+	// sbatLevel is the payload that raises a node's SBAT level to the
+	// image's generation (boot.SBATLevelFile in the root).
+	sbatLevel []byte
+	// enroll maps ESP paths (loader/keys/auto/PK.auth...) to contents.
 	enroll map[string][]byte
+
+	uki, systemdBoot string
+}
+
+// prepareSecureBoot reads the db key and the files to enroll, and signs the
+// SBAT level payload: every Secure Boot image carries its generation's,
+// generation 1 too, so that the first good boot binds the node's level
+// variable to the db key before anything else on the node could create it
+// with a key of its own.
+func prepareSecureBoot(sb spec.SecureBoot) (*sbFiles, error) {
+	signer, err := secureboot.LoadSigner(sb.Key, sb.Certificate)
+	if err != nil {
+		return nil, fmt.Errorf("secureBoot: %w", err)
+	}
+	f := &sbFiles{spec: sb, signer: signer}
+	if f.sbatLevel, err = secureboot.SBATLevelPayload(sb.SBATGeneration(), signer); err != nil {
+		return nil, fmt.Errorf("secureBoot.sbat: %w", err)
+	}
+	if sb.EnrollKeys != "" {
+		f.enroll = map[string][]byte{}
+		for _, n := range enrollFiles {
+			data, err := os.ReadFile(filepath.Join(sb.EnrollKeys, n))
+			if err != nil {
+				return nil, fmt.Errorf("secureBoot.enrollKeys: %w (slate keygen --secure-boot DIR writes %s)", err, strings.Join(enrollFiles, ", "))
+			}
+			f.enroll[EnrollDir+"/"+n] = data
+		}
+	}
+	return f, nil
+}
+
+// sbatLevelPayload is nil for a build without Secure Boot.
+func (f *sbFiles) sbatLevelPayload() []byte {
+	if f == nil {
+		return nil
+	}
+	return f.sbatLevel
 }
 
 // EnrollDir is where on the ESP systemd-boot finds the keys to enroll:
@@ -54,14 +96,12 @@ func SBATLine(gen int, version string) string {
 // the db key. One UKI serves both slots and every node: the init finds the
 // slot and partitions itself (initramfs/init/run), as a signed command
 // line cannot name them.
-func (b *build) secureBoot(sb spec.SecureBoot, bf *rootfs.Boot, initrd, cmdline, rootHash, version string) (*sbFiles, error) {
-	signer, err := secureboot.LoadSigner(sb.Key, sb.Certificate)
-	if err != nil {
-		return nil, fmt.Errorf("secureBoot: %w", err)
-	}
+func (b *build) secureBoot(f *sbFiles, bf *rootfs.Boot, initrd, cmdline, rootHash, version string) error {
+	sb := f.spec
 	if bf.Stub == "" {
-		return nil, fmt.Errorf("secureBoot: the image has no systemd-stub: looked for /%s (Debian: install systemd-boot-efi)", rootfs.StubPath)
+		return fmt.Errorf("secureBoot: the image has no systemd-stub: looked for /%s (Debian: install systemd-boot-efi)", rootfs.StubPath)
 	}
+	var err error
 	read := func(p string) []byte {
 		if err != nil {
 			return nil
@@ -72,7 +112,7 @@ func (b *build) secureBoot(sb spec.SecureBoot, bf *rootfs.Boot, initrd, cmdline,
 	}
 	stub, kernel, initramfs, loader := read(bf.Stub), read(bf.Kernel), read(initrd), read(bf.SystemdBoot)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	img, err := uki.Assemble(stub, uki.Sections{
 		OSRel:   bf.OSRelease,
@@ -83,34 +123,24 @@ func (b *build) secureBoot(sb spec.SecureBoot, bf *rootfs.Boot, initrd, cmdline,
 		Linux:   kernel,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("secureBoot: the unified kernel image: %w", err)
+		return fmt.Errorf("secureBoot: the unified kernel image: %w", err)
 	}
-	if img, err = secureboot.Sign(img, signer); err != nil {
-		return nil, fmt.Errorf("secureBoot: signing the unified kernel image: %w", err)
+	if img, err = secureboot.Sign(img, f.signer); err != nil {
+		return fmt.Errorf("secureBoot: signing the unified kernel image: %w", err)
 	}
-	if loader, err = secureboot.Sign(loader, signer); err != nil {
-		return nil, fmt.Errorf("secureBoot: signing systemd-boot: %w", err)
+	if loader, err = secureboot.Sign(loader, f.signer); err != nil {
+		return fmt.Errorf("secureBoot: signing systemd-boot: %w", err)
 	}
-	out := &sbFiles{uki: filepath.Join(b.work, boot.UKIName), systemdBoot: filepath.Join(b.work, "systemd-bootx64.signed.efi")}
-	if err := os.WriteFile(out.uki, img, 0o644); err != nil {
-		return nil, err
+	f.uki, f.systemdBoot = filepath.Join(b.work, boot.UKIName), filepath.Join(b.work, "systemd-bootx64.signed.efi")
+	if err := os.WriteFile(f.uki, img, 0o644); err != nil {
+		return err
 	}
-	if err := os.WriteFile(out.systemdBoot, loader, 0o644); err != nil {
-		return nil, err
-	}
-	if sb.EnrollKeys != "" {
-		out.enroll = map[string][]byte{}
-		for _, n := range enrollFiles {
-			data, err := os.ReadFile(filepath.Join(sb.EnrollKeys, n))
-			if err != nil {
-				return nil, fmt.Errorf("secureBoot.enrollKeys: %w (slate keygen --secure-boot DIR writes %s)", err, strings.Join(enrollFiles, ", "))
-			}
-			out.enroll[EnrollDir+"/"+n] = data
-		}
+	if err := os.WriteFile(f.systemdBoot, loader, 0o644); err != nil {
+		return err
 	}
 	b.res.SecureBoot = &SecureBootResult{
-		UKISize: int64(len(img)), SignedBy: signer.Cert.Subject.String(), Fingerprint: secureboot.Fingerprint(signer.Cert),
-		SBAT: sb.SBATGeneration(), Enroll: out.enroll != nil,
+		UKISize: int64(len(img)), SignedBy: f.signer.Cert.Subject.String(), Fingerprint: secureboot.Fingerprint(f.signer.Cert),
+		SBAT: sb.SBATGeneration(), Enroll: f.enroll != nil,
 	}
-	return out, nil
+	return nil
 }
