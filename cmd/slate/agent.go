@@ -23,16 +23,15 @@ import (
 	"github.com/slate-os/slate/agent/health"
 	"github.com/slate-os/slate/agent/history"
 	"github.com/slate-os/slate/agent/node"
+	"github.com/slate-os/slate/agent/sbat"
 	"github.com/slate-os/slate/agent/slots"
 	"github.com/slate-os/slate/agent/status"
 	"github.com/slate-os/slate/agent/upgrade"
 	"github.com/slate-os/slate/artifact"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/nodeconfig"
-	"github.com/slate-os/slate/boot/uki"
 	"github.com/slate-os/slate/builder/source"
 	"github.com/slate-os/slate/internal/progress"
-	"github.com/slate-os/slate/secureboot"
 )
 
 // StateDir is the agent's directory on the state partition.
@@ -300,7 +299,7 @@ func rollbackCmd() *cobra.Command {
 			}
 			defer unlock()
 			other := n.Running.Other()
-			if err := checkRevoked(esp, other, ""); err != nil {
+			if err := sbat.CheckSlot(esp, other, ""); err != nil {
 				return fmt.Errorf("rollback: %w", err)
 			}
 			e, err := esp.Promote(other)
@@ -403,71 +402,8 @@ func runHealth(ctx context.Context) error {
 		Store:     &history.Store{Dir: StateDir},
 		Sources:   history.DefaultSources(),
 		Journal:   history.Journalctl{},
-		RaiseSBAT: func() (string, error) { return raiseSBAT("/"+boot.SBATLevelFile, "") },
+		RaiseSBAT: func() (string, error) { return sbat.Raise("/"+boot.SBATLevelFile, "") },
 	})
-}
-
-// checkRevoked refuses a slot whose unified kernel image is of an SBAT
-// generation below the node's level (efivarfs at dir, "" the system's):
-// its init would refuse to boot, and a promoted slot has no tries to fall
-// back by.
-func checkRevoked(esp *slots.ESP, s boot.Slot, dir string) error {
-	infos, err := esp.Read()
-	if err != nil || infos[s] == nil || infos[s].Entry == nil || infos[s].Entry.EFI == "" {
-		return nil // Promote says what is wrong with the slot
-	}
-	level, err := secureboot.SBATLevel(dir)
-	if err != nil || level == 0 {
-		return nil
-	}
-	data, err := os.ReadFile(filepath.Join(esp.Dir, strings.TrimPrefix(infos[s].Entry.EFI, "/")))
-	if err != nil {
-		return nil
-	}
-	img, err := uki.Read(data)
-	if err != nil {
-		return nil
-	}
-	gen := 1
-	if v := boot.CmdlineValue(string(img.Cmdline), boot.ArgSBAT); v != "" {
-		fmt.Sscan(v, &gen)
-	}
-	if gen < level {
-		return fmt.Errorf("slot %s's image is SBAT generation %d, and this node has revoked every generation below %d: it would not boot", s, gen, level)
-	}
-	return nil
-}
-
-// raiseSBAT writes the running image's SBAT level payload (file), if it has
-// one, to the firmware (efivarfs at dir, "" the system's) when Secure Boot
-// is on and the node's level is lower: images of a lower generation stop
-// booting here (their init refuses).
-func raiseSBAT(file, dir string) (string, error) {
-	payload, err := os.ReadFile(file)
-	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
-	}
-	if err != nil {
-		return "", err
-	}
-	gen, err := secureboot.PayloadGeneration(payload)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", file, err)
-	}
-	if on, err := secureboot.Enabled(dir); err != nil || !on {
-		return "", err // off: nothing boots signed images only, so nothing to revoke
-	}
-	level, err := secureboot.SBATLevel(dir)
-	if err != nil {
-		return "", err
-	}
-	if level >= gen {
-		return "", nil
-	}
-	if err := secureboot.WriteSBATLevel(dir, payload); err != nil {
-		return "", err
-	}
-	return fmt.Sprintf("SBAT level raised from %d to %d: images of a lower generation no longer boot on this node", level, gen), nil
 }
 
 func espCmd() *cobra.Command {
