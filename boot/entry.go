@@ -133,3 +133,17 @@ func CmdlineValue(cmdline, key string) string {
 	}
 	return v
 }
+
+// StaleCountPath says whether systemd-boot's LoaderBootCountPath (countPath,
+// a path such as \loader\entries\slate-b+0-3.conf) names an entry of another
+// slot than the one it booted (selected, LoaderEntrySelected: slate-a.conf,
+// with or without the counter and .conf). systemd-boot sets the count path
+// when it starts a counted entry and does not clear it when that image fails
+// to load (a UKI the firmware refused) and the firmware runs systemd-boot
+// again, which then boots the other slot uncounted: the path is left over,
+// and this boot is not counted. Names that are no slate entry's say nothing.
+func StaleCountPath(countPath, selected string) bool {
+	counted, ok1 := ParseEntryName(countPath[strings.LastIndexAny(countPath, `\/`)+1:])
+	booted, ok2 := ParseEntryName(strings.TrimSuffix(selected, ".conf") + ".conf")
+	return ok1 && ok2 && counted.Slot != booted.Slot
+}

@@ -234,6 +234,9 @@ func (n *Node) LoaderVar(name string) (string, error) { return n.paths.LoaderVar
 // CountPath is Paths.CountPath for this node.
 func (n *Node) CountPath() (string, error) { return n.paths.CountPath() }
 
+// EFIVars is where the node's efivarfs is mounted.
+func (n *Node) EFIVars() string { return n.paths.EFIVars }
+
 // LoaderVar reads a systemd-boot variable without the rest of the node:
 // the health check needs to know whether this boot is on trial even when
 // it cannot find the node.
@@ -286,10 +289,7 @@ func (p Paths) CountPath() (string, error) {
 	if v == "" || err != nil {
 		return v, err
 	}
-	sel, _ := p.LoaderVar("LoaderEntrySelected")
-	counted, ok1 := boot.ParseEntryName(v[strings.LastIndexAny(v, `\/`)+1:])
-	booted, ok2 := boot.ParseEntryName(strings.TrimSuffix(sel, ".conf") + ".conf")
-	if ok1 && ok2 && counted.Slot != booted.Slot {
+	if sel, _ := p.LoaderVar("LoaderEntrySelected"); boot.StaleCountPath(v, sel) {
 		return "", nil
 	}
 	return v, nil

@@ -11,12 +11,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/slate-os/slate/agent/slots"
 	"github.com/slate-os/slate/boot"
 	"github.com/slate-os/slate/boot/uki"
+	"github.com/slate-os/slate/initramfs/init/cmdline"
 	"github.com/slate-os/slate/secureboot"
 )
 
@@ -74,8 +74,11 @@ func CheckSlot(esp *slots.ESP, s boot.Slot, dir string) error {
 		return nil
 	}
 	gen := 1 // no slate.sbat: the first generation, as the init counts it
-	if n, err := strconv.Atoi(boot.CmdlineValue(string(img.Cmdline), boot.ArgSBAT)); err == nil {
-		gen = n
+	// Read as the init reads it (initramfs/init/cmdline), quotes and all.
+	if v, ok := cmdline.Value(cmdline.Split(string(img.Cmdline)), boot.ArgSBAT); ok {
+		if n, err := cmdline.ParseSBAT(v); err == nil {
+			gen = n
+		}
 	}
 	if gen < level {
 		return fmt.Errorf("slot %s's image is SBAT generation %d, and this node has revoked every generation below %d: it would not boot", s, gen, level)

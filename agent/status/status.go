@@ -158,7 +158,7 @@ func Gather(n *node.Node, esp *slots.ESP, store *history.Store) (*Status, error)
 	}
 	loaderInfo, _ := n.LoaderVar("LoaderInfo")
 	st.SystemdBoot = systemdBoot(esp, loaderInfo)
-	st.SecureBoot = secureBootStatus("", esp, info[n.Running])
+	st.SecureBoot = secureBootStatus(n.EFIVars(), esp, info[n.Running])
 	if id, err := node.BootID(); err == nil {
 		st.Running.BootID = id
 		if b, err := store.Boot(id); err == nil {

@@ -320,16 +320,7 @@ func TestUKI(t *testing.T) {
 				t.Errorf("logged steps: %q", n.log)
 			}
 			after := n.snapshot(t)
-			for k := range before {
-				if before[k] != after[k] {
-					t.Errorf("%s changed", k)
-				}
-			}
-			for k := range after {
-				if _, ok := before[k]; !ok {
-					t.Errorf("%s appeared", k)
-				}
-			}
+			unchanged(t, before, after)
 		})
 	}
 }

@@ -274,6 +274,21 @@ func (n *node) options(ref string) Options {
 }
 
 // snapshot is every file of the ESP and the device's bytes.
+// unchanged fails t for each file of a snapshot that changed or appeared.
+func unchanged(t testing.TB, before, after map[string]string) {
+	t.Helper()
+	for k := range before {
+		if before[k] != after[k] {
+			t.Errorf("%s changed", k)
+		}
+	}
+	for k := range after {
+		if _, ok := before[k]; !ok {
+			t.Errorf("%s appeared", k)
+		}
+	}
+}
+
 func (n *node) snapshot(t testing.TB) map[string]string {
 	t.Helper()
 	m := map[string]string{}
@@ -531,16 +546,7 @@ func TestRefused(t *testing.T) {
 			if c.name == "device smaller than said" {
 				before["DEVICE"] = after["DEVICE"] // the test shrank it
 			}
-			for k := range before {
-				if before[k] != after[k] {
-					t.Errorf("%s changed", k)
-				}
-			}
-			for k := range after {
-				if _, ok := before[k]; !ok {
-					t.Errorf("%s appeared", k)
-				}
-			}
+			unchanged(t, before, after)
 		})
 	}
 }

@@ -241,16 +241,11 @@ func (in *initProc) hold(lines ...string) {
 // good, is masked for this boot (the agent reads the same two variables,
 // agent/node).
 func (in *initProc) dropStaleCountPath(e *efiState) {
-	booted, entry, err := selectedSlot(in.efiStore)
-	if err != nil {
-		return // no selected entry to compare with: keep what systemd-boot said
-	}
-	name := e.countPath[strings.LastIndexAny(e.countPath, `\/`)+1:]
-	counted, ok := boot.ParseEntryName(name)
-	if !ok || counted.Slot == booted {
+	selected, err := in.efiStore.String(VarEntrySelected, efivar.LoaderGUID)
+	if err != nil || !boot.StaleCountPath(e.countPath, selected) {
 		return
 	}
-	in.log.Warnf("LoaderBootCountPath %s names slot %s's entry, but systemd-boot booted %s: left from an image that failed to load; this boot is not counted", e.countPath, counted.Slot, entry)
+	in.log.Warnf("LoaderBootCountPath %s names another slot's entry than the one systemd-boot booted, %s: left from an image that failed to load; this boot is not counted", e.countPath, selected)
 	if err := maskUnit(blessUnitMask); err != nil {
 		in.log.Warnf("masking systemd-bless-boot.service for this boot: %v", err)
 	}
